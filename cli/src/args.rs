@@ -1,0 +1,145 @@
+//! The command line, as clap sees it. Raw values only: [`crate::settings`] resolves them
+//! (flag > environment > default) into the typed settings `swarm-node` receives.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Peer-assisted downloader for the Hugging Face Hub.
+#[derive(Debug, Parser)]
+#[command(name = "swarm-dl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Download a repo (or part of it) into the Hugging Face cache or a local dir.
+    Get(GetArgs),
+    /// Inspect and tidy the Hugging Face cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Serve a folder or a HF cache with the Hub's HTTP API.
+    #[command(subcommand)]
+    Hub(HubCommand),
+}
+
+/// `swarm-dl get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Repo id: `name` or `namespace/name`.
+    pub repo_id: String,
+    /// Branch, tag, full or short commit, or `refs/pr/N`.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// model, dataset or space.
+    #[arg(long, visible_alias = "type", default_value = "model")]
+    pub repo_type: String,
+    /// Only files matching this pattern (fnmatch, like huggingface_hub; repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip files matching this pattern (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Hub cache directory [env: HF_HUB_CACHE, else $HF_HOME/hub].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Write plain files here instead of the cache's snapshot (no symlinks).
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub local_dir: Option<PathBuf>,
+    /// Hub token [env: HF_TOKEN, else $HF_HOME/token].
+    #[arg(long)]
+    pub token: Option<String>,
+    /// HTTP requests (and files) in flight at most.
+    #[arg(long, env = "SWARM_DL_MAX_WORKERS", default_value_t = 16)]
+    pub max_workers: usize,
+    /// Hub URL [env: HF_ENDPOINT, else https://huggingface.co].
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Cap the total download rate, bytes per second: 500K, 50M, 1G (×1000) or 64Mi (×1024).
+    #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", value_name = "RATE")]
+    pub max_download_rate: Option<String>,
+    /// Answer from the cache only [env: HF_HUB_OFFLINE].
+    #[arg(long)]
+    pub offline: bool,
+    /// Print only the result.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where the cache is.
+#[derive(Debug, Args)]
+pub struct CacheDirArg {
+    /// Hub cache directory [env: HF_HUB_CACHE, else $HF_HOME/hub].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `swarm-dl cache …`.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List repos, revisions, sizes and incomplete downloads.
+    Ls(CacheDirArg),
+    /// Re-hash blobs against their names; exits 1 on any mismatch.
+    Verify {
+        /// Only this repo id.
+        repo: Option<String>,
+        #[command(flatten)]
+        dir: CacheDirArg,
+    },
+    /// Remove incomplete downloads that no running process holds.
+    Clean {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        dir: CacheDirArg,
+    },
+}
+
+/// `swarm-dl hub …`.
+#[derive(Debug, Subcommand)]
+pub enum HubCommand {
+    /// Serve DIR (a HF cache, or DIR/<org>/<name>/<files>) as a Hub-compatible endpoint.
+    Serve(ServeArgs),
+}
+
+/// `swarm-dl hub serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The folder to serve.
+    pub dir: PathBuf,
+    /// API address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Data (CDN) address: LFS files redirect here, as the Hub's do to its CDN.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub data_listen: SocketAddr,
+    /// Base URL for LFS redirects, if the data listener is reached through a proxy.
+    #[arg(long)]
+    pub data_url: Option<String>,
+    /// Mark a repo gated: its files need one of the --token values (repeatable).
+    #[arg(long, value_name = "REPO_ID")]
+    pub gated: Vec<String>,
+    /// A token that is valid and has access to gated repos (repeatable).
+    #[arg(long)]
+    pub token: Vec<String>,
+    /// Entries per page of tree listings.
+    #[arg(long, default_value_t = 1000)]
+    pub page_size: usize,
+    /// Per-connection rate cap on the data listener (same units as --max-download-rate).
+    #[arg(long, value_name = "RATE")]
+    pub data_rate: Option<String>,
+    /// Print the endpoints as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,43 @@
+//! # swarm-dl: the command line
+//!
+//! Parses arguments ([`args`]), resolves them once into settings ([`settings`]), runs the
+//! command on `swarm-node`, prints the result on stdout and maps every error to one sentence
+//! on stderr and an exit code. Logs go to stderr through `tracing` (`SWARM_DL_LOG`, default
+//! `warn`); stdout carries results only.
+
+mod args;
+mod commands;
+mod progress;
+mod settings;
+
+use clap::Parser as _;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWARM_DL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One sentence: the outermost context, then its causes on the same line.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg = format!("{msg}: {c}");
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! From "this repo at this revision" to verified files in the cache: the `get` pipeline.
+//!
+//! 1. Metadata, from the Hub (the root of trust): the revision's commit, then the complete
+//!    listing at that commit (cached in `trees/<commit>.json`, so it is asked once per commit).
+//! 2. Selection (`--include`/`--exclude`), and what is already there: files present in the
+//!    snapshot, and blobs present under another snapshot, cost no data request.
+//! 3. Every other file is cut into chunks ([`swarm_protocol::chunk`]) and its missing chunks are
+//!    fetched by [`chunk::HubSource`] as parallel ranged GETs; one semaphore bounds the requests
+//!    in flight across all files, one token bucket bounds their rate.
+//! 4. A file enters `blobs/` (or the local dir) only when its whole-file hash equals the ETag
+//!    ([`crate::store`]). A mismatch fetches the file once more from scratch, then fails.
+//!
+//! Files already completed are never lost to a later failure: each is published on its own.
+
+pub mod chunk;
+pub mod progress;
+pub mod select;
+pub mod throttle;
+
+use crate::cache::local_dir::LocalDir;
+use crate::cache::{BlobLock, HubCache, RepoCache};
+use crate::hub::{HubClient, HubError, RemoteFile, RepoRef};
+use crate::store::{PartialFile, StoreError};
+use chunk::{ChunkWriter, HubSource};
+use futures_util::StreamExt as _;
+use progress::{FileProgress, Progress};
+use select::Selection;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use swarm_protocol::chunk::ChunkLayout;
+use swarm_protocol::repo::is_commit;
+use throttle::Throttle;
+use tokio::sync::{Notify, Semaphore};
+
+/// What to download and where.
+#[derive(Debug, Clone)]
+pub struct GetRequest {
+    /// The repo.
+    pub repo: RepoRef,
+    /// Branch, tag, `refs/pr/N`, short or full commit.
+    pub revision: String,
+    /// Patterns a file must match (any); empty for all.
+    pub include: Vec<String>,
+    /// Patterns that exclude a file.
+    pub exclude: Vec<String>,
+    /// The hub cache (refs go here even in local-dir mode, as `huggingface_hub` does).
+    pub cache: HubCache,
+    /// Plain copies here instead of the cache's snapshots.
+    pub local_dir: Option<LocalDir>,
+    /// Requests in flight (and files in progress) at most.
+    pub max_workers: usize,
+    /// Total download rate cap, bytes per second.
+    pub max_download_rate: Option<u64>,
+}
+
+/// What a successful `get` did.
+#[derive(Debug, Clone)]
+pub struct GetOutcome {
+    /// The commit downloaded.
+    pub commit: String,
+    /// The snapshot folder (or the local dir).
+    pub path: PathBuf,
+    /// Files selected.
+    pub files: usize,
+    /// Of those, files fetched in this run.
+    pub files_fetched: usize,
+    /// Size of the selected files.
+    pub bytes_selected: u64,
+    /// Bytes received from the Hub in this run.
+    pub bytes_from_hub: u64,
+    /// Bytes kept from an interrupted earlier run.
+    pub bytes_resumed: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Why a `get` failed. Files completed before the failure stay in place.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The Hub said no, or could not be reached.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    /// Bad patterns, nothing selected, and such.
+    #[error("{0}")]
+    Usage(String),
+    /// The destination cannot be written.
+    #[error("cannot write to '{}' ({source}): choose another place with --cache-dir, --local-dir or HF_HUB_CACHE", .path.display())]
+    NotWritable {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// No space left.
+    #[error("disk full while writing '{}': free some space and run the same command again (finished chunks are kept and will not be fetched again)", .path.display())]
+    DiskFull {
+        /// Where.
+        path: PathBuf,
+    },
+    /// The Hub's bytes twice failed to match the Hub's hash.
+    #[error("'{path}' did not match its Hub hash on two downloads ({detail}); nothing was written to the cache for it")]
+    Integrity {
+        /// Repo path.
+        path: String,
+        /// Expected/got.
+        detail: String,
+    },
+    /// Offline, and the cache cannot answer.
+    #[error("{0}")]
+    Offline(String),
+    /// Other local I/O failure.
+    #[error(transparent)]
+    Store(StoreError),
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for FetchError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { path, source, .. } if crate::store::is_disk_full(&source) => Self::DiskFull { path },
+            StoreError::Io { path, source, .. } if is_not_writable(&source) => Self::NotWritable { path, source },
+            other => Self::Store(other),
+        }
+    }
+}
+
+fn is_not_writable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::NotADirectory
+    )
+}
+
+fn local_io(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    move |source| FetchError::from(StoreError::Io { op: "cannot write", path: path.to_path_buf(), source })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, FetchError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| FetchError::Internal(format!("blocking task failed: {e}")))
+}
+
+/// Where files go: the cache's snapshot, or a local dir.
+#[derive(Debug, Clone)]
+enum Dest {
+    Cache(RepoCache),
+    Local { dir: LocalDir, cache: RepoCache },
+}
+
+struct FilePaths {
+    lock: PathBuf,
+    incomplete: PathBuf,
+    state: PathBuf,
+    final_path: PathBuf,
+}
+
+impl Dest {
+    fn paths(&self, f: &RemoteFile) -> FilePaths {
+        match self {
+            Dest::Cache(rc) => FilePaths {
+                lock: rc.lock_path(&f.etag),
+                incomplete: rc.incomplete(&f.etag),
+                state: rc.chunk_state(&f.etag),
+                final_path: rc.blob(&f.etag),
+            },
+            Dest::Local { dir, .. } => FilePaths {
+                lock: dir.lock_path(&f.path),
+                incomplete: dir.incomplete(&f.path, &f.etag),
+                state: dir.chunk_state(&f.path, &f.etag),
+                final_path: dir.file(&f.path),
+            },
+        }
+    }
+
+    fn is_done(&self, commit: &str, f: &RemoteFile) -> bool {
+        match self {
+            Dest::Cache(rc) => rc.has_file(commit, &f.path),
+            Dest::Local { dir, .. } => dir.is_current(&f.path, &f.etag),
+        }
+    }
+
+    /// Publishes `f` without downloading when its bytes are already on disk (a blob of another
+    /// snapshot). Returns whether it did.
+    fn publish_existing(&self, commit: &str, f: &RemoteFile) -> io::Result<bool> {
+        match self {
+            Dest::Cache(rc) if rc.blob(&f.etag).is_file() => rc.link(commit, &f.path, &f.etag).map(|()| true),
+            Dest::Local { dir, cache } if cache.blob(&f.etag).is_file() => {
+                let target = dir.file(&f.path);
+                if let Some(p) = target.parent() {
+                    std::fs::create_dir_all(p)?;
+                }
+                std::fs::copy(cache.blob(&f.etag), &target)?;
+                dir.write_metadata(&f.path, commit, &f.etag).map(|()| true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn after_finish(&self, commit: &str, f: &RemoteFile) -> io::Result<()> {
+        match self {
+            Dest::Cache(rc) => rc.link(commit, &f.path, &f.etag),
+            Dest::Local { dir, .. } => dir.write_metadata(&f.path, commit, &f.etag),
+        }
+    }
+
+    fn root(&self, commit: &str) -> PathBuf {
+        match self {
+            Dest::Cache(rc) => rc.snapshot(commit),
+            Dest::Local { dir, .. } => dir.root().to_path_buf(),
+        }
+    }
+
+    fn read_tree(&self, commit: &str) -> Option<Vec<RemoteFile>> {
+        match self {
+            Dest::Cache(rc) => rc.read_tree(commit),
+            Dest::Local { dir, .. } => crate::cache::read_tree_file(&dir.tree_path(commit)),
+        }
+    }
+
+    fn write_tree(&self, commit: &str, files: &[RemoteFile]) -> io::Result<()> {
+        match self {
+            Dest::Cache(rc) => rc.write_tree(commit, files),
+            Dest::Local { dir, .. } => dir.write_tree(commit, files),
+        }
+    }
+}
+
+struct Ctx {
+    hub: HubClient,
+    repo: RepoRef,
+    commit: String,
+    dest: Dest,
+    slots: Arc<Semaphore>,
+    throttle: Throttle,
+    progress: Arc<Progress>,
+    max_workers: usize,
+}
+
+fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
+    let rc = req.cache.repo(&req.repo);
+    match &req.local_dir {
+        None => {
+            req.cache.ensure().map_err(|source| FetchError::NotWritable { path: req.cache.root().into(), source })?;
+            Ok(Dest::Cache(rc))
+        }
+        Some(dir) => {
+            dir.ensure().map_err(|source| FetchError::NotWritable { path: dir.root().into(), source })?;
+            Ok(Dest::Local { dir: dir.clone(), cache: rc })
+        }
+    }
+}
+
+/// Downloads the selected files of a repo at a revision. With `hub = None` (offline) it only
+/// answers from what is on disk.
+pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progress>) -> Result<GetOutcome, FetchError> {
+    let started = Instant::now();
+    let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
+    let Some(hub) = hub else {
+        return offline(req, &selection);
+    };
+
+    let commit = if is_commit(&req.revision) {
+        req.revision.clone()
+    } else {
+        hub.resolve_commit(&req.repo, &req.revision).await?
+    };
+    let dest = dest_for(req)?;
+    let listing = match dest.read_tree(&commit) {
+        Some(files) => files,
+        None => {
+            let files = hub.list_files(&req.repo, &commit).await?;
+            dest.write_tree(&commit, &files).map_err(local_io(&dest.root(&commit)))?;
+            files
+        }
+    };
+    let rc = req.cache.repo(&req.repo);
+    if req.revision != commit
+        && let Err(e) = rc.write_ref(&req.revision, &commit)
+    {
+        match &dest {
+            Dest::Cache(_) => return Err(local_io(&rc.ref_path(&req.revision))(e)),
+            Dest::Local { .. } => tracing::warn!(error = %e, "cannot record the revision in the hub cache"),
+        }
+    }
+    if let Dest::Cache(rc) = &dest {
+        rc.ensure(&commit).map_err(local_io(rc.dir()))?;
+    }
+
+    let selected: Vec<RemoteFile> = listing.into_iter().filter(|f| selection.matches(&f.path)).collect();
+    if selected.is_empty() {
+        return Err(FetchError::Usage(format!(
+            "no file of {} '{}' at '{}' matches --include/--exclude",
+            req.repo.ty, req.repo.id, req.revision
+        )));
+    }
+    let bytes_selected = selected.iter().map(|f| f.size).sum();
+    progress.files_total.store(selected.len() as u64, Relaxed);
+    let mut todo = Vec::new();
+    for f in selected.iter() {
+        if dest.is_done(&commit, f) || dest.publish_existing(&commit, f).map_err(local_io(&dest.root(&commit)))? {
+            progress.files_done.fetch_add(1, Relaxed);
+        } else {
+            progress.bytes_total.fetch_add(f.size, Relaxed);
+            todo.push(f.clone());
+        }
+    }
+    let files_fetched = todo.len();
+    let workers = req.max_workers.max(1);
+    let ctx = Arc::new(Ctx {
+        hub,
+        repo: req.repo.clone(),
+        commit: commit.clone(),
+        dest: dest.clone(),
+        slots: Arc::new(Semaphore::new(workers)),
+        throttle: Throttle::new(req.max_download_rate),
+        progress: progress.clone(),
+        max_workers: workers,
+    });
+    let mut files = futures_util::stream::iter(todo).map(|f| download_file(ctx.clone(), f)).buffer_unordered(workers);
+    while let Some(r) = files.next().await {
+        r?; // dropping `files` cancels the rest; their chunk state is kept for the next run
+    }
+    Ok(GetOutcome {
+        path: dest.root(&commit),
+        commit,
+        files: selected.len(),
+        files_fetched,
+        bytes_selected,
+        bytes_from_hub: progress.from_hub.load(Relaxed),
+        bytes_resumed: progress.bytes_resumed.load(Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
+    let fp = ctx.progress.start_file(&f.path, f.size);
+    let paths = ctx.dest.paths(&f);
+    let lock_path = paths.lock.clone();
+    let _lock = blocking(move || BlobLock::acquire(&lock_path)).await?.map_err(local_io(&paths.lock))?;
+    // Someone (another swarm-dl, or Python) may have finished it while we waited.
+    let (dest, commit, file) = (ctx.dest.clone(), ctx.commit.clone(), f.clone());
+    if blocking(move || dest.publish_existing(&commit, &file)).await?.map_err(local_io(&paths.final_path))? {
+        ctx.progress.finish_file(&fp);
+        return Ok(());
+    }
+    for round in 0..2 {
+        match fetch_verified(&ctx, &f, &paths, &fp).await {
+            Ok(()) => break,
+            Err(FetchError::Store(StoreError::Mismatch { expected, got, .. })) => {
+                ctx.progress.discard(&fp);
+                if round == 1 {
+                    return Err(FetchError::Integrity {
+                        path: f.path.clone(),
+                        detail: format!("expected {expected}, got {got}"),
+                    });
+                }
+                tracing::warn!(file = %f.path, %expected, %got, "file does not match its Hub hash; fetching it again");
+            }
+            Err(FetchError::Hub(HubError::EntryNotFound { subject })) => {
+                if let Dest::Cache(rc) = &ctx.dest {
+                    let _ = rc.mark_no_exist(&ctx.commit, &f.path);
+                }
+                return Err(FetchError::Hub(HubError::EntryNotFound { subject }));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (dest, commit, file) = (ctx.dest.clone(), ctx.commit.clone(), f.clone());
+    blocking(move || dest.after_finish(&commit, &file)).await?.map_err(local_io(&paths.final_path))?;
+    ctx.progress.finish_file(&fp);
+    tracing::debug!(file = %f.path, bytes = f.size, "file complete");
+    Ok(())
+}
+
+/// Fetches the missing chunks of `f` into its partial file and publishes it if the whole-file
+/// hash matches. On a mismatch the partial file is gone and `StoreError::Mismatch` is returned.
+async fn fetch_verified(
+    ctx: &Arc<Ctx>,
+    f: &RemoteFile,
+    paths: &FilePaths,
+    fp: &Arc<FileProgress>,
+) -> Result<(), FetchError> {
+    let (inc, state, etag, size) = (paths.incomplete.clone(), paths.state.clone(), f.etag.clone(), f.size);
+    let (pf, resumed) = blocking(move || PartialFile::open(&inc, &state, &etag, size)).await??;
+    if resumed.chunks_kept > 0 {
+        tracing::info!(file = %f.path, chunks = resumed.chunks_kept, bytes = resumed.bytes_kept, "resuming from verified chunks");
+    }
+    ctx.progress.resumed(fp, resumed.bytes_kept);
+    let pf = Arc::new(pf);
+    let layout = ChunkLayout::for_len(f.size);
+    let source = HubSource::new(ctx.hub.clone(), ctx.repo.clone(), ctx.commit.clone(), f.clone(), layout.count());
+
+    // The whole-file hash follows finished chunks in order, overlapping with the download.
+    let wake = Arc::new(Notify::new());
+    let verifier = tokio::spawn({
+        let (pf, wake) = (pf.clone(), wake.clone());
+        async move {
+            loop {
+                wake.notified().await;
+                let pf = pf.clone();
+                if tokio::task::spawn_blocking(move || pf.advance_verifier())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?
+                {
+                    return Ok::<(), String>(());
+                }
+            }
+        }
+    });
+    wake.notify_one();
+
+    let failed = {
+        let (pf_all, wake_all, source) = (pf.clone(), wake.clone(), &source);
+        let fetches = futures_util::stream::iter(pf.missing())
+            .map(move |i| {
+                let (pf, wake) = (pf_all.clone(), wake_all.clone());
+                async move {
+                    let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
+                    let range =
+                        layout.range(i).ok_or_else(|| FetchError::Internal(format!("chunk {i} out of range")))?;
+                    let mut w = ChunkWriter::new(pf.clone(), i, range);
+                    source.fetch(&mut w, &ctx.throttle, &ctx.progress, fp).await?;
+                    let hash = w.finish().await?;
+                    blocking(move || pf.chunk_done(i, hash)).await??;
+                    wake.notify_one();
+                    Ok::<(), FetchError>(())
+                }
+            })
+            .buffer_unordered(ctx.max_workers);
+        let mut fetches = std::pin::pin!(fetches);
+        let mut failed = None;
+        while let Some(r) = fetches.next().await {
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+        }
+        failed
+    };
+    if let Some(e) = failed {
+        verifier.abort();
+        let pf2 = pf.clone();
+        let _ = blocking(move || pf2.save_state(true)).await;
+        return Err(e);
+    }
+    wake.notify_one();
+    verifier.await.map_err(|e| FetchError::Internal(e.to_string()))?.map_err(FetchError::Internal)?;
+    let pf = Arc::try_unwrap(pf).map_err(|_| FetchError::Internal("partial file still shared".into()))?;
+    let final_path = paths.final_path.clone();
+    blocking(move || pf.finish(&final_path)).await?.map_err(FetchError::from)
+}
+
+/// `HF_HUB_OFFLINE`: answer from the cache alone, like `snapshot_download(local_files_only=True)`.
+fn offline(req: &GetRequest, selection: &Selection) -> Result<GetOutcome, FetchError> {
+    let started = Instant::now();
+    let rc = req.cache.repo(&req.repo);
+    let what = format!("{} '{}' at '{}'", req.repo.ty, req.repo.id, req.revision);
+    let commit = if is_commit(&req.revision) { Some(req.revision.clone()) } else { rc.read_ref(&req.revision) };
+    let Some(commit) = commit else {
+        return Err(FetchError::Offline(format!(
+            "offline mode (HF_HUB_OFFLINE) and {what} is not in the cache at '{}': run once with network access",
+            req.cache.root().display()
+        )));
+    };
+    let (root, listing) = match &req.local_dir {
+        None => (rc.snapshot(&commit), rc.read_tree(&commit)),
+        Some(dir) => (dir.root().to_path_buf(), crate::cache::read_tree_file(&dir.tree_path(&commit))),
+    };
+    if !root.is_dir() {
+        return Err(FetchError::Offline(format!(
+            "offline mode (HF_HUB_OFFLINE) and {what} has no files on disk: run once with network access"
+        )));
+    }
+    let mut files = 0;
+    let mut bytes = 0;
+    if let Some(listing) = listing {
+        let missing: Vec<&RemoteFile> = listing
+            .iter()
+            .filter(|f| selection.matches(&f.path))
+            .inspect(|f| {
+                files += 1;
+                bytes += f.size;
+            })
+            .filter(|f| match &req.local_dir {
+                None => !rc.has_file(&commit, &f.path),
+                Some(dir) => !dir.file(&f.path).is_file(),
+            })
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(FetchError::Offline(format!(
+                "offline mode (HF_HUB_OFFLINE) and {what} is incomplete on disk: {} file(s) missing, e.g. '{}'; run once with network access",
+                missing.len(),
+                first.path
+            )));
+        }
+    }
+    Ok(GetOutcome {
+        commit,
+        path: root,
+        files,
+        files_fetched: 0,
+        bytes_selected: bytes,
+        bytes_from_hub: 0,
+        bytes_resumed: 0,
+        elapsed: started.elapsed(),
+    })
+}

@@ -1,0 +1,36 @@
+//! `--max-download-rate`: one token bucket (bytes per second) shared by every transfer.
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+
+/// A shared byte-rate cap; a no-op when unlimited.
+#[derive(Debug)]
+pub struct Throttle {
+    limiter: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+}
+
+impl Throttle {
+    /// A cap of `bytes_per_sec` (burst: one second's worth), or none.
+    pub fn new(bytes_per_sec: Option<u64>) -> Self {
+        let limiter = bytes_per_sec.and_then(|r| NonZeroU32::new(u32::try_from(r).unwrap_or(u32::MAX))).map(|rate| {
+            let quota = Quota::per_second(rate).allow_burst(rate);
+            (RateLimiter::direct(quota), rate)
+        });
+        Self { limiter }
+    }
+
+    /// Waits until `n` bytes may pass.
+    pub async fn take(&self, mut n: usize) {
+        let Some((limiter, burst)) = &self.limiter else {
+            return;
+        };
+        while n > 0 {
+            let step = n.min(burst.get() as usize);
+            if let Some(k) = NonZeroU32::new(step as u32) {
+                // `step <= burst`, so capacity is always sufficient.
+                let _ = limiter.until_n_ready(k).await;
+            }
+            n -= step;
+        }
+    }
+}

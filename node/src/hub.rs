@@ -1,0 +1,593 @@
+//! The Hub client: repo info, tree listings, resolve redirects and ranged GETs, with retries.
+//!
+//! Speaks the protocol of `shared/reference/hf-hub-protocol.md` §1: metadata from the API, data
+//! from `/resolve/<commit>/<path>`, whose LFS answers redirect to a CDN on another origin. The
+//! `Authorization` header goes only to the Hub's own origin, never to the CDN. The token is
+//! never logged or printed ([`Token`]'s `Debug` is redacted).
+//!
+//! This module does not write files: byte streams are handed to the caller ([`HubClient::open`]),
+//! who owns resuming and verification.
+
+pub mod error;
+pub mod retry;
+
+pub use error::{HubError, Subject, redact};
+pub use retry::RetryPolicy;
+
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+use swarm_protocol::hash::Etag;
+use swarm_protocol::repo::{RepoId, RepoType, check_repo_path};
+use url::Url;
+
+/// A Hub access token. Its `Debug` and `Display` never show it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token; `None` for an empty or blank one.
+    pub fn new(raw: &str) -> Option<Self> {
+        let t = raw.trim().replace(['\r', '\n'], "");
+        (!t.is_empty()).then_some(Self(t))
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// A repo on the Hub.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RepoRef {
+    /// Its id.
+    pub id: RepoId,
+    /// Its type.
+    pub ty: RepoType,
+}
+
+impl RepoRef {
+    /// The error subject for this repo.
+    pub fn subject(&self, revision: Option<&str>, path: Option<&str>) -> Subject {
+        Subject {
+            repo: self.id.to_string(),
+            repo_type: self.ty,
+            revision: revision.map(str::to_owned),
+            path: path.map(str::to_owned),
+        }
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Base URL, e.g. `https://huggingface.co` (`HF_ENDPOINT`).
+    pub endpoint: String,
+    /// Token sent to the Hub's own origin.
+    pub token: Option<Token>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response (`HF_HUB_DOWNLOAD_TIMEOUT`).
+    pub read_timeout: Duration,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://huggingface.co".into(),
+            token: None,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `GET /api/{type}s/{repo}/revision/{rev}`: the fields a download needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RepoInfo {
+    /// Canonical repo id.
+    pub id: String,
+    /// Commit the revision points at.
+    pub sha: Option<String>,
+}
+
+/// One entry of `GET /api/{type}s/{repo}/tree/{rev}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// `file` or `directory`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// git object id (blob sha1 for files).
+    pub oid: String,
+    /// Size in bytes (real size for LFS files).
+    #[serde(default)]
+    pub size: u64,
+    /// Path in the repo, `/`-separated.
+    pub path: String,
+    /// LFS pointer data, for LFS files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfs: Option<LfsInfo>,
+    /// Xet file id, for Xet-backed files.
+    #[serde(rename = "xetHash", default, skip_serializing_if = "Option::is_none")]
+    pub xet_hash: Option<String>,
+}
+
+/// LFS part of a tree entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LfsInfo {
+    /// sha256 of the content.
+    pub oid: String,
+    /// Content size.
+    pub size: u64,
+    /// Size of the pointer file.
+    #[serde(rename = "pointerSize", default)]
+    pub pointer_size: u64,
+}
+
+/// A file of a repo at a commit, checked and ready to fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteFile {
+    /// Path in the repo (validated by [`check_repo_path`]).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The Hub ETag: LFS sha256, else the git blob sha1.
+    pub etag: Etag,
+    /// git blob id (of the pointer file, for LFS files).
+    pub blob_id: String,
+    /// LFS sha256 and size, for LFS files.
+    pub lfs: Option<(String, u64)>,
+    /// Xet hash, if any.
+    pub xet_hash: Option<String>,
+}
+
+impl RemoteFile {
+    /// From a tree entry; `None` for directories. Errors for entries that could hurt us.
+    pub fn from_entry(e: &TreeEntry) -> Result<Option<Self>, String> {
+        if e.kind != "file" {
+            return Ok(None);
+        }
+        check_repo_path(&e.path).map_err(|err| err.0)?;
+        let etag_src = e.lfs.as_ref().map_or(e.oid.as_str(), |l| l.oid.as_str());
+        let etag = Etag::parse(etag_src).map_err(|err| format!("{} for '{}'", err, e.path))?;
+        Ok(Some(Self {
+            path: e.path.clone(),
+            size: e.lfs.as_ref().map_or(e.size, |l| l.size),
+            etag,
+            blob_id: e.oid.clone(),
+            lfs: e.lfs.as_ref().map(|l| (l.oid.to_ascii_lowercase(), l.size)),
+            xet_hash: e.xet_hash.clone(),
+        }))
+    }
+}
+
+/// Where a file's bytes can be fetched, and whether the token may go there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The URL (resolve URL, or the CDN URL it redirected to).
+    pub url: Url,
+    /// Send `Authorization`: only to the Hub's own origin.
+    pub auth: bool,
+}
+
+/// The outcome of one attempt: try again (with the server's hint, if any), or stop.
+#[derive(Debug)]
+pub enum Attempt {
+    /// Transient: network error, timeout, 408/429/5xx.
+    Retry {
+        /// What went wrong, for the final message.
+        last: String,
+        /// Server-requested pause.
+        hint: Option<Duration>,
+    },
+    /// Final.
+    Fatal(HubError),
+}
+
+/// An open response body for (part of) a file.
+#[derive(Debug)]
+pub struct Opened {
+    /// The response, status 200 or 206.
+    pub response: reqwest::Response,
+    /// Where we ended up (reuse it for the file's next ranges).
+    pub location: Location,
+    /// True when the server honoured the range (206); false for a 200 with the whole file.
+    pub partial: bool,
+}
+
+/// The Hub client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    token: Option<Token>,
+    retry: RetryPolicy,
+}
+
+const MAX_REDIRECTS: usize = 10;
+
+impl HubClient {
+    /// Builds a client. Redirects are followed by hand (to keep the token off other origins).
+    pub fn new(cfg: HubConfig) -> Result<Self, HubError> {
+        let trimmed = cfg.endpoint.trim_end_matches('/');
+        let endpoint =
+            Url::parse(&format!("{trimmed}/")).map_err(|_| HubError::InvalidEndpoint(cfg.endpoint.clone()))?;
+        if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host().is_none() {
+            return Err(HubError::InvalidEndpoint(cfg.endpoint));
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .user_agent(concat!("swarm-dl/", env!("CARGO_PKG_VERSION"), "; hf_hub/compatible"))
+            .build()
+            .map_err(|e| HubError::Malformed { url: String::new(), what: format!("cannot build HTTP client: {e}") })?;
+        Ok(Self { http, endpoint, token: cfg.token, retry: cfg.retry })
+    }
+
+    /// The endpoint, without trailing slash.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// The retry policy in force.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Whether a token is configured.
+    pub fn authenticated(&self) -> bool {
+        self.token.is_some()
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // `path` is built from validated ids and percent-encoded segments.
+        self.endpoint.join(path).unwrap_or_else(|_| self.endpoint.clone())
+    }
+
+    /// `…/resolve/<rev>/<path>` for a file.
+    pub fn resolve_url(&self, repo: &RepoRef, revision: &str, path: &str) -> Url {
+        self.url(&format!("{}{}/resolve/{}/{}", repo.ty.url_prefix(), repo.id, enc_segment(revision), enc_path(path)))
+    }
+
+    fn same_origin(&self, url: &Url) -> bool {
+        url.origin() == self.endpoint.origin()
+    }
+
+    fn request(&self, method: Method, url: &Url, auth: bool) -> reqwest::RequestBuilder {
+        let mut rb = self.http.request(method, url.clone()).header(header::ACCEPT_ENCODING, "identity");
+        if auth && let Some(t) = &self.token {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.0)).unwrap_or(HeaderValue::from_static(""));
+            v.set_sensitive(true);
+            rb = rb.header(header::AUTHORIZATION, v);
+        }
+        rb
+    }
+
+    fn status_error(&self, r: &reqwest::Response, subject: &Subject) -> Attempt {
+        let status = r.status();
+        if retry::is_retryable_status(status) {
+            return Attempt::Retry { last: format!("HTTP {status}"), hint: retry::server_hint(r.headers()) };
+        }
+        Attempt::Fatal(HubError::from_status(
+            status,
+            r.headers(),
+            &redact(r.url()),
+            subject,
+            self.authenticated(),
+            &self.endpoint(),
+        ))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the policy gives up.
+    pub async fn with_retries<T, F, Fut>(&self, url: &Url, mut attempt: F) -> Result<T, HubError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let mut n = 0;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry { last, hint }) => {
+                    n += 1;
+                    if n >= self.retry.max_attempts {
+                        return Err(HubError::Unreachable { url: redact(url), attempts: n, last });
+                    }
+                    let wait = self.retry.delay(n - 1, hint);
+                    tracing::debug!(url = %redact(url), attempt = n, wait_ms = wait.as_millis() as u64, %last, "retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &Url,
+        subject: &Subject,
+    ) -> Result<(T, HeaderMap), HubError> {
+        self.with_retries(url, || async {
+            let r = self.request(Method::GET, url, true).send().await.map_err(transport)?;
+            if !r.status().is_success() {
+                return Err(self.status_error(&r, subject));
+            }
+            let headers = r.headers().clone();
+            let body = r.bytes().await.map_err(transport)?;
+            let v = serde_json::from_slice(&body).map_err(|e| {
+                Attempt::Fatal(HubError::Malformed { url: redact(url), what: format!("invalid JSON: {e}") })
+            })?;
+            Ok((v, headers))
+        })
+        .await
+    }
+
+    /// Repo info at a revision: gives the commit the revision points at.
+    pub async fn repo_info(&self, repo: &RepoRef, revision: &str) -> Result<RepoInfo, HubError> {
+        let url = self.url(&format!("api/{}/{}/revision/{}", repo.ty.api_segment(), repo.id, enc_segment(revision)));
+        let (info, _): (RepoInfo, _) = self.get_json(&url, &repo.subject(Some(revision), None)).await?;
+        Ok(info)
+    }
+
+    /// Resolves a revision (branch, tag, `refs/pr/N`, short or full commit) to a full commit id.
+    pub async fn resolve_commit(&self, repo: &RepoRef, revision: &str) -> Result<String, HubError> {
+        let info = self.repo_info(repo, revision).await?;
+        match info.sha {
+            Some(sha) if swarm_protocol::repo::is_commit(&sha) => Ok(sha),
+            other => Err(HubError::Malformed {
+                url: redact(&self.url(&format!("api/{}/{}", repo.ty.api_segment(), repo.id))),
+                what: format!("repo info has no valid 'sha' (got {other:?})"),
+            }),
+        }
+    }
+
+    /// The complete recursive tree at a commit, following `Link: rel="next"` pages.
+    pub async fn list_tree(&self, repo: &RepoRef, commit: &str) -> Result<Vec<TreeEntry>, HubError> {
+        let mut url = self.url(&format!(
+            "api/{}/{}/tree/{}?recursive=true&expand=false",
+            repo.ty.api_segment(),
+            repo.id,
+            enc_segment(commit)
+        ));
+        let subject = repo.subject(Some(commit), None);
+        let mut out = Vec::new();
+        for _page in 0..100_000 {
+            let (entries, headers): (Vec<TreeEntry>, _) = self.get_json(&url, &subject).await?;
+            out.extend(entries);
+            match next_link(&headers).and_then(|l| url.join(&l).ok()) {
+                Some(next) if self.same_origin(&next) => url = next,
+                Some(next) => {
+                    return Err(HubError::Malformed {
+                        url: redact(&url),
+                        what: format!("pagination leaves the Hub ({})", redact(&next)),
+                    });
+                }
+                None => return Ok(out),
+            }
+        }
+        Err(HubError::Malformed { url: redact(&url), what: "tree listing never ends".into() })
+    }
+
+    /// The files of a repo at a commit.
+    pub async fn list_files(&self, repo: &RepoRef, commit: &str) -> Result<Vec<RemoteFile>, HubError> {
+        let tree = self.list_tree(repo, commit).await?;
+        files_from_tree(&tree).map_err(|what| HubError::Malformed { url: self.endpoint(), what })
+    }
+
+    /// Finds where a file's bytes live: `HEAD` on the resolve URL, following same-origin
+    /// (relative) redirects and stopping at a redirect to another origin (the CDN). Checks the
+    /// Hub's `X-Linked-Etag`/`ETag` and size against what the listing said.
+    pub async fn locate(&self, repo: &RepoRef, commit: &str, file: &RemoteFile) -> Result<Location, HubError> {
+        let start = self.resolve_url(repo, commit, &file.path);
+        let subject = repo.subject(Some(commit), Some(&file.path));
+        self.with_retries(&start, || async {
+            let mut url = start.clone();
+            for _ in 0..MAX_REDIRECTS {
+                let r = self.request(Method::HEAD, &url, true).send().await.map_err(transport)?;
+                let h = r.headers();
+                if r.status().is_redirection() {
+                    let loc =
+                        header_str(h, header::LOCATION).ok_or_else(|| malformed(&url, "redirect without Location"))?;
+                    let next = url.join(&loc).map_err(|_| malformed(&url, "bad Location"))?;
+                    if self.same_origin(&next) && h.get("x-linked-etag").is_none() {
+                        url = next; // a rename: same origin, keep the token
+                        continue;
+                    }
+                    check_linked(h, file, &url)?;
+                    let auth = self.same_origin(&next);
+                    return Ok(Location { url: next, auth });
+                }
+                if !r.status().is_success() {
+                    return Err(self.status_error(&r, &subject));
+                }
+                check_linked(h, file, &url)?;
+                return Ok(Location { url, auth: true });
+            }
+            Err(malformed(&start, "too many redirects"))
+        })
+        .await
+    }
+
+    /// One attempt at `GET` of `range` (or the whole file), following redirects (dropping the
+    /// token on other origins). No retry here: the caller resumes from where bytes stopped.
+    pub async fn open(&self, from: &Location, range: Option<Range<u64>>, subject: &Subject) -> Result<Opened, Attempt> {
+        let mut loc = from.clone();
+        for _ in 0..MAX_REDIRECTS {
+            let mut rb = self.request(Method::GET, &loc.url, loc.auth);
+            if let Some(r) = &range {
+                rb = rb.header(header::RANGE, format!("bytes={}-{}", r.start, r.end.saturating_sub(1)));
+            }
+            let resp = rb.send().await.map_err(transport)?;
+            let status = resp.status();
+            if status.is_redirection() {
+                let target = header_str(resp.headers(), header::LOCATION)
+                    .and_then(|l| loc.url.join(&l).ok())
+                    .ok_or_else(|| malformed(&loc.url, "redirect without a valid Location"))?;
+                // The token stays only while we stay on the Hub's origin.
+                loc = Location { auth: loc.auth && self.same_origin(&target), url: target };
+                continue;
+            }
+            if status == StatusCode::PARTIAL_CONTENT || status == StatusCode::OK {
+                return Ok(Opened { partial: status == StatusCode::PARTIAL_CONTENT, response: resp, location: loc });
+            }
+            if (status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED) && !self.same_origin(&loc.url) {
+                // An expired signed CDN URL: the caller locates the file again.
+                return Err(Attempt::Retry { last: format!("CDN answered {status}"), hint: None });
+            }
+            return Err(self.status_error(&resp, subject));
+        }
+        Err(malformed(&from.url, "too many redirects"))
+    }
+}
+
+/// Files of a tree listing, with paths and ETags checked.
+pub fn files_from_tree(tree: &[TreeEntry]) -> Result<Vec<RemoteFile>, String> {
+    let mut out = Vec::new();
+    for e in tree {
+        if let Some(f) = RemoteFile::from_entry(e)? {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+fn check_linked(h: &HeaderMap, file: &RemoteFile, url: &Url) -> Result<(), Attempt> {
+    let etag = header_str(h, "x-linked-etag".parse().unwrap_or(header::ETAG)).or_else(|| header_str(h, header::ETAG));
+    if let Some(raw) = etag
+        && let Ok(got) = Etag::parse(&raw)
+        && got != file.etag
+    {
+        return Err(malformed(
+            url,
+            &format!("file '{}' changed: the Hub now says {got}, the listing said {}", file.path, file.etag),
+        ));
+    }
+    if let Some(size) =
+        header_str(h, "x-linked-size".parse().unwrap_or(header::CONTENT_LENGTH)).and_then(|s| s.parse::<u64>().ok())
+        && size != file.size
+    {
+        return Err(malformed(
+            url,
+            &format!("file '{}' is {size} bytes at the Hub, the listing said {}", file.path, file.size),
+        ));
+    }
+    Ok(())
+}
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn malformed(url: &Url, what: &str) -> Attempt {
+    Attempt::Fatal(HubError::Malformed { url: redact(url), what: what.to_owned() })
+}
+
+/// Every transport failure (connect, reset, timeout, truncated body) is worth another attempt.
+pub fn transport(e: reqwest::Error) -> Attempt {
+    Attempt::Retry { last: describe(&e), hint: None }
+}
+
+/// A transport error with its causes, for messages.
+pub fn describe(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "connection broke while reading"
+    } else {
+        "request failed"
+    };
+    let mut last = format!("{what}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        last = format!("{last}: {s}");
+        src = s.source();
+    }
+    last
+}
+
+/// `Link: <url>; rel="next"` (RFC 8288), as the Hub paginates listings.
+fn next_link(h: &HeaderMap) -> Option<String> {
+    let v = h.get(header::LINK)?.to_str().ok()?;
+    v.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next")
+            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+    })
+}
+
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const PATH: &percent_encoding::AsciiSet = &SEGMENT.remove(b'/');
+
+/// Python's `quote(s, safe="")`: the revision is one path segment, `/` included.
+pub fn enc_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// Python's `quote(s)`: a repo path keeps its slashes.
+pub fn enc_path(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, PATH).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_never_shows_in_debug() {
+        let t = Token::new("hf_secret\n").expect("token");
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        let cfg = HubConfig { token: Some(t), ..HubConfig::default() };
+        assert!(!format!("{cfg:?}").contains("hf_secret"));
+        assert!(Token::new(" \n").is_none());
+    }
+
+    #[test]
+    fn urls_are_encoded_like_huggingface_hub() {
+        let c = HubClient::new(HubConfig { endpoint: "http://h:1/".into(), ..HubConfig::default() }).expect("client");
+        let repo = RepoRef { id: RepoId::parse("org/m").expect("id"), ty: RepoType::Dataset };
+        assert_eq!(
+            c.resolve_url(&repo, "refs/pr/1", "dir/a b.bin").as_str(),
+            "http://h:1/datasets/org/m/resolve/refs%2Fpr%2F1/dir/a%20b.bin"
+        );
+    }
+
+    #[test]
+    fn link_header_next_page() {
+        let mut h = HeaderMap::new();
+        h.insert(header::LINK, HeaderValue::from_static("<https://h/api/x?cursor=abc>; rel=\"next\""));
+        assert_eq!(next_link(&h).as_deref(), Some("https://h/api/x?cursor=abc"));
+        h.insert(header::LINK, HeaderValue::from_static("<https://h/p>; rel=\"prev\""));
+        assert_eq!(next_link(&h), None);
+    }
+
+    #[test]
+    fn hostile_tree_entries_are_refused() {
+        let e = |path: &str, oid: &str| TreeEntry {
+            kind: "file".into(),
+            oid: oid.into(),
+            size: 1,
+            path: path.into(),
+            lfs: None,
+            xet_hash: None,
+        };
+        assert!(RemoteFile::from_entry(&e("../../.bashrc", &"a".repeat(40))).is_err());
+        assert!(RemoteFile::from_entry(&e("ok.txt", "../x")).is_err());
+        assert!(RemoteFile::from_entry(&e("ok.txt", &"a".repeat(40))).is_ok());
+    }
+}

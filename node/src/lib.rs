@@ -1,0 +1,28 @@
+//! # swarm-node: the engine behind `swarm-dl`
+//!
+//! Owns everything that does I/O: talking to the Hub ([`hub`]), the Hugging Face cache on disk
+//! ([`cache`]), partially downloaded files and their chunk state ([`store`]), the pipeline that
+//! turns "this repo at this revision" into verified blobs ([`fetch`]), and the Hub-compatible HTTP
+//! server used as a mirror and as the origin of every test ([`http`]).
+//!
+//! It must not parse command lines, print to stdout or install a tracing subscriber: that is the
+//! binary's job (`cli/`). Errors are typed per module; the binary turns them into one sentence.
+
+pub mod cache;
+pub mod fetch;
+pub mod http;
+pub mod hub;
+pub mod store;
+
+pub use swarm_protocol as protocol;
+
+/// True when `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) asks for no network, with
+/// `huggingface_hub`'s boolean rule (1/ON/YES/TRUE, any case).
+pub fn offline_from_env() -> bool {
+    ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| std::env::var(k).is_ok_and(|v| env_true(&v)))
+}
+
+/// `huggingface_hub`'s boolean rule for environment variables.
+pub fn env_true(v: &str) -> bool {
+    matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
+}

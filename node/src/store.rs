@@ -1,0 +1,415 @@
+//! Partial files: where chunks land before a blob is whole and checked.
+//!
+//! A [`PartialFile`] is the `.incomplete` file (written at chunk offsets, any order) plus its
+//! chunk state: a [`ChunkManifest`] saved beside it as JSON, at most every
+//! [`PERSIST_EVERY`] and at the end. A chunk is recorded only after all its bytes are written, so
+//! after a crash the state can only be behind the data, never ahead; and on reopening, every
+//! recorded chunk is hashed again and kept only if its bytes still match. The state is a hint
+//! for resuming, never a source of trust.
+//!
+//! The whole-file hash (the Hub's ETag) is computed in order by a verifier that follows the
+//! contiguous prefix of finished chunks, reading them back (from the page cache), so it overlaps
+//! with the download instead of adding a pass at the end. Nothing is renamed into place unless
+//! that hash equals the ETag.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use swarm_protocol::hash::{ContentHasher, Etag, Sha256};
+use swarm_protocol::manifest::ChunkManifest;
+
+/// How often chunk state is saved while a download runs.
+pub const PERSIST_EVERY: Duration = Duration::from_millis(500);
+
+const READ_BUF: usize = 1 << 20;
+
+/// A local failure while storing a file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// I/O on a path.
+    #[error("{op} '{}': {source}", .path.display())]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The finished file does not hash to its ETag.
+    #[error("'{}' does not match its Hub hash (expected {expected}, got {got})", .path.display())]
+    Mismatch {
+        /// The partial file.
+        path: PathBuf,
+        /// The ETag.
+        expected: Etag,
+        /// What the bytes hash to.
+        got: String,
+    },
+}
+
+impl StoreError {
+    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Self + 'a {
+        move |source| Self::Io { op, path: path.to_path_buf(), source }
+    }
+
+    /// True when the disk is full (or the quota is exhausted).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if is_disk_full(source))
+    }
+}
+
+/// True for ENOSPC / EDQUOT.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// What reopening a partial file kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// Chunks whose bytes still matched their recorded hash.
+    pub chunks_kept: u32,
+    /// Their bytes.
+    pub bytes_kept: u64,
+    /// Recorded chunks whose bytes did not match (fetched again).
+    pub chunks_dropped: u32,
+}
+
+#[derive(Debug)]
+struct Verifier {
+    next: u32,
+    hasher: ContentHasher,
+}
+
+#[derive(Debug)]
+struct State {
+    manifest: ChunkManifest,
+    saved_at: Instant,
+    dirty: bool,
+}
+
+/// A file being downloaded. Share it (`Arc`) between the tasks writing its chunks.
+#[derive(Debug)]
+pub struct PartialFile {
+    file: File,
+    path: PathBuf,
+    state_path: PathBuf,
+    state: Mutex<State>,
+    verifier: Mutex<Verifier>,
+}
+
+impl PartialFile {
+    /// Opens (resuming) or creates the partial file for `(etag, size)`. Blocking.
+    ///
+    /// Space for the whole file is reserved up front, so a full disk is reported before any
+    /// byte is fetched.
+    pub fn open(path: &Path, state_path: &Path, etag: &Etag, size: u64) -> Result<(Self, Resumed), StoreError> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(StoreError::io("cannot create directory", dir))?;
+        }
+        let saved = read_state(state_path, etag, size);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(saved.is_none())
+            .open(path)
+            .map_err(StoreError::io("cannot open", path))?;
+        file.set_len(size).map_err(StoreError::io("cannot size", path))?;
+        match fs4::fs_std::FileExt::allocate(&file, size) {
+            Err(e) if is_disk_full(&e) => {
+                return Err(StoreError::Io { op: "no space left for", path: path.into(), source: e });
+            }
+            _ => {} // unsupported file systems simply do not reserve
+        }
+        let mut pf = Self {
+            file,
+            path: path.to_path_buf(),
+            state_path: state_path.to_path_buf(),
+            state: Mutex::new(State {
+                manifest: ChunkManifest::empty(etag.clone(), size),
+                saved_at: Instant::now(),
+                dirty: true,
+            }),
+            verifier: Mutex::new(Verifier { next: 0, hasher: etag.hasher(size) }),
+        };
+        let resumed = match saved {
+            Some(m) => pf.recheck(m)?,
+            None => Resumed::default(),
+        };
+        pf.save_state(true)?;
+        Ok((pf, resumed))
+    }
+
+    /// Re-hashes every chunk the saved state claims, keeping only those that still match,
+    /// and feeds the contiguous verified prefix to the whole-file hasher on the way.
+    fn recheck(&mut self, saved: ChunkManifest) -> Result<Resumed, StoreError> {
+        let layout = saved.layout();
+        let mut out = Resumed::default();
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let verifier = self.verifier.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut prefix = true;
+        let mut buf = vec![0u8; READ_BUF];
+        for (i, recorded) in saved.chunks.iter().enumerate() {
+            let Some(want) = recorded else {
+                prefix = false;
+                continue;
+            };
+            let Some(range) = layout.range(i as u32) else {
+                break;
+            };
+            let mut file_hasher = prefix.then(|| verifier.hasher.clone());
+            let got = hash_range(&self.file, &self.path, range.clone(), &mut buf, file_hasher.as_mut())?;
+            if got == *want {
+                state.manifest.chunks[i] = Some(got);
+                out.chunks_kept += 1;
+                out.bytes_kept += range.end - range.start;
+                if let Some(h) = file_hasher {
+                    verifier.hasher = h;
+                    verifier.next = i as u32 + 1;
+                }
+            } else {
+                tracing::warn!(file = %self.path.display(), chunk = i, "saved chunk no longer matches its hash; fetching it again");
+                out.chunks_dropped += 1;
+                prefix = false;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The file's chunk hashes so far.
+    pub fn manifest(&self) -> ChunkManifest {
+        self.lock_state().manifest.clone()
+    }
+
+    /// Indices of the chunks still to fetch, in order.
+    pub fn missing(&self) -> Vec<u32> {
+        let st = self.lock_state();
+        st.manifest.chunks.iter().enumerate().filter(|(_, c)| c.is_none()).map(|(i, _)| i as u32).collect()
+    }
+
+    /// Writes bytes at `offset`. Blocking.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all_at(bytes, offset).map_err(StoreError::io("cannot write", &self.path))
+    }
+
+    /// Records chunk `index` as written with hash `hash`; saves the state now and then. Blocking.
+    pub fn chunk_done(&self, index: u32, hash: Sha256) -> Result<(), StoreError> {
+        {
+            let mut st = self.lock_state();
+            if let Some(slot) = st.manifest.chunks.get_mut(index as usize) {
+                *slot = Some(hash);
+                st.dirty = true;
+            }
+        }
+        self.save_state(false)
+    }
+
+    /// Saves the chunk state if it changed (and, unless `force`, if enough time has passed).
+    pub fn save_state(&self, force: bool) -> Result<(), StoreError> {
+        let json = {
+            let mut st = self.lock_state();
+            if !st.dirty || (!force && st.saved_at.elapsed() < PERSIST_EVERY) {
+                return Ok(());
+            }
+            st.dirty = false;
+            st.saved_at = Instant::now();
+            serde_json::to_vec(&st.manifest).map_err(|e| StoreError::Io {
+                op: "cannot encode chunk state for",
+                path: self.path.clone(),
+                source: io::Error::other(e),
+            })?
+        };
+        crate::cache::write_atomic(&self.state_path, &json)
+            .map_err(StoreError::io("cannot save chunk state", &self.state_path))
+    }
+
+    /// Feeds the whole-file hasher every finished chunk that extends the verified prefix.
+    /// Blocking. Returns true once the whole file has been hashed.
+    pub fn advance_verifier(&self) -> Result<bool, StoreError> {
+        let mut v = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
+        let (layout, count) = {
+            let st = self.lock_state();
+            (st.manifest.layout(), st.manifest.chunks.len() as u32)
+        };
+        let mut buf = vec![0u8; READ_BUF];
+        while v.next < count {
+            if self.lock_state().manifest.chunks[v.next as usize].is_none() {
+                return Ok(false);
+            }
+            let Some(range) = layout.range(v.next) else {
+                break;
+            };
+            read_range(&self.file, &self.path, range, &mut buf, |b| v.hasher.update(b))?;
+            v.next += 1;
+        }
+        Ok(true)
+    }
+
+    /// Checks the whole file against its ETag and moves it to `dest`. Blocking. On a mismatch
+    /// the partial file and its state are removed (they are wrong) and an error returned.
+    pub fn finish(self, dest: &Path) -> Result<(), StoreError> {
+        if !self.advance_verifier()? {
+            return Err(StoreError::Io {
+                op: "cannot finish incomplete file",
+                path: self.path.clone(),
+                source: io::Error::other("chunks missing"),
+            });
+        }
+        let etag = self.lock_state().manifest.etag.clone();
+        let v = self.verifier.into_inner().unwrap_or_else(|p| p.into_inner());
+        let got = v.hasher.finish_hex();
+        if got != etag.as_str() {
+            let _ = fs::remove_file(&self.path);
+            let _ = fs::remove_file(&self.state_path);
+            return Err(StoreError::Mismatch { path: self.path, expected: etag, got });
+        }
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir).map_err(StoreError::io("cannot create directory", dir))?;
+        }
+        fs::rename(&self.path, dest).map_err(StoreError::io("cannot move into place", dest))?;
+        let _ = fs::remove_file(&self.state_path);
+        Ok(())
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn read_state(path: &Path, etag: &Etag, size: u64) -> Option<ChunkManifest> {
+    let bytes = fs::read(path).ok()?;
+    let m: ChunkManifest = serde_json::from_slice(&bytes).ok()?;
+    match m.validate_for(etag, size) {
+        Ok(()) => Some(m),
+        Err(e) => {
+            tracing::warn!(state = %path.display(), error = %e, "ignoring chunk state");
+            None
+        }
+    }
+}
+
+fn read_range(
+    file: &File,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    buf: &mut [u8],
+    mut sink: impl FnMut(&[u8]),
+) -> Result<(), StoreError> {
+    let mut pos = range.start;
+    while pos < range.end {
+        let n = usize::try_from(range.end - pos).unwrap_or(usize::MAX).min(buf.len());
+        file.read_exact_at(&mut buf[..n], pos).map_err(StoreError::io("cannot read", path))?;
+        sink(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+fn hash_range(
+    file: &File,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    buf: &mut [u8],
+    mut also: Option<&mut ContentHasher>,
+) -> Result<Sha256, StoreError> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    read_range(file, path, range, buf, |b| {
+        h.update(b);
+        if let Some(a) = also.as_deref_mut() {
+            a.update(b);
+        }
+    })?;
+    Ok(Sha256(h.finalize().into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_protocol::chunk::ChunkLayout;
+    use swarm_protocol::hash::lfs_sha256;
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    fn write_chunk(pf: &PartialFile, data: &[u8], i: u32) {
+        let r = ChunkLayout::for_len(data.len() as u64).range(i).expect("range");
+        let bytes = &data[r.start as usize..r.end as usize];
+        pf.write_at(r.start, bytes).expect("write");
+        pf.chunk_done(i, Sha256::of(bytes)).expect("done");
+    }
+
+    #[test]
+    fn out_of_order_chunks_verify_and_finish() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(9 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st, dest) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"), tmp.path().join("blob"));
+        let (pf, r) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+        assert_eq!(r, Resumed::default());
+        assert_eq!(pf.missing(), vec![0, 1, 2]);
+        for i in [2, 0, 1] {
+            write_chunk(&pf, &data, i);
+            pf.advance_verifier().expect("verify");
+        }
+        pf.finish(&dest).expect("finish");
+        assert_eq!(fs::read(&dest).expect("read"), data);
+        assert!(!inc.exists() && !st.exists());
+    }
+
+    #[test]
+    fn resume_keeps_good_chunks_and_drops_tampered_ones() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(13 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"));
+        {
+            let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+            for i in [0, 1, 3] {
+                write_chunk(&pf, &data, i);
+            }
+            pf.save_state(true).expect("save");
+        }
+        // Corrupt one byte of chunk 1 behind the state's back.
+        let f = OpenOptions::new().write(true).open(&inc).expect("open");
+        f.write_all_at(&[0xff ^ data[(4 << 20) + 5]], (4 << 20) + 5).expect("poke");
+        let (pf, r) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("reopen");
+        assert_eq!(r, Resumed { chunks_kept: 2, bytes_kept: (4 << 20) + (1 << 20), chunks_dropped: 1 });
+        assert_eq!(pf.missing(), vec![1, 2]);
+        for i in [1, 2] {
+            write_chunk(&pf, &data, i);
+        }
+        pf.finish(&tmp.path().join("blob")).expect("finish");
+    }
+
+    #[test]
+    fn wrong_bytes_never_reach_the_destination() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(1000);
+        let etag = lfs_sha256(b"something else");
+        let (inc, st, dest) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"), tmp.path().join("blob"));
+        let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+        write_chunk(&pf, &data, 0);
+        assert!(matches!(pf.finish(&dest), Err(StoreError::Mismatch { .. })));
+        assert!(!dest.exists() && !inc.exists());
+    }
+
+    #[test]
+    fn state_for_another_file_is_ignored() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(5 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"));
+        fs::write(&st, b"{not json").expect("junk");
+        let (pf, r) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+        assert_eq!(r.chunks_kept, 0);
+        assert_eq!(pf.missing().len(), 2);
+    }
+}
