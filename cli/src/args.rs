@@ -62,6 +62,10 @@ pub struct GetArgs {
     /// Cap the total download rate, bytes per second: 500K, 50M, 1G (×1000) or 64Mi (×1024).
     #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", value_name = "RATE")]
     pub max_download_rate: Option<String>,
+    /// Attempts per request before giving up (backoff with jitter between them; the count
+    /// restarts whenever bytes arrive).
+    #[arg(long, env = "SWARM_DL_RETRIES", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retries: u32,
     /// Answer from the cache only [env: HF_HUB_OFFLINE].
     #[arg(long)]
     pub offline: bool,

@@ -13,7 +13,7 @@ use swarm_node::cache::{HubCache, scan};
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
 use swarm_node::http::{HubServer, HubServerConfig};
-use swarm_node::hub::{HubClient, HubConfig, RepoRef};
+use swarm_node::hub::{HubClient, HubConfig, RepoRef, RetryPolicy};
 use swarm_protocol::repo::{RepoId, RepoType};
 
 /// Runs one command.
@@ -43,6 +43,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             endpoint: settings::endpoint(a.endpoint),
             token: settings::token(a.token),
             read_timeout: settings::read_timeout()?,
+            retry: RetryPolicy { max_attempts: a.retries, ..RetryPolicy::default() },
             ..HubConfig::default()
         })?)
     };

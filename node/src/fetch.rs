@@ -320,9 +320,24 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         progress: progress.clone(),
         max_workers: workers,
     });
-    let mut files = futures_util::stream::iter(todo).map(|f| download_file(ctx.clone(), f)).buffer_unordered(workers);
+    // After a failure no new file starts, but files in flight run to their end: whatever can
+    // still complete is kept. The first error is the one reported.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut files = futures_util::stream::iter(todo)
+        .map(|f| {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            async move { if stop.load(Relaxed) { Ok(()) } else { download_file(ctx, f).await } }
+        })
+        .buffer_unordered(workers);
+    let mut first_error = None;
     while let Some(r) = files.next().await {
-        r?; // dropping `files` cancels the rest; their chunk state is kept for the next run
+        if let Err(e) = r {
+            stop.store(true, Relaxed);
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     Ok(GetOutcome {
         path: dest.root(&commit),

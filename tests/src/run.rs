@@ -1,0 +1,56 @@
+//! The real `swarm-dl` binary, built once per test process, run with a clean environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+/// Path of the `swarm-dl` binary of this workspace, built with the tests' profile.
+pub fn swarm_dl() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        escargot::CargoBuild::new()
+            .manifest_path(manifest)
+            .package("swarm-dl")
+            .bin("swarm-dl")
+            .current_release()
+            .current_target()
+            .run()
+            .expect("build swarm-dl")
+            .path()
+            .to_path_buf()
+    })
+}
+
+/// A `swarm-dl` command with no inherited Hugging Face settings: `HF_HOME` points into `home`.
+pub fn command(home: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(swarm_dl());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("HF_") || k.starts_with("HUGGING") || k.starts_with("SWARM_DL") || k == "TRANSFORMERS_OFFLINE"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("HF_HOME", home.join("hf-home")).env("HOME", home).kill_on_drop(true);
+    c
+}
+
+/// Runs `swarm-dl args…` to completion.
+pub async fn swarm(home: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = command(home);
+    c.args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().await.expect("run swarm-dl")
+}
+
+/// stdout as a trimmed string.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// stderr as a string.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
