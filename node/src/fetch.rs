@@ -459,8 +459,17 @@ async fn fetch_verified(
     };
     if let Some(e) = failed {
         verifier.abort();
-        let pf2 = pf.clone();
-        let _ = blocking(move || pf2.save_state(true)).await;
+        // Keep what was verified for the next run; a file with nothing verified is litter.
+        let (pf2, inc, state) = (pf.clone(), paths.incomplete.clone(), paths.state.clone());
+        let _ = blocking(move || {
+            if pf2.manifest().known() == 0 {
+                let _ = std::fs::remove_file(&inc);
+                let _ = std::fs::remove_file(&state);
+            } else {
+                let _ = pf2.save_state(true);
+            }
+        })
+        .await;
         return Err(e);
     }
     wake.notify_one();

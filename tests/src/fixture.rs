@@ -145,3 +145,50 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
 pub fn partial_files(repo_dir: &Path) -> Vec<PathBuf> {
     walk_files(&repo_dir.join("blobs")).into_iter().filter(|p| p.to_string_lossy().contains(".incomplete")).collect()
 }
+
+/// A repo in Hugging Face cache layout (what `hub serve` reads from an existing cache), with
+/// several commits and refs: the way to serve branches, tags and `refs/pr/N`.
+#[derive(Debug)]
+pub struct CacheRepo {
+    dir: PathBuf,
+}
+
+impl CacheRepo {
+    /// `root/models--<org>--<name>` (or another type's prefix).
+    pub fn new(root: &Path, folder: &str) -> Self {
+        let dir = root.join(folder);
+        fs::create_dir_all(dir.join("blobs")).expect("mkdir");
+        Self { dir }
+    }
+
+    /// Adds a commit with these files (`.safetensors` files are stored as LFS, by sha256).
+    pub fn commit(&self, commit: &str, files: &[(&str, &[u8])]) -> &Self {
+        for (path, content) in files {
+            let etag = if path.ends_with(".safetensors") {
+                swarm_protocol::hash::lfs_sha256(content)
+            } else {
+                swarm_protocol::hash::git_blob_sha1(content)
+            };
+            fs::write(self.dir.join("blobs").join(etag.as_str()), content).expect("blob");
+            let pointer = self.dir.join("snapshots").join(commit).join(path);
+            fs::create_dir_all(pointer.parent().expect("parent")).expect("mkdir");
+            let depth = path.split('/').count() + 1;
+            let target = format!("{}blobs/{etag}", "../".repeat(depth));
+            std::os::unix::fs::symlink(target, &pointer).expect("symlink");
+        }
+        self
+    }
+
+    /// Points `refs/<name>` at `commit`.
+    pub fn git_ref(&self, name: &str, commit: &str) -> &Self {
+        let p = self.dir.join("refs").join(name);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(p, commit).expect("ref");
+        self
+    }
+}
+
+/// sha256 of bytes, hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -14,7 +14,6 @@ pub fn swarm_dl() -> &'static Path {
             .package("swarm-dl")
             .bin("swarm-dl")
             .current_release()
-            .current_target()
             .run()
             .expect("build swarm-dl")
             .path()

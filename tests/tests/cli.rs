@@ -1,0 +1,366 @@
+//! The real `swarm-dl` binary end to end: what a user types, what they see, what lands on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use swarm_node::http::HubServerConfig;
+use swarm_tests::fixture::{
+    CacheRepo, PlainRepo, assert_local_dir, assert_snapshot, only_snapshot, partial_files, random_bytes, sha256,
+};
+use swarm_tests::hub::TestHub;
+use swarm_tests::require;
+use swarm_tests::run::{stderr, stdout, swarm};
+
+fn model(root: &Path) -> PlainRepo {
+    PlainRepo::new(root, "", "org/model")
+        .file("config.json", br#"{"hidden": 8}"#)
+        .file("tokenizer/vocab.txt", b"a\nb\nc\n")
+        .file("README.md", b"# test model\n")
+        .random("model.safetensors", 7, (9 << 20) + 77)
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self { tmp: tempfile::tempdir().expect("tmp") }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+    fn home(&self) -> &Path {
+        self.tmp.path()
+    }
+    fn cache(&self) -> String {
+        self.path("cache").display().to_string()
+    }
+}
+
+/// Asserts a failed run: nonzero exit, exactly one line on stderr, saying `needle`.
+fn assert_one_clear_error(o: &std::process::Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "must fail; stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one sentence, got: {err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(o.stdout.is_empty(), "no result on stdout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_prints_the_snapshot_and_a_second_get_fetches_nothing() {
+    let env = Env::new();
+    let repo = model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let o =
+        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let snap = only_snapshot(&env.path("cache/models--org--model"));
+    assert_eq!(stdout(&o), snap.display().to_string());
+    assert_snapshot(&snap, &repo.files);
+    assert!(stderr(&o).contains("4 files"), "summary line: {}", stderr(&o));
+    let total: u64 = repo.files.keys().map(|p| std::fs::metadata(repo.dir.join(p)).expect("meta").len()).sum();
+    assert_eq!(hub.stats().file_bytes(), total, "each byte served once");
+    assert!(env.path("cache/CACHEDIR.TAG").is_file());
+    assert!(env.path("cache/.locks/models--org--model").is_dir());
+    assert_eq!(std::fs::read_to_string(env.path("cache/models--org--model/refs/main")).expect("ref").len(), 40);
+
+    let (data_before, resolve_before) =
+        (hub.stats().data_requests.load(Relaxed), hub.stats().resolve_requests.load(Relaxed));
+    let o = swarm(
+        env.home(),
+        &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache(), "--json"],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["path"], snap.display().to_string());
+    assert_eq!(v["files_fetched"], 0);
+    assert_eq!(v["bytes_from_hub"], 0);
+    assert_eq!(hub.stats().data_requests.load(Relaxed), data_before, "no data request for a complete snapshot");
+    assert_eq!(hub.stats().resolve_requests.load(Relaxed), resolve_before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_and_exclude_follow_huggingface_hub_patterns() {
+    let env = Env::new();
+    let repo = model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let args = [
+        "get",
+        "org/model",
+        "--endpoint",
+        &hub.endpoint,
+        "--cache-dir",
+        &env.cache(),
+        "--include",
+        "*.txt",
+        "--include",
+        "*.json",
+        "--exclude",
+        "tokenizer/",
+    ];
+    let o = swarm(env.home(), &args, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want: BTreeMap<_, _> =
+        repo.files.iter().filter(|(p, _)| p.as_str() == "config.json").map(|(a, b)| (a.clone(), b.clone())).collect();
+    assert_snapshot(&only_snapshot(&env.path("cache/models--org--model")), &want);
+    // The tree cache is complete even for a partial download.
+    let commit =
+        only_snapshot(&env.path("cache/models--org--model")).file_name().expect("name").to_string_lossy().into_owned();
+    let tree: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.path(&format!("cache/models--org--model/trees/{commit}.json"))).expect("tree"),
+    )
+    .expect("json");
+    assert_eq!(tree["files"].as_object().expect("files").len(), 4);
+
+    let o = swarm(
+        env.home(),
+        &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache(), "--include", "*.gguf"],
+        &[],
+    )
+    .await;
+    assert_one_clear_error(&o, "no file of model 'org/model' at 'main' matches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_branch_tag_short_and_full_commit_and_pr() {
+    let env = Env::new();
+    let (c1, c2, c3) = ("1".repeat(40), "2".repeat(40), "3".repeat(40));
+    let (c1, c2, c3) = (c1.replace('1', "a1"), c2.replace('2', "b2"), c3.replace('3', "c3"));
+    let (c1, c2, c3) = (c1[..40].to_owned(), c2[..40].to_owned(), c3[..40].to_owned());
+    let w1 = random_bytes(1, 5000);
+    let w2 = random_bytes(2, 6000);
+    CacheRepo::new(&env.path("hub"), "models--org--revs")
+        .commit(&c1, &[("config.json", b"v1"), ("w.safetensors", &w1)])
+        .commit(&c2, &[("config.json", b"v2"), ("w.safetensors", &w2)])
+        .commit(&c3, &[("config.json", b"pr")])
+        .git_ref("main", &c2)
+        .git_ref("v1.0", &c1)
+        .git_ref("refs/pr/1", &c3);
+    let hub = TestHub::start(&env.path("hub")).await;
+    let cache = env.cache();
+    let get = |rev: String| {
+        let (endpoint, cache, home) = (hub.endpoint.clone(), cache.clone(), env.home().to_path_buf());
+        async move {
+            swarm(&home, &["get", "org/revs", "--endpoint", &endpoint, "--cache-dir", &cache, "--revision", &rev], &[])
+                .await
+        }
+    };
+    let repo_dir = env.path("cache/models--org--revs");
+    for (rev, commit, config) in [
+        ("main".to_owned(), &c2, "v2"),
+        ("v1.0".to_owned(), &c1, "v1"),
+        (c1[..7].to_owned(), &c1, "v1"),
+        (c2.clone(), &c2, "v2"),
+        ("refs/pr/1".to_owned(), &c3, "pr"),
+    ] {
+        let o = get(rev.clone()).await;
+        assert!(o.status.success(), "{rev}: {}", stderr(&o));
+        let snap = repo_dir.join("snapshots").join(commit);
+        assert_eq!(stdout(&o), snap.display().to_string(), "{rev}");
+        assert_eq!(std::fs::read_to_string(snap.join("config.json")).expect("config"), config);
+        let ref_file = repo_dir.join("refs").join(&rev);
+        if rev == *commit {
+            assert!(!ref_file.exists(), "no ref for a full commit");
+        } else {
+            assert_eq!(&std::fs::read_to_string(&ref_file).expect("ref"), commit, "refs/{rev} holds the bare commit");
+        }
+    }
+    assert_eq!(std::fs::read(repo_dir.join("snapshots").join(&c1).join("w.safetensors")).expect("w1"), w1);
+    let o = get("nope".into()).await;
+    assert_one_clear_error(&o, "revision 'nope' not found in model 'org/revs'");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_dir_gets_plain_files_and_huggingface_metadata() {
+    let env = Env::new();
+    let repo = model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let local = env.path("local");
+    let args = ["get", "org/model", "--endpoint", &hub.endpoint, "--local-dir", local.to_str().expect("utf8")];
+    let o = swarm(env.home(), &args, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), local.display().to_string());
+    assert_local_dir(&local, &repo.files);
+    let meta = std::fs::read_to_string(local.join(".cache/huggingface/download/tokenizer/vocab.txt.metadata"))
+        .expect("metadata");
+    let lines: Vec<&str> = meta.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[1], swarm_protocol::hash::git_blob_sha1(b"a\nb\nc\n").as_str());
+    assert_eq!(std::fs::read_to_string(local.join(".cache/huggingface/.gitignore")).expect("gitignore"), "*");
+    let before = hub.stats().file_bytes();
+    let o = swarm(env.home(), &args, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(hub.stats().file_bytes(), before, "up-to-date local files are not fetched again");
+    assert!(swarm_tests::fixture::walk_files(&local).iter().all(|p| !p.to_string_lossy().ends_with(".incomplete")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_mode_answers_from_the_cache_only() {
+    let env = Env::new();
+    model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let o =
+        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success());
+    let (api, resolve) = (hub.stats().api_requests.load(Relaxed), hub.stats().resolve_requests.load(Relaxed));
+    let o = swarm(
+        env.home(),
+        &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()],
+        &[("HF_HUB_OFFLINE", "1")],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), only_snapshot(&env.path("cache/models--org--model")).display().to_string());
+    assert_eq!(
+        (hub.stats().api_requests.load(Relaxed), hub.stats().resolve_requests.load(Relaxed)),
+        (api, resolve),
+        "offline means no request"
+    );
+    let o = swarm(env.home(), &["get", "org/other", "--cache-dir", &env.cache()], &[("HF_HUB_OFFLINE", "1")]).await;
+    assert_one_clear_error(&o, "offline mode (HF_HUB_OFFLINE) and model 'org/other' at 'main' is not in the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_ends_in_one_clear_sentence() {
+    let env = Env::new();
+    model(&env.path("hub"));
+    let mut cfg = HubServerConfig::loopback(env.path("hub"));
+    cfg.gated = vec!["org/model".into()];
+    cfg.tokens = vec!["hf_good".into()];
+    let hub = TestHub::with(cfg).await;
+    let base = ["--endpoint", &hub.endpoint, "--cache-dir", &env.cache()];
+    let run = |args: Vec<&str>| {
+        let home = env.home().to_path_buf();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move { swarm(&home, &args.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await }
+    };
+    let with = |extra: &[&'static str], id: &'static str| {
+        let mut v = vec!["get", id];
+        v.extend_from_slice(&base);
+        v.extend_from_slice(extra);
+        v
+    };
+    assert_one_clear_error(&run(with(&[], "org/missing")).await, "model 'org/missing' not found at");
+    assert_one_clear_error(&run(with(&["--repo-type", "dataset"], "org/model")).await, "dataset 'org/model' not found");
+    assert_one_clear_error(&run(with(&[], "org//bad")).await, "invalid repo id 'org//bad'");
+    assert_one_clear_error(&run(with(&[], "org/model")).await, "model 'org/model' is gated: accept its conditions");
+    assert_one_clear_error(&run(with(&["--token", "hf_wrong"], "org/model")).await, "rejected the token");
+    let no_blobs = partial_files(&env.path("cache/models--org--model"));
+    assert!(no_blobs.is_empty());
+    let ok = run(with(&["--token", "hf_good"], "org/model")).await;
+    assert!(ok.status.success(), "a token with access opens the gated repo: {}", stderr(&ok));
+    assert!(!stderr(&ok).contains("hf_good"), "the token never shows");
+
+    let down = ["get", "org/model", "--endpoint", "http://127.0.0.1:9", "--cache-dir", &env.cache(), "--retries", "2"];
+    assert_one_clear_error(&swarm(env.home(), &down, &[]).await, "cannot reach http://127.0.0.1:9/");
+    let dead_end = ["get", "org/model", "--endpoint", "ftp://example", "--cache-dir", &env.cache()];
+    assert_one_clear_error(&swarm(env.home(), &dead_end, &[]).await, "invalid Hub endpoint");
+}
+
+/// A small file system mounted for one test (root only), unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, opts: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount tmpfs");
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_cache_dir_and_full_disk_keep_completed_files() {
+    require!(swarm_tests::is_root(), "mounting a read-only and a tiny file system needs root");
+    let env = Env::new();
+    let repo = PlainRepo::new(&env.path("hub"), "", "org/big")
+        .file("config.json", b"{}")
+        .file("notes.txt", b"notes")
+        .random("model.safetensors", 3, 40 << 20);
+    let hub = TestHub::start(&env.path("hub")).await;
+
+    let ro = Mount::tmpfs(&env.path("ro"), "ro,size=1m");
+    let o = swarm(
+        env.home(),
+        &["get", "org/big", "--endpoint", &hub.endpoint, "--cache-dir", &ro.0.join("cache").display().to_string()],
+        &[],
+    )
+    .await;
+    assert_one_clear_error(&o, "cannot write to");
+    assert!(stderr(&o).contains("Read-only file system"), "{}", stderr(&o));
+
+    let small = Mount::tmpfs(&env.path("small"), "size=24m");
+    let cache = small.0.join("cache");
+    let o = swarm(
+        env.home(),
+        &["get", "org/big", "--endpoint", &hub.endpoint, "--cache-dir", &cache.display().to_string()],
+        &[],
+    )
+    .await;
+    assert_one_clear_error(&o, "disk full while writing");
+    assert!(stderr(&o).contains("2 of 3 files are complete and were kept"), "{}", stderr(&o));
+    let snap = only_snapshot(&cache.join("models--org--big"));
+    assert_eq!(std::fs::read(snap.join("config.json")).expect("kept"), b"{}");
+    assert_eq!(std::fs::read(snap.join("notes.txt")).expect("kept"), b"notes");
+    let big = &repo.files["model.safetensors"];
+    assert!(!cache.join("models--org--big/blobs").join(big).exists(), "no half-written blob");
+    assert!(!snap.join("model.safetensors").exists());
+    drop(small);
+    drop(ro);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_ls_verify_and_clean() {
+    let env = Env::new();
+    model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let o =
+        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success());
+    let o = swarm(env.home(), &["cache", "ls", "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success() && stdout(&o).contains("org/model") && stdout(&o).contains("main"), "{}", stdout(&o));
+    let o = swarm(env.home(), &["cache", "verify", "org/model", "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A blob changed behind our back is found.
+    let blob = env
+        .path("cache/models--org--model/blobs")
+        .join(swarm_protocol::hash::git_blob_sha1(b"# test model\n").as_str());
+    std::fs::write(&blob, b"# tampered\n").expect("tamper");
+    let o = swarm(env.home(), &["cache", "verify", "--cache-dir", &env.cache()], &[]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("mismatch") && stdout(&o).contains(blob.to_str().expect("utf8")), "{}", stdout(&o));
+
+    // Clean removes a stale partial download, keeps one whose lock is held.
+    let blobs = env.path("cache/models--org--model/blobs");
+    let (stale, busy) = (sha256(b"stale"), sha256(b"busy"));
+    std::fs::write(blobs.join(format!("{stale}.incomplete")), vec![0u8; 1000]).expect("stale");
+    std::fs::write(blobs.join(format!("{stale}.incomplete.chunks.json")), b"{}").expect("state");
+    std::fs::write(blobs.join(format!("{busy}.incomplete")), vec![0u8; 10]).expect("busy");
+    let _held =
+        swarm_node::cache::BlobLock::acquire(&env.path(&format!("cache/.locks/models--org--model/{busy}.lock")))
+            .expect("lock");
+    let o = swarm(env.home(), &["cache", "ls", "--cache-dir", &env.cache()], &[]).await;
+    assert!(stdout(&o).contains("incomplete"), "{}", stdout(&o));
+    let o = swarm(env.home(), &["cache", "clean", "--dry-run", "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success() && blobs.join(format!("{stale}.incomplete")).exists());
+    let o = swarm(env.home(), &["cache", "clean", "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!blobs.join(format!("{stale}.incomplete")).exists());
+    assert!(!blobs.join(format!("{stale}.incomplete.chunks.json")).exists());
+    assert!(blobs.join(format!("{busy}.incomplete")).exists(), "in use: kept");
+    assert!(stdout(&o).contains("in use, kept"));
+}
