@@ -34,3 +34,25 @@ impl Throttle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn unlimited_never_waits_and_a_cap_holds_bytes_back() {
+        let t = Throttle::new(None);
+        let start = Instant::now();
+        t.take(usize::MAX / 2).await;
+        assert!(start.elapsed() < Duration::from_secs(1));
+
+        // 1 MB/s with a one-second burst: 3 MB cannot pass in less than two seconds.
+        let t = Throttle::new(Some(1_000_000));
+        let start = Instant::now();
+        for _ in 0..30 {
+            t.take(100_000).await;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(1900), "{:?}", start.elapsed());
+    }
+}
