@@ -54,7 +54,7 @@ pub struct GetArgs {
     #[arg(long)]
     pub token: Option<String>,
     /// HTTP requests (and files) in flight at most.
-    #[arg(long, env = "SWARM_DL_MAX_WORKERS", default_value_t = 16)]
+    #[arg(long, env = "SWARM_DL_MAX_WORKERS", default_value_t = 32)]
     pub max_workers: usize,
     /// Hub URL [env: HF_ENDPOINT, else https://huggingface.co].
     #[arg(long)]
