@@ -174,8 +174,7 @@ impl RepoCache {
         let blob = self.blob(etag);
         let parent = pointer.parent().unwrap_or(&self.dir).to_path_buf();
         fs::create_dir_all(&parent)?;
-        let tmp = parent.join(format!(".{}.swarm-dl.tmp", std::process::id()));
-        let _ = fs::remove_file(&tmp);
+        let tmp = unique_tmp(&parent, "link");
         if !symlinks_disabled() {
             let depth = path.split('/').count() + 1; // snapshots/<commit>/<path…>
             let mut target = PathBuf::new();
@@ -260,12 +259,23 @@ pub(crate) fn write_tree_file(path: &Path, files: &[RemoteFile]) -> io::Result<(
     write_atomic(path, &buf)
 }
 
+/// A temporary name in `dir` that no other call, thread or process uses.
+///
+/// Regression: names were once unique per process only, so two files of one snapshot linked at
+/// the same moment could take each other's temporary symlink, failing with ENOENT or, worse,
+/// leaving a pointer to the wrong blob (found by `two_concurrent_gets_share_the_cache_through_its_locks`).
+fn unique_tmp(dir: &Path, name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(".{name}.{}.{n}.swarm-dl.tmp", std::process::id()))
+}
+
 /// Writes a file through a temporary sibling and a rename, so readers see all or nothing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
     fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = unique_tmp(dir, name);
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
     drop(f);
@@ -366,6 +376,32 @@ mod tests {
         assert_eq!(fs::read_link(&p).expect("symlink"), Path::new("../../../../blobs").join(etag.as_str()));
         assert_eq!(fs::read(&p).expect("read"), b"hi");
         assert!(rc.has_file(&c, "sub/dir/f.txt"));
+    }
+
+    #[test]
+    fn concurrent_links_in_one_folder_each_point_at_their_own_blob() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let rc = HubCache::new(tmp.path()).repo(&repo());
+        let c = "f".repeat(40);
+        rc.ensure(&c).expect("ensure");
+        let etags: Vec<Etag> = (0..64u32)
+            .map(|i| {
+                let content = i.to_le_bytes();
+                let e = swarm_protocol::hash::git_blob_sha1(&content);
+                fs::write(rc.blob(&e), content).expect("blob");
+                e
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (i, e) in etags.iter().enumerate() {
+                let rc = &rc;
+                let c = &c;
+                s.spawn(move || rc.link(c, &format!("f{i}"), e).expect("link"));
+            }
+        });
+        for (i, _) in etags.iter().enumerate() {
+            assert_eq!(fs::read(rc.pointer(&c, &format!("f{i}"))).expect("read"), (i as u32).to_le_bytes());
+        }
     }
 
     #[test]

@@ -38,6 +38,17 @@ impl Env {
     }
 }
 
+/// A model repo served by a stand-in and already downloaded into `env`'s cache.
+async fn downloaded_model() -> (Env, PlainRepo, TestHub, std::process::Output) {
+    let env = Env::new();
+    let repo = model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let o =
+        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()], &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    (env, repo, hub, o)
+}
+
 /// Asserts a failed run: nonzero exit, exactly one line on stderr, saying `needle`.
 fn assert_one_clear_error(o: &std::process::Output, needle: &str) {
     let err = stderr(o);
@@ -49,12 +60,7 @@ fn assert_one_clear_error(o: &std::process::Output, needle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_prints_the_snapshot_and_a_second_get_fetches_nothing() {
-    let env = Env::new();
-    let repo = model(&env.path("hub"));
-    let hub = TestHub::start(&env.path("hub")).await;
-    let o =
-        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()], &[]).await;
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (env, repo, hub, o) = downloaded_model().await;
     let snap = only_snapshot(&env.path("cache/models--org--model"));
     assert_eq!(stdout(&o), snap.display().to_string());
     assert_snapshot(&snap, &repo.files);
@@ -199,12 +205,7 @@ async fn local_dir_gets_plain_files_and_huggingface_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_mode_answers_from_the_cache_only() {
-    let env = Env::new();
-    model(&env.path("hub"));
-    let hub = TestHub::start(&env.path("hub")).await;
-    let o =
-        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()], &[]).await;
-    assert!(o.status.success());
+    let (env, _repo, hub, _) = downloaded_model().await;
     let (api, resolve) = (hub.stats().api_requests.load(Relaxed), hub.stats().resolve_requests.load(Relaxed));
     let o = swarm(
         env.home(),
@@ -324,12 +325,7 @@ async fn unwritable_cache_dir_and_full_disk_keep_completed_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_ls_verify_and_clean() {
-    let env = Env::new();
-    model(&env.path("hub"));
-    let hub = TestHub::start(&env.path("hub")).await;
-    let o =
-        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()], &[]).await;
-    assert!(o.status.success());
+    let (env, _repo, _hub, _) = downloaded_model().await;
     let o = swarm(env.home(), &["cache", "ls", "--cache-dir", &env.cache()], &[]).await;
     assert!(o.status.success() && stdout(&o).contains("org/model") && stdout(&o).contains("main"), "{}", stdout(&o));
     let o = swarm(env.home(), &["cache", "verify", "org/model", "--cache-dir", &env.cache()], &[]).await;
@@ -363,4 +359,18 @@ async fn cache_ls_verify_and_clean() {
     assert!(!blobs.join(format!("{stale}.incomplete.chunks.json")).exists());
     assert!(blobs.join(format!("{busy}.incomplete")).exists(), "in use: kept");
     assert!(stdout(&o).contains("in use, kept"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_gets_share_the_cache_through_its_locks() {
+    let env = Env::new();
+    let repo = model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let args = ["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()];
+    let (a, b) = tokio::join!(swarm(env.home(), &args, &[]), swarm(env.home(), &args, &[]));
+    assert!(a.status.success() && b.status.success(), "{} / {}", stderr(&a), stderr(&b));
+    assert_eq!(stdout(&a), stdout(&b));
+    assert_snapshot(&only_snapshot(&env.path("cache/models--org--model")), &repo.files);
+    let total: u64 = repo.files.keys().map(|p| std::fs::metadata(repo.dir.join(p)).expect("meta").len()).sum();
+    assert_eq!(hub.stats().file_bytes(), total, "the blob lock makes the second process wait, then reuse");
 }

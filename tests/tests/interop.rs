@@ -5,14 +5,20 @@
 use std::path::{Path, PathBuf};
 use swarm_tests::fixture::{PlainRepo, only_snapshot, sha256_file, walk_files};
 use swarm_tests::hub::TestHub;
-use swarm_tests::require;
 use swarm_tests::run::{stderr, stdout, swarm};
 
+/// The interpreter with huggingface_hub; `None` (after saying so) when missing outside CI.
 fn python() -> Option<PathBuf> {
     let p = std::env::var_os("SWARM_DL_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    p.is_file().then_some(p)
+    if !p.is_file() {
+        let why = "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed; scripts/test installs it";
+        assert!(!swarm_tests::in_ci(), "required under CI: {why}");
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    Some(p)
 }
 
 async fn py(py: &Path, home: &Path, endpoint: &str, offline: bool, args: &[&str]) -> String {
@@ -50,10 +56,7 @@ fn repos(root: &Path) -> (PlainRepo, PlainRepo) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huggingface_hub_accepts_our_cache_and_local_dir() {
-    let Some(pyexe) = python() else {
-        require!(false, "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed; .ci/run installs it");
-        return;
-    };
+    let Some(pyexe) = python() else { return };
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, data) = repos(&tmp.path().join("hub"));
     let hub = TestHub::start(&tmp.path().join("hub")).await;
@@ -87,10 +90,7 @@ async fn huggingface_hub_accepts_our_cache_and_local_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huggingface_hub_downloads_from_hub_serve() {
-    let Some(pyexe) = python() else {
-        require!(false, "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed; .ci/run installs it");
-        return;
-    };
+    let Some(pyexe) = python() else { return };
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, data) = repos(&tmp.path().join("hub"));
     let mut cfg = swarm_node::http::HubServerConfig::loopback(tmp.path().join("hub"));
