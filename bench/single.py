@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--only", default="swarm-dl,hf,aria2c")
     ap.add_argument("--scenarios", default="open,capped")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per tool, unthrottled (median reported)")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "swarm-dl"], cwd=ROOT, check=True)
     hub_dir, size = make_repo(a.size_mib)
@@ -105,24 +106,32 @@ def main():
     for name in a.scenarios.split(","):
         rate = scenarios[name]
         for tool in tools:
-            hub = Hub(hub_dir, rate)
-            work = tempfile.mkdtemp(prefix="swarm-bench-")
-            try:
-                before = hub.served()
-                args, env = tool_cmd(tool, hub.endpoint, work)
-                dt, rss, _ = run_measured(args, env)
-                served = hub.served() - before
-            finally:
-                hub.stop()
-                shutil.rmtree(work, ignore_errors=True)
+            runs = []
+            for _ in range(a.repeat if rate is None else 1):
+                hub = Hub(hub_dir, rate)
+                work = tempfile.mkdtemp(prefix="swarm-bench-")
+                try:
+                    # Earlier runs' dirty pages must not be written back during this one.
+                    os.sync()
+                    before = hub.served()
+                    args, env = tool_cmd(tool, hub.endpoint, work)
+                    dt, rss, _ = run_measured(args, env)
+                    served = hub.served() - before
+                finally:
+                    hub.stop()
+                    shutil.rmtree(work, ignore_errors=True)
+                runs.append((dt, served, rss))
+            runs.sort()
+            dt, served, rss = runs[len(runs) // 2]
+            spread = f"{runs[0][0]:.2f}-{runs[-1][0]:.2f}" if len(runs) > 1 else "-"
             label = "unthrottled" if rate is None else f"{rate}B/s per conn"
-            rows.append((label, tool, dt, size / dt / 1e6, served / size, rss))
-            print(f"{label:>18}  {tool:<9} {dt:8.2f} s {size / dt / 1e6:9.1f} MB/s  served {served / size:5.3f}x  RSS {rss:6.1f} MB", file=sys.stderr)
+            rows.append((label, tool, dt, spread, size / dt / 1e6, served / size, max(r[2] for r in runs)))
+            print(f"{label:>18}  {tool:<9} {dt:8.2f} s ({spread}) {size / dt / 1e6:9.1f} MB/s  served {served / size:5.3f}x  RSS {rss:6.1f} MB", file=sys.stderr)
     print(f"\nrepo: {size} bytes ({size / 2**20:.0f} MiB); cores: {os.cpu_count()}")
-    print("| scenario | tool | wall (s) | MB/s | bytes served / repo | peak RSS (MB) |")
-    print("|---|---|---:|---:|---:|---:|")
-    for label, tool, dt, mbs, ratio, rss in rows:
-        print(f"| {label} | {tool} | {dt:.2f} | {mbs:.0f} | {ratio:.3f} | {rss:.0f} |")
+    print("| scenario | tool | wall (s), median | range (s) | MB/s | bytes served / repo | peak RSS (MB) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for label, tool, dt, spread, mbs, ratio, rss in rows:
+        print(f"| {label} | {tool} | {dt:.2f} | {spread} | {mbs:.0f} | {ratio:.3f} | {rss:.0f} |")
 
 
 if __name__ == "__main__":

@@ -229,6 +229,30 @@ impl AppState {
         segs.first().and_then(|s| self.index.repos.get(&(ty, s.clone()))).map(|r| (r, 1))
     }
 
+    /// Like the Hub: a repo named with other letter case is redirected, with a relative
+    /// `Location`, to its canonical name (a "rename", which clients follow keeping their token).
+    /// `first` is the index of the repo id's first path segment.
+    fn canonical_redirect(&self, ty: RepoType, uri: &Uri, first: usize) -> Option<Response> {
+        let raw: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
+        for n in [2, 1] {
+            let Some(asked) = raw.get(first..first + n) else { continue };
+            let asked = asked.join("/").to_ascii_lowercase();
+            let Some((_, id)) = self.index.repos.keys().find(|(t, id)| *t == ty && id.to_ascii_lowercase() == asked)
+            else {
+                continue;
+            };
+            let mut path = raw[..first].to_vec();
+            path.push(id);
+            path.extend_from_slice(&raw[first + n..]);
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            put(r.headers_mut(), header::LOCATION.as_str(), &format!("/{}{query}", path.join("/")));
+            return Some(r);
+        }
+        None
+    }
+
     fn repo_not_found(&self, auth: &Auth) -> Response {
         let (status, msg) = match auth {
             Auth::Invalid => (StatusCode::UNAUTHORIZED, "Invalid credentials in Authorization header"),
@@ -256,7 +280,9 @@ async fn api_handler(State(st): State<Arc<AppState>>, method: Method, uri: Uri, 
             return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
         };
         let rest = &segs[2..];
-        let Some((repo, used)) = st.find_repo(ty, rest) else { return st.repo_not_found(&auth) };
+        let Some((repo, used)) = st.find_repo(ty, rest) else {
+            return st.canonical_redirect(ty, &uri, 2).unwrap_or_else(|| st.repo_not_found(&auth));
+        };
         let tail = &rest[used..];
         return match tail.first().map(String::as_str) {
             None => repo_info(&st, ty, repo, "main", &uri),
@@ -276,7 +302,10 @@ async fn api_handler(State(st): State<Arc<AppState>>, method: Method, uri: Uri, 
         return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
     };
     st.stats.resolve_requests.fetch_add(1, Relaxed);
-    let Some((repo, used)) = st.find_repo(ty, &rest[..pos]) else { return st.repo_not_found(&auth) };
+    let Some((repo, used)) = st.find_repo(ty, &rest[..pos]) else {
+        let first = segs.len() - rest.len();
+        return st.canonical_redirect(ty, &uri, first).unwrap_or_else(|| st.repo_not_found(&auth));
+    };
     if used != pos || rest.len() < pos + 3 {
         return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
     }

@@ -319,7 +319,18 @@ impl HubClient {
         subject: &Subject,
     ) -> Result<(T, HeaderMap), HubError> {
         self.with_retries(url, || async {
-            let r = self.request(Method::GET, url, true).send().await.map_err(transport)?;
+            let mut r = self.request(Method::GET, url, true).send().await.map_err(transport)?;
+            // Renames (case, legacy ids) answer with a relative redirect on the Hub's origin.
+            for _ in 0..MAX_REDIRECTS {
+                if !r.status().is_redirection() {
+                    break;
+                }
+                let next = header_str(r.headers(), header::LOCATION)
+                    .and_then(|l| r.url().join(&l).ok())
+                    .filter(|n| self.same_origin(n))
+                    .ok_or_else(|| malformed(url, "redirect away from the Hub"))?;
+                r = self.request(Method::GET, &next, true).send().await.map_err(transport)?;
+            }
             if !r.status().is_success() {
                 return Err(self.status_error(&r, subject));
             }
@@ -400,7 +411,7 @@ impl HubClient {
                     let loc =
                         header_str(h, header::LOCATION).ok_or_else(|| malformed(&url, "redirect without Location"))?;
                     let next = url.join(&loc).map_err(|_| malformed(&url, "bad Location"))?;
-                    if self.same_origin(&next) && h.get("x-linked-etag").is_none() {
+                    if self.same_origin(&next) && !h.contains_key(X_LINKED_ETAG) {
                         url = next; // a rename: same origin, keep the token
                         continue;
                     }
@@ -463,7 +474,7 @@ pub fn files_from_tree(tree: &[TreeEntry]) -> Result<Vec<RemoteFile>, String> {
 }
 
 fn check_linked(h: &HeaderMap, file: &RemoteFile, url: &Url) -> Result<(), Attempt> {
-    let etag = header_str(h, "x-linked-etag".parse().unwrap_or(header::ETAG)).or_else(|| header_str(h, header::ETAG));
+    let etag = header_str(h, X_LINKED_ETAG).or_else(|| header_str(h, header::ETAG));
     if let Some(raw) = etag
         && let Ok(got) = Etag::parse(&raw)
         && got != file.etag
@@ -473,8 +484,7 @@ fn check_linked(h: &HeaderMap, file: &RemoteFile, url: &Url) -> Result<(), Attem
             &format!("file '{}' changed: the Hub now says {got}, the listing said {}", file.path, file.etag),
         ));
     }
-    if let Some(size) =
-        header_str(h, "x-linked-size".parse().unwrap_or(header::CONTENT_LENGTH)).and_then(|s| s.parse::<u64>().ok())
+    if let Some(size) = header_str(h, X_LINKED_SIZE).and_then(|s| s.parse::<u64>().ok())
         && size != file.size
     {
         return Err(malformed(
@@ -484,6 +494,9 @@ fn check_linked(h: &HeaderMap, file: &RemoteFile, url: &Url) -> Result<(), Attem
     }
     Ok(())
 }
+
+const X_LINKED_ETAG: header::HeaderName = header::HeaderName::from_static("x-linked-etag");
+const X_LINKED_SIZE: header::HeaderName = header::HeaderName::from_static("x-linked-size");
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)

@@ -67,6 +67,9 @@ async fn get_prints_the_snapshot_and_a_second_get_fetches_nothing() {
     assert!(stderr(&o).contains("4 files"), "summary line: {}", stderr(&o));
     let total: u64 = repo.files.keys().map(|p| std::fs::metadata(repo.dir.join(p)).expect("meta").len()).sum();
     assert_eq!(hub.stats().file_bytes(), total, "each byte served once");
+    // One resolver request per file: a GET for each small file, a HEAD for the large one
+    // (whose ranges then go straight to the CDN). No HEAD storm.
+    assert_eq!(hub.stats().resolve_requests.load(Relaxed), repo.files.len() as u64);
     assert!(env.path("cache/CACHEDIR.TAG").is_file());
     assert!(env.path("cache/.locks/models--org--model").is_dir());
     assert_eq!(std::fs::read_to_string(env.path("cache/models--org--model/refs/main")).expect("ref").len(), 40);
@@ -255,6 +258,15 @@ async fn bad_input_ends_in_one_clear_sentence() {
     assert!(ok.status.success(), "a token with access opens the gated repo: {}", stderr(&ok));
     assert!(!stderr(&ok).contains("hf_good"), "the token never shows");
 
+    // The token file under HF_HOME is the last place a token comes from.
+    std::fs::create_dir_all(env.path("hf-home")).expect("mkdir");
+    std::fs::write(env.path("hf-home/token"), "hf_good\n").expect("token file");
+    let other_cache = env.path("cache2").display().to_string();
+    let o =
+        swarm(env.home(), &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &other_cache], &[]).await;
+    assert!(o.status.success(), "token from $HF_HOME/token: {}", stderr(&o));
+    std::fs::remove_file(env.path("hf-home/token")).expect("rm token");
+
     let down = ["get", "org/model", "--endpoint", "http://127.0.0.1:9", "--cache-dir", &env.cache(), "--retries", "2"];
     assert_one_clear_error(&swarm(env.home(), &down, &[]).await, "cannot reach http://127.0.0.1:9/");
     let dead_end = ["get", "org/model", "--endpoint", "ftp://example", "--cache-dir", &env.cache()];
@@ -373,4 +385,26 @@ async fn two_concurrent_gets_share_the_cache_through_its_locks() {
     assert_snapshot(&only_snapshot(&env.path("cache/models--org--model")), &repo.files);
     let total: u64 = repo.files.keys().map(|p| std::fs::metadata(repo.dir.join(p)).expect("meta").len()).sum();
     assert_eq!(hub.stats().file_bytes(), total, "the blob lock makes the second process wait, then reuse");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_location_follows_hf_hub_cache_then_hf_home() {
+    let env = Env::new();
+    let repo = PlainRepo::new(&env.path("hub"), "", "Org/Model").file("config.json", b"{}").random(
+        "w.safetensors",
+        5,
+        5 << 20,
+    );
+    let hub = TestHub::start(&env.path("hub")).await;
+    let hub_cache = env.path("hub-cache").display().to_string();
+    // A differently-cased id is redirected (relative 307) to the canonical repo; the cache keeps
+    // the id as asked, as huggingface_hub does.
+    let args = ["get", "org/model", "--endpoint", &hub.endpoint];
+    let o = swarm(env.home(), &args, &[("HF_HUB_CACHE", &hub_cache)]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_snapshot(&only_snapshot(&env.path("hub-cache/models--org--model")), &repo.files);
+    let home = env.path("other-home").display().to_string();
+    let o = swarm(env.home(), &args, &[("HF_HOME", &home)]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&format!("{home}/hub/models--org--model/snapshots/")), "{}", stdout(&o));
 }
