@@ -408,3 +408,20 @@ async fn cache_location_follows_hf_hub_cache_then_hf_home() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).starts_with(&format!("{home}/hub/models--org--model/snapshots/")), "{}", stdout(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spaces_and_quiet_output() {
+    let env = Env::new();
+    let repo = PlainRepo::new(&env.path("hub"), "spaces", "org/app")
+        .file("app.py", b"print('hi')\n")
+        .file("README.md", b"---\nsdk: static\n---\n");
+    let hub = TestHub::start(&env.path("hub")).await;
+    let args =
+        ["get", "org/app", "--repo-type", "space", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache(), "--quiet"];
+    let o = swarm(env.home(), &args, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "--quiet prints only the result: {}", stderr(&o));
+    let snap = only_snapshot(&env.path("cache/spaces--org--app"));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{}\n", snap.display()));
+    assert_snapshot(&snap, &repo.files);
+}
