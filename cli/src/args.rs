@@ -32,6 +32,9 @@ pub enum Command {
 pub struct GetArgs {
     /// Repo id: `name` or `namespace/name`.
     pub repo_id: String,
+    /// Only these files (paths in the repo; `dir/` for a folder), like `hf download REPO FILE…`.
+    /// One plain file: its path is printed instead of the snapshot's.
+    pub filenames: Vec<String>,
     /// Branch, tag, full or short commit, or `refs/pr/N`.
     #[arg(long, default_value = "main")]
     pub revision: String,

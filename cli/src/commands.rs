@@ -47,11 +47,25 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             ..HubConfig::default()
         })?)
     };
+    // Like `hf download REPO FILE…`: named files replace --include/--exclude, and a single
+    // plain file prints its own path.
+    let single_file = match a.filenames.as_slice() {
+        [one] if !one.ends_with('/') && !one.contains(['*', '?', '[']) => Some(one.clone()),
+        _ => None,
+    };
+    let (include, exclude) = if a.filenames.is_empty() {
+        (a.include, a.exclude)
+    } else {
+        if !a.include.is_empty() || !a.exclude.is_empty() {
+            tracing::warn!("--include/--exclude are ignored when files are named");
+        }
+        (a.filenames, Vec::new())
+    };
     let req = GetRequest {
         repo: repo.clone(),
         revision: a.revision.clone(),
-        include: a.include,
-        exclude: a.exclude,
+        include,
+        exclude,
         cache: HubCache::new(settings::cache_dir(a.cache_dir)),
         local_dir: a.local_dir.map(LocalDir::new),
         max_workers: a.max_workers,
@@ -77,9 +91,13 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             return Err(anyhow!("{e}{kept}"));
         }
     };
+    let result_path = match &single_file {
+        Some(f) => f.split('/').fold(out.path.clone(), |p, seg| p.join(seg)),
+        None => out.path.clone(),
+    };
     if a.json {
         let v = serde_json::json!({
-            "path": out.path,
+            "path": result_path,
             "repo_id": repo.id.as_str(),
             "repo_type": repo.ty.as_str(),
             "revision": a.revision,
@@ -94,7 +112,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{v}");
     } else {
-        println!("{}", out.path.display());
+        println!("{}", result_path.display());
     }
     if !a.quiet {
         let secs = out.elapsed.as_secs_f64().max(1e-3);

@@ -293,8 +293,8 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
     let selected: Vec<RemoteFile> = listing.into_iter().filter(|f| selection.matches(&f.path)).collect();
     if selected.is_empty() {
         return Err(FetchError::Usage(format!(
-            "no file of {} '{}' at '{}' matches --include/--exclude",
-            req.repo.ty, req.repo.id, req.revision
+            "no file of {} '{}' at '{}' matches the files or patterns asked for (include {:?}, exclude {:?})",
+            req.repo.ty, req.repo.id, req.revision, req.include, req.exclude
         )));
     }
     let bytes_selected = selected.iter().map(|f| f.size).sum();

@@ -425,3 +425,36 @@ async fn spaces_and_quiet_output() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{}\n", snap.display()));
     assert_snapshot(&snap, &repo.files);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_files_like_hf_download() {
+    let (env, repo, hub, _) = downloaded_model().await;
+    let cache2 = env.path("cache2").display().to_string();
+    let one = ["get", "org/model", "tokenizer/vocab.txt", "--endpoint", &hub.endpoint, "--cache-dir", &cache2];
+    let o = swarm(env.home(), &one, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let snap = only_snapshot(&env.path("cache2/models--org--model"));
+    assert_eq!(stdout(&o), snap.join("tokenizer").join("vocab.txt").display().to_string(), "one file: its own path");
+    let o = swarm(
+        env.home(),
+        &["get", "org/model", "config.json", "tokenizer/", "--endpoint", &hub.endpoint, "--cache-dir", &cache2],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), snap.display().to_string());
+    let want: BTreeMap<_, _> = repo
+        .files
+        .iter()
+        .filter(|(p, _)| *p == "config.json" || p.starts_with("tokenizer/"))
+        .map(|(a, b)| (a.clone(), b.clone()))
+        .collect();
+    assert_snapshot(&snap, &want);
+    let o =
+        swarm(env.home(), &["get", "org/model", "nope.bin", "--endpoint", &hub.endpoint, "--cache-dir", &cache2], &[])
+            .await;
+    assert_one_clear_error(
+        &o,
+        "no file of model 'org/model' at 'main' matches the files or patterns asked for (include [\"nope.bin\"]",
+    );
+}
