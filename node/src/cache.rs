@@ -310,35 +310,35 @@ impl BlobLock {
         o.open(path)
     }
 
+    /// `Ok(false)` when another holder has it.
+    fn try_lock(file: &File) -> io::Result<bool> {
+        match file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(fs::TryLockError::WouldBlock) => Ok(false),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
     /// Waits for the lock (blocking: call from a blocking thread), logging every 10 s like
     /// `huggingface_hub` does.
     pub fn acquire(path: &Path) -> io::Result<Self> {
         let file = Self::open(path)?;
         let start = std::time::Instant::now();
         let mut next_log = 10;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Self { _file: file }),
-                Err(fs::TryLockError::WouldBlock) => {
-                    if start.elapsed().as_secs() >= next_log {
-                        tracing::info!(lock = %path.display(), waited_s = next_log, "still waiting for another download of this file");
-                        next_log += 10;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(e),
+        while !Self::try_lock(&file)? {
+            if start.elapsed().as_secs() >= next_log {
+                tracing::info!(lock = %path.display(), waited_s = next_log, "still waiting for another download of this file");
+                next_log += 10;
             }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        Ok(Self { _file: file })
     }
 
     /// Takes the lock only if nobody holds it.
     pub fn try_acquire(path: &Path) -> io::Result<Option<Self>> {
         let file = Self::open(path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Self { _file: file })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(e),
-        }
+        Ok(Self::try_lock(&file)?.then_some(Self { _file: file }))
     }
 }
 
