@@ -25,6 +25,88 @@ pub enum Command {
     /// Serve a folder or a HF cache with the Hub's HTTP API.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// Run a swarm node: serve this cache's files to peers and run `get`s for this machine.
+    Join(JoinArgs),
+    /// Show the node serving a cache dir: peers, files, transfers.
+    Status(StatusArgs),
+    /// Make a private swarm key (give the same file to every node with --swarm-key).
+    Keygen(KeygenArgs),
+    /// See the swarm work on this machine: a Hub stand-in, three nodes, their downloads.
+    Demo(DemoArgs),
+}
+
+/// How a node joins the swarm (`join`, and the node `get` runs when no `join` node is running).
+#[derive(Debug, Args)]
+pub struct SwarmArgs {
+    /// Address to listen on for peers, repeatable [default: /ip4/0.0.0.0/tcp/0].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// A peer to dial, with or without /p2p/<id> (repeatable; the env var is comma-separated).
+    #[arg(long, value_name = "MULTIADDR", env = "SWARM_DL_PEERS", value_delimiter = ',')]
+    pub peer: Vec<String>,
+    /// Private swarm key file (`swarm-dl keygen`): only nodes with the same key exchange bytes.
+    #[arg(long, value_name = "FILE", env = "SWARM_DL_SWARM_KEY")]
+    pub swarm_key: Option<PathBuf>,
+    /// No LAN discovery by mDNS (peers come from --peer and the DHT only).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Cap the rate served to peers, bytes per second (same units as --max-download-rate).
+    #[arg(long, env = "SWARM_DL_MAX_UPLOAD_RATE", value_name = "RATE")]
+    pub max_upload_rate: Option<String>,
+    /// Seconds a peer caught sending false data stays banned.
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub ban_time: u64,
+}
+
+/// `swarm-dl join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Hub cache directory to serve and download into [env: HF_HUB_CACHE, else $HF_HOME/hub].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
+    /// Control API address (loopback; `get` and `status` find it through the cache dir).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub http: SocketAddr,
+    /// Cap the total download rate of this node's downloads (same units as for get).
+    #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", value_name = "RATE")]
+    pub max_download_rate: Option<String>,
+    /// Print the node's addresses as one JSON line when ready.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `swarm-dl status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Hub cache directory whose node to ask [env: HF_HUB_CACHE, else $HF_HOME/hub].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Wait up to this many seconds for the node to be ready.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub wait: f64,
+}
+
+/// `swarm-dl keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (mode 0600).
+    pub file: PathBuf,
+    /// Overwrite an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `swarm-dl demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Size of the generated repo, MiB.
+    #[arg(long, default_value_t = 200)]
+    pub size_mib: u64,
 }
 
 /// `swarm-dl get`.
@@ -78,6 +160,14 @@ pub struct GetArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub swarm: SwarmArgs,
+    /// Download from the Hub alone: no swarm node, no peers.
+    #[arg(long, env = "SWARM_DL_NO_SWARM", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_swarm: bool,
+    /// Seconds to wait for a first peer before starting (when no `join` node runs).
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub peer_wait: f64,
 }
 
 /// Where the cache is.

@@ -1,19 +1,24 @@
 //! The commands: each resolves its settings, calls `swarm-node`, prints the result.
 
-use crate::args::{CacheCommand, Command, GetArgs, HubCommand, ServeArgs};
+use crate::args::{CacheCommand, Command, GetArgs, HubCommand, JoinArgs, KeygenArgs, ServeArgs, StatusArgs, SwarmArgs};
 use crate::progress::Display;
 use crate::settings;
 use anyhow::{Context as _, anyhow};
 use indicatif::HumanBytes;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 use swarm_node::cache::local_dir::LocalDir;
 use swarm_node::cache::{HubCache, scan};
+use swarm_node::control::{ControlClient, ControlError, ControlServer, RemoteGet, RemoteOutcome};
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
 use swarm_node::http::{HubServer, HubServerConfig};
 use swarm_node::hub::{HubClient, HubConfig, RepoRef, RetryPolicy};
+use swarm_node::swarm::libp2p::{Multiaddr, identity::Keypair};
+use swarm_node::swarm::{self, Node, NodeConfig};
 use swarm_protocol::repo::{RepoId, RepoType};
 
 /// Runs one command.
@@ -28,7 +33,167 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             cache_clean(settings::cache_dir(dir.cache_dir), dry_run, dir.json)
         }
         Command::Hub(HubCommand::Serve(a)) => serve(a).await,
+        Command::Join(a) => join(a).await,
+        Command::Status(a) => status(a).await,
+        Command::Keygen(a) => keygen(a),
+        Command::Demo(a) => crate::demo::run(a).await,
     }
+}
+
+/// The node settings shared by `join` and the node `get` runs for itself.
+fn node_config(cache_root: &Path, a: &SwarmArgs, key: Keypair) -> anyhow::Result<NodeConfig> {
+    let mut cfg = NodeConfig::new(cache_root.to_path_buf(), key);
+    if !a.listen.is_empty() {
+        cfg.listen = a.listen.iter().map(|s| parse_multiaddr(s, "--listen")).collect::<anyhow::Result<_>>()?;
+    }
+    cfg.peers = a
+        .peer
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| parse_multiaddr(s.trim(), "--peer"))
+        .collect::<anyhow::Result<_>>()?;
+    cfg.swarm_key = a.swarm_key.as_deref().map(swarm::read_swarm_key).transpose()?;
+    cfg.mdns = !a.no_mdns;
+    cfg.max_upload_rate = a.max_upload_rate.as_deref().map(settings::parse_rate).transpose()?;
+    cfg.ban_time = Duration::from_secs(a.ban_time);
+    Ok(cfg)
+}
+
+fn parse_multiaddr(s: &str, flag: &str) -> anyhow::Result<Multiaddr> {
+    s.parse().map_err(|e| anyhow!("{flag} '{s}' is not a multiaddr ({e}); write e.g. /ip4/10.0.0.2/tcp/4001"))
+}
+
+fn identity_dir(cache_root: &Path) -> PathBuf {
+    cache_root.join(".swarm-dl")
+}
+
+async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
+    let cache = HubCache::new(settings::cache_dir(a.cache_dir));
+    cache.ensure().with_context(|| format!("cannot use cache '{}'", cache.root().display()))?;
+    let (key, lock) = swarm::load_identity(&identity_dir(cache.root()))?;
+    if lock.is_none() {
+        return Err(anyhow!(
+            "another swarm-dl node already runs for cache '{}' (see `swarm-dl status`)",
+            cache.root().display()
+        ));
+    }
+    let max_download_rate = a.max_download_rate.as_deref().map(settings::parse_rate).transpose()?;
+    let cfg = node_config(cache.root(), &a.swarm, key)?;
+    if cfg.swarm_key.is_none() {
+        eprintln!(
+            "note: no --swarm-key, so this swarm is open: any swarm-dl node that can reach this one may fetch its files (make a key with `swarm-dl keygen FILE`)"
+        );
+    }
+    let node = Node::start(cfg).await?;
+    let handle = node.handle();
+    let control = ControlServer::start(a.http, handle.clone(), cache.clone(), max_download_rate)
+        .await
+        .with_context(|| format!("cannot serve the control API on {}", a.http))?;
+    let listen: Vec<String> = handle.listen_addrs().iter().map(|m| m.to_string()).collect();
+    if a.json {
+        let v = serde_json::json!({
+            "peer_id": handle.peer_id().to_string(),
+            "listen": listen,
+            "control": format!("http://{}", control.addr()),
+            "cache_dir": cache.root(),
+        });
+        println!("{v}");
+    } else {
+        println!("swarm-dl node {} serving '{}'", handle.peer_id(), cache.root().display());
+        for l in &listen {
+            println!("  listening on {l}");
+        }
+        println!("  control API http://{}", control.addr());
+    }
+    wait_for_signal().await;
+    eprintln!("stopping: closing peer connections (verified chunks of unfinished files are kept)");
+    control.stop();
+    node.shutdown().await;
+    drop(lock);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let root = settings::cache_dir(a.cache_dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(a.wait.max(0.0));
+    let client = loop {
+        if let Some(c) = ControlClient::find(&root).await {
+            break c;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ControlError::NoNode(root).into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let s = client.status().await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("node      {} ({} swarm)", s.peer_id, if s.open_swarm { "open" } else { "private" });
+    for l in &s.listen {
+        println!("listening {l}");
+    }
+    println!("files     {} held ({}), {} in progress", s.files_held, HumanBytes(s.bytes_held), s.in_progress.len());
+    for f in &s.in_progress {
+        println!("          {} {}/{} chunks of {}", f.etag, f.chunks_held, f.chunks, HumanBytes(f.size));
+    }
+    println!(
+        "traffic   in {} ({}/s), out {} ({}/s)",
+        HumanBytes(s.bytes_in),
+        HumanBytes(s.rate_in),
+        HumanBytes(s.bytes_out),
+        HumanBytes(s.rate_out)
+    );
+    println!("peers     {}", s.peers.len());
+    for p in &s.peers {
+        println!("          {} {} in {} out {}", p.id, p.address, HumanBytes(p.bytes_in), HumanBytes(p.bytes_out));
+    }
+    if !s.banned.is_empty() {
+        println!("banned    {}", s.banned.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(a: KeygenArgs) -> anyhow::Result<ExitCode> {
+    if a.file.exists() && !a.force {
+        return Err(anyhow!(
+            "'{}' exists: pass --force to replace it (nodes with the old key will no longer talk to this one)",
+            a.file.display()
+        ));
+    }
+    let key = swarm::new_swarm_key();
+    let fingerprint = key.fingerprint();
+    swarm::write_private(&a.file, key.to_key_file().as_bytes())
+        .with_context(|| format!("cannot write '{}'", a.file.display()))?;
+    println!("{}", a.file.display());
+    eprintln!(
+        "swarm key written (fingerprint {fingerprint}); copy it to every node and pass --swarm-key {}",
+        a.file.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
@@ -40,8 +205,8 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         Some(HubClient::new(HubConfig {
-            endpoint: settings::endpoint(a.endpoint),
-            token: settings::token(a.token),
+            endpoint: settings::endpoint(a.endpoint.clone()),
+            token: settings::token(a.token.clone()),
             read_timeout: settings::read_timeout()?,
             retry: RetryPolicy { max_attempts: a.retries, ..RetryPolicy::default() },
             ..HubConfig::default()
@@ -61,20 +226,66 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         }
         (a.filenames, Vec::new())
     };
-    let req = GetRequest {
+    let cache_root = settings::cache_dir(a.cache_dir);
+    let mut req = GetRequest {
         repo: repo.clone(),
         revision: a.revision.clone(),
         include,
         exclude,
-        cache: HubCache::new(settings::cache_dir(a.cache_dir)),
+        cache: HubCache::new(cache_root.clone()),
         local_dir: a.local_dir.map(LocalDir::new),
         max_workers: a.max_workers,
         max_download_rate,
+        node: None,
+        peer_wait: Duration::ZERO,
     };
     let progress = Arc::new(Progress::default());
     let display = Display::start(progress.clone(), a.quiet);
+    let use_swarm = hub.is_some() && !a.no_swarm;
+    let run = async {
+        if !use_swarm {
+            return fetch::get(&req, hub, progress.clone()).await.map(RemoteOutcome::from).map_err(|e| e.to_string());
+        }
+        if let Some(client) = ControlClient::find(&cache_root).await {
+            tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
+            let local_dir = req
+                .local_dir
+                .as_ref()
+                .map(|d| std::path::absolute(d.root()).unwrap_or_else(|_| d.root().to_path_buf()));
+            let g = RemoteGet {
+                repo_type: repo.ty.as_str().to_owned(),
+                repo_id: repo.id.as_str().to_owned(),
+                revision: req.revision.clone(),
+                include: req.include.clone(),
+                exclude: req.exclude.clone(),
+                local_dir,
+                endpoint: settings::endpoint(a.endpoint.clone()),
+                token: settings::token(a.token.clone()).map(|t| t.expose().to_owned()),
+                retries: a.retries,
+                read_timeout_ms: settings::read_timeout().map(|d| d.as_millis() as u64).unwrap_or(10_000),
+                max_workers: req.max_workers,
+                max_download_rate: req.max_download_rate,
+            };
+            return client.get(&g, &progress).await.map_err(|e| e.to_string());
+        }
+        let (key, _lock) = match swarm::load_identity(&identity_dir(&cache_root)) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "using a throwaway node identity");
+                (Keypair::generate_ed25519(), None)
+            }
+        };
+        let cfg = node_config(&cache_root, &a.swarm, key).map_err(|e| e.to_string())?;
+        let waits = cfg.mdns || !cfg.peers.is_empty();
+        let node = Node::start(cfg).await.map_err(|e| e.to_string())?;
+        req.node = Some(node.handle());
+        req.peer_wait = if waits { Duration::from_secs_f64(a.peer_wait.max(0.0)) } else { Duration::ZERO };
+        let r = fetch::get(&req, hub, progress.clone()).await.map(RemoteOutcome::from).map_err(|e| e.to_string());
+        node.shutdown().await;
+        r
+    };
     let result = tokio::select! {
-        r = fetch::get(&req, hub, progress.clone()) => r,
+        r = run => r,
         _ = tokio::signal::ctrl_c() => {
             drop(display);
             eprintln!("interrupted: run the same command again to resume from the verified chunks");
@@ -86,8 +297,11 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         Ok(out) => out,
         Err(e) => {
             let (done, total) = (progress.files_done.load(Relaxed), progress.files_total.load(Relaxed));
-            let kept =
-                if done > 0 { format!(" ({done} of {total} files are complete and were kept)") } else { String::new() };
+            let kept = if done > 0 && !e.contains("files are complete and were kept") {
+                format!(" ({done} of {total} files are complete and were kept)")
+            } else {
+                String::new()
+            };
             return Err(anyhow!("{e}{kept}"));
         }
     };
@@ -106,17 +320,17 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             "files_fetched": out.files_fetched,
             "bytes": out.bytes_selected,
             "bytes_from_hub": out.bytes_from_hub,
-            "bytes_from_peers": progress.from_peers.load(Relaxed),
+            "bytes_from_peers": out.bytes_from_peers,
             "bytes_resumed": out.bytes_resumed,
-            "elapsed_s": out.elapsed.as_secs_f64(),
+            "elapsed_s": out.elapsed_s,
         });
         println!("{v}");
     } else {
         println!("{}", result_path.display());
     }
     if !a.quiet {
-        let secs = out.elapsed.as_secs_f64().max(1e-3);
-        let moved = out.bytes_from_hub + progress.from_peers.load(Relaxed);
+        let secs = out.elapsed_s.max(1e-3);
+        let moved = out.bytes_from_hub + out.bytes_from_peers;
         eprintln!(
             "swarm-dl: {} files ({}) in {:.1}s at {}/s: {} from the Hub, {} from peers, {} resumed, {} already present",
             out.files,
@@ -124,7 +338,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             secs,
             HumanBytes((moved as f64 / secs) as u64),
             HumanBytes(out.bytes_from_hub),
-            HumanBytes(progress.from_peers.load(Relaxed)),
+            HumanBytes(out.bytes_from_peers),
             HumanBytes(out.bytes_resumed),
             out.files - out.files_fetched,
         );

@@ -13,6 +13,7 @@
 //! Files already completed are never lost to a later failure: each is published on its own.
 
 pub mod chunk;
+mod peers;
 pub mod progress;
 pub mod select;
 pub mod throttle;
@@ -21,6 +22,7 @@ use crate::cache::local_dir::LocalDir;
 use crate::cache::{BlobLock, HubCache, RepoCache};
 use crate::hub::{HubClient, HubError, RemoteFile, RepoRef};
 use crate::store::{PartialFile, StoreError};
+use crate::swarm::NodeHandle;
 use chunk::{ChunkWriter, HubSource};
 use futures_util::StreamExt as _;
 use progress::{FileProgress, Progress};
@@ -52,8 +54,12 @@ pub struct GetRequest {
     pub local_dir: Option<LocalDir>,
     /// Requests in flight (and files in progress) at most.
     pub max_workers: usize,
-    /// Total download rate cap, bytes per second.
+    /// Total download rate cap, bytes per second (Hub and peers together).
     pub max_download_rate: Option<u64>,
+    /// The swarm node to fetch through (peers first); `None` fetches from the Hub alone.
+    pub node: Option<NodeHandle>,
+    /// How long to wait for a first peer before starting (discovery at start-up).
+    pub peer_wait: Duration,
 }
 
 /// What a successful `get` did.
@@ -71,6 +77,8 @@ pub struct GetOutcome {
     pub bytes_selected: u64,
     /// Bytes received from the Hub in this run.
     pub bytes_from_hub: u64,
+    /// Bytes received from peers in this run.
+    pub bytes_from_peers: u64,
     /// Bytes kept from an interrupted earlier run.
     pub bytes_resumed: u64,
     /// Wall time.
@@ -229,7 +237,7 @@ impl Dest {
     }
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     hub: HubClient,
     repo: RepoRef,
     commit: String,
@@ -238,6 +246,7 @@ struct Ctx {
     throttle: Throttle,
     progress: Arc<Progress>,
     max_workers: usize,
+    node: Option<NodeHandle>,
 }
 
 fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
@@ -319,7 +328,14 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         throttle: Throttle::new(req.max_download_rate),
         progress: progress.clone(),
         max_workers: workers,
+        node: req.node.clone(),
     });
+    if let Some(node) = &req.node
+        && !todo.is_empty()
+    {
+        let n = node.wait_for_peers(req.peer_wait).await;
+        tracing::info!(peers = n, "swarm peers at start");
+    }
     // After a failure no new file starts, but files in flight run to their end: whatever can
     // still complete is kept. The first error is the one reported.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -346,6 +362,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         files_fetched,
         bytes_selected,
         bytes_from_hub: progress.from_hub.load(Relaxed),
+        bytes_from_peers: progress.from_peers.load(Relaxed),
         bytes_resumed: progress.bytes_resumed.load(Relaxed),
         elapsed: started.elapsed(),
     })
@@ -362,8 +379,9 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
         ctx.progress.finish_file(&fp);
         return Ok(());
     }
+    let mut suspects = Vec::new();
     for round in 0..2 {
-        match fetch_verified(&ctx, &f, &paths, &fp).await {
+        match fetch_verified(&ctx, &f, &paths, &fp, &mut suspects, round == 1).await {
             Ok(()) => break,
             Err(FetchError::Store(StoreError::Mismatch { expected, got, .. })) => {
                 ctx.progress.discard(&fp);
@@ -373,7 +391,7 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
                         detail: format!("expected {expected}, got {got}"),
                     });
                 }
-                tracing::warn!(file = %f.path, %expected, %got, "file does not match its Hub hash; fetching it again");
+                tracing::warn!(file = %f.path, %expected, %got, "file does not match its Hub hash; fetching it again from the Hub");
             }
             Err(FetchError::Hub(HubError::EntryNotFound { subject })) => {
                 if let Dest::Cache(rc) = &ctx.dest {
@@ -382,6 +400,15 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
                 return Err(FetchError::Hub(HubError::EntryNotFound { subject }));
             }
             Err(e) => return Err(e),
+        }
+    }
+    if let Some(node) = &ctx.node {
+        // Offer the blob under this node's signature; a local-dir copy is the user's to edit, so
+        // it is not offered.
+        let blob = matches!(ctx.dest, Dest::Cache(_)).then_some(paths.final_path.as_path());
+        node.holdings().finish_partial(&f.etag, blob);
+        if blob.is_some() {
+            node.provide(&f.etag).await;
         }
     }
     let (dest, commit, file) = (ctx.dest.clone(), ctx.commit.clone(), f.clone());
@@ -398,6 +425,8 @@ async fn fetch_verified(
     f: &RemoteFile,
     paths: &FilePaths,
     fp: &Arc<FileProgress>,
+    suspects: &mut peers::Suspects,
+    hub_only: bool,
 ) -> Result<(), FetchError> {
     let (inc, state, etag, size) = (paths.incomplete.clone(), paths.state.clone(), f.etag.clone(), f.size);
     let (pf, resumed) = blocking(move || PartialFile::open(&inc, &state, &etag, size)).await??;
@@ -407,7 +436,8 @@ async fn fetch_verified(
     ctx.progress.resumed(fp, resumed.bytes_kept);
     let pf = Arc::new(pf);
     let layout = ChunkLayout::for_len(f.size);
-    let source = HubSource::new(ctx.hub.clone(), ctx.repo.clone(), ctx.commit.clone(), f.clone(), layout.count());
+    let source =
+        Arc::new(HubSource::new(ctx.hub.clone(), ctx.repo.clone(), ctx.commit.clone(), f.clone(), layout.count()));
 
     // The whole-file hash follows finished chunks in order, overlapping with the download.
     let wake = Arc::new(Notify::new());
@@ -429,7 +459,9 @@ async fn fetch_verified(
     });
     wake.notify_one();
 
-    let failed = {
+    let failed = if let Some(node) = &ctx.node {
+        peers::fetch_chunks(ctx, node, f, &pf, &source, fp, &wake, suspects, hub_only).await.err()
+    } else {
         let (pf_all, wake_all, source) = (pf.clone(), wake.clone(), &source);
         let fetches = futures_util::stream::iter(pf.missing())
             .map(move |i| {
@@ -474,7 +506,6 @@ async fn fetch_verified(
     }
     wake.notify_one();
     verifier.await.map_err(|e| FetchError::Internal(e.to_string()))?.map_err(FetchError::Internal)?;
-    let pf = Arc::try_unwrap(pf).map_err(|_| FetchError::Internal("partial file still shared".into()))?;
     let final_path = paths.final_path.clone();
     blocking(move || pf.finish(&final_path)).await?.map_err(FetchError::from)
 }
@@ -530,6 +561,7 @@ fn offline(req: &GetRequest, selection: &Selection) -> Result<GetOutcome, FetchE
         files_fetched: 0,
         bytes_selected: bytes,
         bytes_from_hub: 0,
+        bytes_from_peers: 0,
         bytes_resumed: 0,
         elapsed: started.elapsed(),
     })

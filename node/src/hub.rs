@@ -34,6 +34,11 @@ impl Token {
         let t = raw.trim().replace(['\r', '\n'], "");
         (!t.is_empty()).then_some(Self(t))
     }
+
+    /// The secret itself, for handing to a local `join` node over its loopback control API.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Debug for Token {

@@ -9,10 +9,13 @@
 //! binary's job (`cli/`). Errors are typed per module; the binary turns them into one sentence.
 
 pub mod cache;
+pub mod control;
 pub mod fetch;
 pub mod http;
 pub mod hub;
+pub mod scheduler;
 pub mod store;
+pub mod swarm;
 
 pub use swarm_protocol as protocol;
 

@@ -265,7 +265,10 @@ impl PartialFile {
 
     /// Checks the whole file against its ETag and moves it to `dest`. Blocking. On a mismatch
     /// the partial file and its state are removed (they are wrong) and an error returned.
-    pub fn finish(self, dest: &Path) -> Result<(), StoreError> {
+    ///
+    /// Takes `&self` so that the swarm may still hold the file (serving verified chunks from its
+    /// open descriptor, which stays valid across the rename).
+    pub fn finish(&self, dest: &Path) -> Result<(), StoreError> {
         if !self.advance_verifier()? {
             return Err(StoreError::Io {
                 op: "cannot finish incomplete file",
@@ -274,12 +277,15 @@ impl PartialFile {
             });
         }
         let etag = self.lock_state().manifest.etag.clone();
-        let v = self.verifier.into_inner().unwrap_or_else(|p| p.into_inner());
-        let got = v.hasher.finish_hex();
+        let got = {
+            let mut v = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
+            let size = self.lock_state().manifest.size;
+            std::mem::replace(&mut v.hasher, etag.hasher(size)).finish_hex()
+        };
         if got != etag.as_str() {
             let _ = fs::remove_file(&self.path);
             let _ = fs::remove_file(&self.state_path);
-            return Err(StoreError::Mismatch { path: self.path, expected: etag, got });
+            return Err(StoreError::Mismatch { path: self.path.clone(), expected: etag, got });
         }
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir).map_err(StoreError::io("cannot create directory", dir))?;
@@ -287,6 +293,11 @@ impl PartialFile {
         fs::rename(&self.path, dest).map_err(StoreError::io("cannot move into place", dest))?;
         let _ = fs::remove_file(&self.state_path);
         Ok(())
+    }
+
+    /// Reads bytes at `offset` (for serving verified chunks to peers). Blocking.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.file.read_exact_at(buf, offset).map_err(StoreError::io("cannot read", &self.path))
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {

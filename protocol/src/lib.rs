@@ -17,13 +17,17 @@
 //!   them to the cache folder names `huggingface_hub` uses.
 //!
 //! ## Non-goals
-//! - Transport, discovery, scheduling: those live in `swarm-node`.
+//! - Transport, discovery, scheduling, signing: those live in `swarm-node` (this crate fixes the
+//!   bytes that are signed, not the crypto).
 //! - Xet's content-defined chunks: a later step (see `shared/reference/hf-hub-protocol.md` §1.9).
 //!
 //! ## Message kinds
 //! - [`manifest::ChunkManifest`]: per file, its ETag, size, chunk size and chunk hashes. Written today
 //!   as the resume state of a download; shipped to peers by the swarm (signed by the node that
 //!   fetched the bytes from the Hub).
+//! - [`wire`]: the peer protocols — `/swarm-dl/have/1` (which chunks a peer holds, with a signed
+//!   sha256 record per chunk) and `/swarm-dl/chunk/1` (chunk bytes on a stream) — their frames,
+//!   size limits, and the exact bytes a node signs to vouch for a chunk.
 //!
 //! ## Versioning
 //! [`PROTOCOL_VERSION`] names the rules above. A change to the chunk-size rule or to a wire type is a
@@ -33,6 +37,7 @@ pub mod chunk;
 pub mod hash;
 pub mod manifest;
 pub mod repo;
+pub mod wire;
 
 /// Version of the rules in this crate (chunk-size rule, manifest layout).
 pub const PROTOCOL_VERSION: u32 = 1;

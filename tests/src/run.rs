@@ -22,7 +22,18 @@ pub fn swarm_dl() -> &'static Path {
 }
 
 /// A `swarm-dl` command with no inherited Hugging Face settings: `HF_HOME` points into `home`.
+///
+/// `get` downloads from the Hub alone (`SWARM_DL_NO_SWARM=1`): tests run in parallel, and nodes
+/// of unrelated tests would otherwise find each other by mDNS and trade chunks, blurring what
+/// each test measures. Swarm tests use [`swarm_command`].
 pub fn command(home: &Path) -> tokio::process::Command {
+    let mut c = swarm_command(home);
+    c.env("SWARM_DL_NO_SWARM", "1");
+    c
+}
+
+/// Like [`command`], with the swarm on (give nodes `--no-mdns` and `--peer` to keep them apart).
+pub fn swarm_command(home: &Path) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(swarm_dl());
     for (k, _) in std::env::vars() {
         if k.starts_with("HF_") || k.starts_with("HUGGING") || k.starts_with("SWARM_DL") || k == "TRANSFORMERS_OFFLINE"

@@ -43,6 +43,8 @@ async fn fetch(hub: &TestHub, cache: &Path, attempts: u32) -> Result<GetOutcome,
         local_dir: None,
         max_workers: 4,
         max_download_rate: None,
+        node: None,
+        peer_wait: Duration::ZERO,
     };
     get(&req, Some(client), Arc::new(Progress::default())).await
 }

@@ -1,5 +1,6 @@
 //! Live counters of a download, read by whoever draws progress (the CLI polls them).
 
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -71,6 +72,21 @@ impl Progress {
         self.from_hub.fetch_add(n, Relaxed);
     }
 
+    /// Counts `n` bytes received from a peer.
+    pub fn received_from_peer(&self, file: &FileProgress, n: u64) {
+        file.done.fetch_add(n, Relaxed);
+        self.bytes_done.fetch_add(n, Relaxed);
+        self.from_peers.fetch_add(n, Relaxed);
+    }
+
+    /// Takes back `n` bytes of one chunk that failed its check (they will be fetched again; they
+    /// still count as received from their source).
+    pub fn take_back(&self, file: &FileProgress, n: u64) {
+        let n = n.min(file.done.load(Relaxed));
+        file.done.fetch_sub(n, Relaxed);
+        self.bytes_done.fetch_sub(n.min(self.bytes_done.load(Relaxed)), Relaxed);
+    }
+
     /// Takes back bytes that turned out to be wrong (a file fetched again after a bad hash).
     pub fn discard(&self, file: &FileProgress) {
         let n = file.done.swap(0, Relaxed);
@@ -81,5 +97,70 @@ impl Progress {
     pub fn finish_file(&self, file: &FileProgress) {
         file.finished.store(true, Relaxed);
         self.files_done.fetch_add(1, Relaxed);
+    }
+}
+
+/// A copy of the counters, sent by a `join` node to the `get` that asked it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`Progress::files_total`].
+    pub files_total: u64,
+    /// [`Progress::files_done`].
+    pub files_done: u64,
+    /// [`Progress::bytes_total`].
+    pub bytes_total: u64,
+    /// [`Progress::bytes_done`].
+    pub bytes_done: u64,
+    /// [`Progress::bytes_resumed`].
+    pub bytes_resumed: u64,
+    /// [`Progress::from_hub`].
+    pub from_hub: u64,
+    /// [`Progress::from_peers`].
+    pub from_peers: u64,
+    /// Files in flight: (path, size, bytes present).
+    pub active: Vec<(String, u64, u64)>,
+}
+
+impl Progress {
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            files_total: self.files_total.load(Relaxed),
+            files_done: self.files_done.load(Relaxed),
+            bytes_total: self.bytes_total.load(Relaxed),
+            bytes_done: self.bytes_done.load(Relaxed),
+            bytes_resumed: self.bytes_resumed.load(Relaxed),
+            from_hub: self.from_hub.load(Relaxed),
+            from_peers: self.from_peers.load(Relaxed),
+            active: self.active_files().iter().map(|f| (f.path.clone(), f.size, f.done.load(Relaxed))).collect(),
+        }
+    }
+
+    /// Makes these counters show `s` (a mirror of a remote download).
+    pub fn apply(&self, s: &Snapshot) {
+        self.files_total.store(s.files_total, Relaxed);
+        self.files_done.store(s.files_done, Relaxed);
+        self.bytes_total.store(s.bytes_total, Relaxed);
+        self.bytes_done.store(s.bytes_done, Relaxed);
+        self.bytes_resumed.store(s.bytes_resumed, Relaxed);
+        self.from_hub.store(s.from_hub, Relaxed);
+        self.from_peers.store(s.from_peers, Relaxed);
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for f in files.iter() {
+            if !s.active.iter().any(|(p, _, _)| *p == f.path) {
+                f.finished.store(true, Relaxed);
+            }
+        }
+        for (path, size, done) in &s.active {
+            match files.iter().find(|f| &f.path == path) {
+                Some(f) => f.done.store(*done, Relaxed),
+                None => files.push(Arc::new(FileProgress {
+                    path: path.clone(),
+                    size: *size,
+                    done: AtomicU64::new(*done),
+                    finished: AtomicBool::new(false),
+                })),
+            }
+        }
     }
 }

@@ -1,0 +1,285 @@
+//! Fetching one file's chunks through the swarm: peers first, the Hub second.
+//!
+//! Drives a [`FileScheduler`] with real sources. Availability is asked of every connected peer
+//! (and of DHT providers) when the file starts and again every [`REFRESH`] while chunks are
+//! missing, so chunks that appear at peers mid-download are taken from them. Every chunk from a
+//! peer is checked against the peer's own signed record before it counts; a mismatch bans the
+//! peer. Chunks from the Hub are signed by this node; the file is offered to peers chunk by chunk
+//! as chunks are verified.
+
+use super::chunk::ChunkWriter;
+use super::{Ctx, FetchError, blocking};
+use crate::fetch::chunk::HubSource;
+use crate::fetch::progress::FileProgress;
+use crate::hub::RemoteFile;
+use crate::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
+use crate::store::PartialFile;
+use crate::swarm::NodeHandle;
+use crate::swarm::holdings::{Partial, Record};
+use crate::swarm::transfer::PeerFetchError;
+use libp2p::PeerId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use swarm_protocol::chunk::ChunkLayout;
+use swarm_protocol::wire::{Bitmap, ChunkRequest, HaveRequest};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+/// How often availability is asked again while a file is incomplete.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// Chunks of this file that came from peers in this run: (server, record), for settling a
+/// whole-file mismatch against the Hub's bytes.
+pub type Suspects = Vec<Option<(PeerId, Record)>>;
+
+struct Outcome {
+    index: u32,
+    source: Source,
+    result: Result<(), PeerFetchError>,
+    /// Bytes counted as arrived that turned out wrong (taken back from progress).
+    wrong_bytes: u64,
+}
+
+/// Fetches the missing chunks of `f` into `pf`. With `hub_only` (the second round after a
+/// whole-file mismatch), peers are not asked, and every chunk the Hub sends is compared with the
+/// record a peer gave for it in the first round: a difference bans the record's signer and the
+/// peer that served it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn fetch_chunks(
+    ctx: &Arc<Ctx>,
+    node: &NodeHandle,
+    f: &RemoteFile,
+    pf: &Arc<PartialFile>,
+    source: &Arc<HubSource>,
+    fp: &Arc<FileProgress>,
+    wake: &Arc<Notify>,
+    suspects: &mut Suspects,
+    hub_only: bool,
+) -> Result<(), FetchError> {
+    let layout = ChunkLayout::for_len(f.size);
+    let count = layout.count();
+    let partial = node.holdings().add_partial(&f.etag, f.size, pf.clone());
+    let missing = pf.missing();
+    let done = (0..count).filter(|i| !missing.contains(i));
+    let limits = Limits { hub: ctx.max_workers as u32, ..Limits::default() };
+    let mut sched = FileScheduler::new(count, done, true, limits);
+    if suspects.len() != count as usize {
+        *suspects = vec![None; count as usize];
+    }
+    let previous: Suspects =
+        if hub_only { std::mem::replace(suspects, vec![None; count as usize]) } else { Vec::new() };
+    let mut records: HashMap<PeerId, Vec<Option<Record>>> = HashMap::new();
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut providers_asked = false;
+
+    let mut actions = if hub_only { sched.assign() } else { Vec::new() };
+    let result = loop {
+        let mut queue: std::collections::VecDeque<Action> = std::mem::take(&mut actions).into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Ban(p) => node.ban(p, "sent bytes that do not match their record"),
+                Action::Fetch { index, source: Source::Hub } => {
+                    tracing::debug!(file = %f.path, chunk = index, "from the Hub");
+                    let (ctx, pf, src, fp, wake, partial) =
+                        (ctx.clone(), pf.clone(), source.clone(), fp.clone(), wake.clone(), partial.clone());
+                    let (node, f, check) = (node.clone(), f.clone(), previous.get(index as usize).cloned().flatten());
+                    tasks.spawn(async move {
+                        let r = hub_chunk(&ctx, &node, &f, &pf, &src, &fp, &partial, index, check).await;
+                        wake.notify_one();
+                        Outcome { index, source: Source::Hub, result: r.map_err(PeerFetchError::Local), wrong_bytes: 0 }
+                    });
+                }
+                Action::Fetch { index, source: Source::Peer(peer) } => {
+                    let Some(record) = records.get(&peer).and_then(|v| v.get(index as usize)).cloned().flatten() else {
+                        queue.extend(sched.handle(Event::Failed { index, peer, fault: Fault::Unavailable }));
+                        continue;
+                    };
+                    let (ctx, pf, fp, wake, partial, node, f) =
+                        (ctx.clone(), pf.clone(), fp.clone(), wake.clone(), partial.clone(), node.clone(), f.clone());
+                    tasks.spawn(async move {
+                        let out = peer_chunk(&ctx, &node, &f, &pf, &fp, &partial, index, peer, record).await;
+                        wake.notify_one();
+                        out
+                    });
+                }
+            }
+        }
+        if sched.is_complete() {
+            break Ok(());
+        }
+        tokio::select! {
+            Some(joined) = tasks.join_next() => {
+                let out = match joined {
+                    Ok(o) => o,
+                    Err(e) => break Err(FetchError::Internal(format!("chunk task failed: {e}"))),
+                };
+                if out.wrong_bytes > 0 {
+                    ctx.progress.take_back(fp, out.wrong_bytes);
+                }
+                match (out.source, out.result) {
+                    (source, Ok(())) => {
+                        if let Source::Peer(p) = source {
+                            suspects[out.index as usize] = records.get(&p).and_then(|v| v.get(out.index as usize)).cloned().flatten().map(|r| (p, r));
+                        }
+                        actions = sched.handle(Event::Done { index: out.index, source });
+                    }
+                    (_, Err(PeerFetchError::Local(e))) => break Err(e),
+                    (Source::Peer(peer), Err(PeerFetchError::Unavailable(why))) => {
+                        let fault = if why == BAD_DATA { Fault::BadData } else { Fault::Unavailable };
+                        tracing::debug!(%peer, chunk = out.index, %why, "peer fetch failed");
+                        actions = sched.handle(Event::Failed { index: out.index, peer, fault });
+                    }
+                    (Source::Hub, Err(PeerFetchError::Unavailable(why))) => break Err(FetchError::Internal(why)),
+                }
+            }
+            _ = refresh.tick(), if !hub_only => {
+                if !providers_asked {
+                    // Holders found in the DHT are dialed by the node and asked at the next refresh.
+                    providers_asked = true;
+                    let (node, etag) = (node.clone(), f.etag.clone());
+                    tokio::spawn(async move { node.find_providers(&etag).await });
+                }
+                actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched).await;
+                actions.extend(sched.assign());
+            }
+        }
+    };
+    tasks.abort_all();
+    if result.is_err() {
+        node.holdings().finish_partial(&f.etag, None);
+    }
+    result
+}
+
+const BAD_DATA: &str = "bytes do not match the peer's record";
+
+/// Asks peers what they hold, merges their records, and feeds the scheduler.
+async fn ask_peers(
+    node: &NodeHandle,
+    f: &RemoteFile,
+    count: u32,
+    peers: &[PeerId],
+    records: &mut HashMap<PeerId, Vec<Option<Record>>>,
+    sched: &mut FileScheduler,
+) -> Vec<Action> {
+    let asks = peers.iter().filter(|p| !node.is_banned(p)).map(|&peer| {
+        let mut known = Bitmap::new(count);
+        if let Some(v) = records.get(&peer) {
+            for (i, r) in v.iter().enumerate() {
+                if r.is_some() {
+                    known.set(i as u32);
+                }
+            }
+        }
+        let req = HaveRequest { etag: f.etag.clone(), size: f.size, known };
+        async move { (peer, node.have(peer, req).await) }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let mut actions = Vec::new();
+    for (peer, answer) in answers {
+        match answer {
+            Ok(Some(list)) => {
+                let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
+                let mut have = Bitmap::new(count);
+                for (i, r) in list {
+                    if let Some(r) = r
+                        && let Some(slot) = v.get_mut(i as usize)
+                    {
+                        *slot = Some(r);
+                    }
+                    if v.get(i as usize).is_some_and(|r| r.is_some()) {
+                        have.set(i);
+                    }
+                }
+                tracing::debug!(%peer, file = %f.path, held = have.count_ones(), "peer availability");
+                actions.extend(sched.observe(Event::Have { peer, have }));
+            }
+            Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer))),
+            Err(why) => {
+                node.ban(peer, &format!("sent an invalid availability answer: {why}"));
+                records.remove(&peer);
+                actions.extend(sched.observe(Event::PeerGone(peer)));
+            }
+        }
+    }
+    actions
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn hub_chunk(
+    ctx: &Arc<Ctx>,
+    node: &NodeHandle,
+    f: &RemoteFile,
+    pf: &Arc<PartialFile>,
+    source: &HubSource,
+    fp: &Arc<FileProgress>,
+    partial: &Partial,
+    index: u32,
+    check: Option<(PeerId, Record)>,
+) -> Result<(), FetchError> {
+    let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
+    let range = ChunkLayout::for_len(f.size)
+        .range(index)
+        .ok_or_else(|| FetchError::Internal(format!("chunk {index} out of range")))?;
+    let mut w = ChunkWriter::new(pf.clone(), index, range);
+    source.fetch(&mut w, &ctx.throttle, &ctx.progress, fp).await?;
+    let hash = w.finish().await?;
+    if let Some((server, record)) = check
+        && record.sha256 != hash
+    {
+        // The Hub's bytes decide: whoever signed the false record, and whoever served it, lied.
+        let why = format!("signed a false hash for chunk {index} of {}", f.path);
+        node.ban(record.signer.peer, &why);
+        if server != record.signer.peer {
+            node.ban(server, &format!("served a chunk of {} under a false record", f.path));
+        }
+    }
+    let p = pf.clone();
+    blocking(move || p.chunk_done(index, hash)).await??;
+    partial.add(index, node.holdings().sign(&f.etag, f.size, index, hash));
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn peer_chunk(
+    ctx: &Arc<Ctx>,
+    node: &NodeHandle,
+    f: &RemoteFile,
+    pf: &Arc<PartialFile>,
+    fp: &Arc<FileProgress>,
+    partial: &Partial,
+    index: u32,
+    peer: PeerId,
+    record: Record,
+) -> Outcome {
+    let mut got = 0u64;
+    let result = async {
+        let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
+        let range = ChunkLayout::for_len(f.size)
+            .range(index)
+            .ok_or_else(|| FetchError::Internal(format!("chunk {index} out of range")))?;
+        let mut w = ChunkWriter::new(pf.clone(), index, range);
+        let req = ChunkRequest { etag: f.etag.clone(), size: f.size, index };
+        let progress = ctx.progress.clone();
+        node.transfer()
+            .fetch(peer, &req, &mut w, &ctx.throttle, |n| {
+                got += n;
+                progress.received_from_peer(fp, n);
+            })
+            .await?;
+        let hash = w.finish().await?;
+        if hash != record.sha256 {
+            return Err(PeerFetchError::Unavailable(BAD_DATA.into()));
+        }
+        let p = pf.clone();
+        blocking(move || p.chunk_done(index, hash)).await?.map_err(FetchError::from)?;
+        partial.add(index, record);
+        Ok(())
+    }
+    .await;
+    let wrong_bytes = if result.is_err() { got } else { 0 };
+    Outcome { index, source: Source::Peer(peer), result, wrong_bytes }
+}

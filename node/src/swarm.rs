@@ -1,0 +1,833 @@
+//! The node's presence on the network: one libp2p `Swarm`, owned by one event-loop task, and a
+//! cloneable [`NodeHandle`] through which everything else talks to it (commands with one-shot
+//! replies), as in rust-libp2p's `file-sharing` example.
+//!
+//! Transport: TCP + noise + yamux, optionally behind a pre-shared swarm key (pnet). QUIC is not
+//! enabled: pnet cannot protect it (rust-libp2p #3275), and on loopback and LANs it measured no
+//! faster than TCP on two cores (`shared/reference/libp2p.md` §2.2).
+//!
+//! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
+//! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
+//! blob), `/swarm-dl/have/1` (availability with signed chunk records, [`holdings`]) and
+//! `/swarm-dl/chunk/1` (bytes, [`transfer`]).
+//!
+//! It must not decide what to fetch (that is [`crate::scheduler`] and [`crate::fetch`]) nor write
+//! into the cache (that is [`crate::store`] and [`crate::cache`]).
+
+pub mod codec;
+pub mod holdings;
+pub mod transfer;
+
+pub use libp2p;
+
+use futures::StreamExt as _;
+use holdings::{Holdings, Record, Signer};
+use libp2p::core::transport::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, store::MemoryStore};
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, identify, mdns, noise, tcp, yamux};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarm_protocol::hash::Etag;
+use swarm_protocol::wire::{self, HaveRequest, HaveResponse};
+use tokio::sync::{Notify, mpsc, oneshot};
+use transfer::{ServeFault, Transfer};
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Hugging Face hub cache whose blobs the node serves.
+    pub cache_root: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial (and re-dial while they are away).
+    pub peers: Vec<Multiaddr>,
+    /// Private swarm key; `None` is an open swarm.
+    pub swarm_key: Option<PreSharedKey>,
+    /// LAN discovery by mDNS.
+    pub mdns: bool,
+    /// The node's key.
+    pub key: Keypair,
+    /// Cap on bytes per second served to peers.
+    pub max_upload_rate: Option<u64>,
+    /// How long a peer caught lying stays banned.
+    pub ban_time: Duration,
+    /// Misbehave on purpose (tests of hostile peers only).
+    pub fault: Option<ServeFault>,
+}
+
+impl NodeConfig {
+    /// Defaults for a node serving `cache_root` with key `key`: listen on every interface on a
+    /// random port, mDNS on, open swarm.
+    pub fn new(cache_root: PathBuf, key: Keypair) -> Self {
+        Self {
+            cache_root,
+            listen: vec![default_listen()],
+            peers: Vec::new(),
+            swarm_key: None,
+            mdns: true,
+            key,
+            max_upload_rate: None,
+            ban_time: Duration::from_secs(3600),
+            fault: None,
+        }
+    }
+}
+
+/// `/ip4/0.0.0.0/tcp/0`.
+pub fn default_listen() -> Multiaddr {
+    Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED).with(libp2p::multiaddr::Protocol::Tcp(0))
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The transport or a behaviour could not be built.
+    #[error("cannot start the swarm node: {0}")]
+    Build(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The swarm key file is unreadable or malformed.
+    #[error("cannot use swarm key '{}': {reason} (make one with `swarm-dl keygen FILE`)", .path.display())]
+    SwarmKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The node identity cannot be read or written.
+    #[error("cannot use node identity '{}': {reason}", .path.display())]
+    Identity {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: libp2p::connection_limits::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    identify: identify::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    have: request_response::Behaviour<codec::HaveCodec>,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Have { peer: PeerId, req: HaveRequest, reply: oneshot::Sender<Result<HaveResponse, String>> },
+    Respond { channel: request_response::ResponseChannel<HaveResponse>, resp: HaveResponse },
+    Provide(Etag),
+    FindProviders { etag: Etag, reply: oneshot::Sender<Vec<PeerId>> },
+    Shutdown,
+}
+
+/// A peer this node is connected to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its id.
+    pub id: String,
+    /// The address of the connection.
+    pub address: String,
+    /// Bytes received from it.
+    pub bytes_in: u64,
+    /// Bytes sent to it.
+    pub bytes_out: u64,
+}
+
+/// A file being downloaded by this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InProgress {
+    /// Its ETag.
+    pub etag: String,
+    /// Its size.
+    pub size: u64,
+    /// Chunks verified.
+    pub chunks_held: u32,
+    /// Chunks in all.
+    pub chunks: u32,
+}
+
+/// What `swarm-dl status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This node's id.
+    pub peer_id: String,
+    /// Where it listens.
+    pub listen: Vec<String>,
+    /// True without a swarm key.
+    pub open_swarm: bool,
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// Complete blobs in the cache (all served).
+    pub files_held: usize,
+    /// Their bytes.
+    pub bytes_held: u64,
+    /// Files being downloaded.
+    pub in_progress: Vec<InProgress>,
+    /// Bytes received from peers since start.
+    pub bytes_in: u64,
+    /// Bytes sent to peers since start.
+    pub bytes_out: u64,
+    /// Receive rate over the last seconds, bytes/s.
+    pub rate_in: u64,
+    /// Send rate over the last seconds, bytes/s.
+    pub rate_out: u64,
+    /// Peers banned now.
+    pub banned: Vec<String>,
+}
+
+/// Peers caught lying, and until when.
+#[derive(Debug, Default)]
+pub struct Bans {
+    until: Mutex<HashMap<PeerId, Instant>>,
+}
+
+impl Bans {
+    /// Bans `peer` for `time`.
+    pub fn ban(&self, peer: PeerId, time: Duration, why: &str) {
+        tracing::warn!(%peer, why, secs = time.as_secs(), "banning peer");
+        self.until.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, Instant::now() + time);
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        let mut m = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(peer) {
+            Some(t) if *t > Instant::now() => true,
+            Some(_) => {
+                m.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Peers banned now.
+    pub fn current(&self) -> Vec<PeerId> {
+        let now = Instant::now();
+        self.until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, t)| **t > now)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+struct Shared {
+    peer_id: PeerId,
+    open: bool,
+    cmd: mpsc::Sender<Command>,
+    holdings: Arc<Holdings>,
+    transfer: Arc<Transfer>,
+    bans: Bans,
+    ban_time: Duration,
+    listen: Mutex<Vec<Multiaddr>>,
+    connected: Mutex<HashMap<PeerId, Multiaddr>>,
+    peers_changed: Notify,
+    rate_in: AtomicU64,
+    rate_out: AtomicU64,
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("peer_id", &self.shared.peer_id).finish()
+    }
+}
+
+/// A running node: drop or [`Node::shutdown`] to stop it.
+#[derive(Debug)]
+pub struct Node {
+    handle: NodeHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
+    let build = |e: &dyn std::fmt::Display| NodeError::Build(e.to_string());
+    let behaviour = |key: &Keypair| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+        let peer_id = key.public().to_peer_id();
+        let mut kad_cfg = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
+        kad_cfg.set_query_timeout(Duration::from_secs(30));
+        let store = MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig { max_provided_keys: 1 << 20, ..Default::default() },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_cfg);
+        // On a LAN nothing ever confirms an external address, so kad would stay a client and
+        // answer nobody (libp2p.md §1.2).
+        kad.set_mode(Some(kad::Mode::Server));
+        let mdns = if cfg.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
+        Ok(Behaviour {
+            limits: libp2p::connection_limits::Behaviour::new(
+                libp2p::connection_limits::ConnectionLimits::default().with_max_established_per_peer(Some(2)),
+            ),
+            mdns: mdns.into(),
+            identify: identify::Behaviour::new(identify::Config::new(wire::IDENTIFY_VERSION.into(), key.public())),
+            kad,
+            have: request_response::Behaviour::new(
+                [(StreamProtocol::new(wire::HAVE_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(120)),
+            ),
+            stream: libp2p_stream::Behaviour::new(),
+        })
+    };
+    let swarm_cfg = |c: libp2p::swarm::Config| {
+        c.with_idle_connection_timeout(Duration::from_secs(300)).with_max_negotiating_inbound_streams(256)
+    };
+    let swarm = match cfg.swarm_key {
+        None => libp2p::SwarmBuilder::with_existing_identity(cfg.key.clone())
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+            .map_err(|e| build(&e))?
+            .with_dns()
+            .map_err(|e| build(&e))?
+            .with_behaviour(behaviour)
+            .map_err(|e| build(&e))?
+            .with_swarm_config(swarm_cfg)
+            .build(),
+        Some(psk) => libp2p::SwarmBuilder::with_existing_identity(cfg.key.clone())
+            .with_tokio()
+            .with_other_transport(move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(10)))
+            })
+            .map_err(|e| build(&e))?
+            .with_dns()
+            .map_err(|e| build(&e))?
+            .with_behaviour(behaviour)
+            .map_err(|e| build(&e))?
+            .with_swarm_config(swarm_cfg)
+            .build(),
+    };
+    Ok(swarm)
+}
+
+impl Node {
+    /// Starts a node: listens, dials the configured peers, starts discovery and serving, and
+    /// advertises every complete blob of the cache.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let mut swarm = build_swarm(&cfg)?;
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+        }
+        let peer_id = *swarm.local_peer_id();
+        let holdings = Arc::new(Holdings::new(cfg.cache_root.clone(), cfg.key.clone(), cfg.fault));
+        let transfer = Arc::new(Transfer::new(swarm.behaviour().stream.new_control(), cfg.max_upload_rate, cfg.fault));
+        let (tx, rx) = mpsc::channel(256);
+        let shared = Arc::new(Shared {
+            peer_id,
+            open: cfg.swarm_key.is_none(),
+            cmd: tx,
+            holdings: holdings.clone(),
+            transfer: transfer.clone(),
+            bans: Bans::default(),
+            ban_time: cfg.ban_time,
+            listen: Mutex::default(),
+            connected: Mutex::default(),
+            peers_changed: Notify::new(),
+            rate_in: AtomicU64::new(0),
+            rate_out: AtomicU64::new(0),
+        });
+        // Wait until every listener is bound, so that the addresses we report are real.
+        let mut bound = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while bound < cfg.listen.len() {
+            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => {
+                    lock(&shared.listen).push(address);
+                    bound += 1;
+                }
+                Ok(SwarmEvent::ListenerError { error, .. })
+                | Ok(SwarmEvent::ListenerClosed { reason: Err(error), .. }) => {
+                    return Err(NodeError::Listen { addr: cfg.listen[0].clone(), reason: error.to_string() });
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(NodeError::Listen { addr: cfg.listen[0].clone(), reason: "timed out binding".into() });
+                }
+            }
+        }
+        tokio::spawn(transfer.clone().serve(holdings.clone()));
+        let handle = NodeHandle { shared: shared.clone() };
+        tokio::spawn(rates(Arc::downgrade(&shared)));
+        let task = tokio::spawn(EventLoop::new(swarm, shared, cfg.peers.clone()).run(rx));
+        if cfg.swarm_key.is_none() {
+            tracing::warn!(
+                "no swarm key: this node exchanges chunks with any swarm-dl node that can reach it (use --swarm-key FILE for a private swarm)"
+            );
+        }
+        Ok(Node { handle, task })
+    }
+
+    /// The handle.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the node: closes connections and ends the event loop.
+    pub async fn shutdown(self) {
+        let _ = self.handle.shared.cmd.send(Command::Shutdown).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+async fn rates(shared: std::sync::Weak<Shared>) {
+    let mut last: Option<(u64, u64)> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(s) = shared.upgrade() else { return };
+        let now = (s.transfer.counters.bytes_in.load(Relaxed), s.transfer.counters.bytes_out.load(Relaxed));
+        if let Some(prev) = last {
+            s.rate_in.store(now.0 - prev.0, Relaxed);
+            s.rate_out.store(now.1 - prev.1, Relaxed);
+        }
+        last = Some(now);
+    }
+}
+
+impl NodeHandle {
+    /// This node's id.
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.peer_id
+    }
+
+    /// Where it listens (with `/p2p/<id>`), as bound.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let id = self.shared.peer_id;
+        lock(&self.shared.listen).iter().map(|a| a.clone().with_p2p(id).unwrap_or_else(|a| a)).collect()
+    }
+
+    /// Connected peers, not banned.
+    pub fn peers(&self) -> Vec<PeerId> {
+        lock(&self.shared.connected).keys().filter(|p| !self.shared.bans.is_banned(p)).copied().collect()
+    }
+
+    /// What this node serves.
+    pub fn holdings(&self) -> &Arc<Holdings> {
+        &self.shared.holdings
+    }
+
+    /// The chunk protocol's client side.
+    pub fn transfer(&self) -> &Arc<Transfer> {
+        &self.shared.transfer
+    }
+
+    /// Bans a peer for the configured time (its records and bytes are refused).
+    pub fn ban(&self, peer: PeerId, why: &str) {
+        self.shared.bans.ban(peer, self.shared.ban_time, why);
+        self.shared.transfer.forget(&peer);
+    }
+
+    /// Whether a peer is banned.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.shared.bans.is_banned(peer)
+    }
+
+    /// Waits until at least one peer is connected, or `timeout` passes. Returns the peer count.
+    pub async fn wait_for_peers(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.peers().len();
+            let changed = self.shared.peers_changed.notified();
+            if n > 0 {
+                return n;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.peers().len();
+            }
+        }
+    }
+
+    /// Asks `peer` what it holds of a file, and checks its answer: structure, then every
+    /// signature. Records signed by banned nodes are dropped. An answer that fails a check is an
+    /// error (the caller bans the peer); a peer that cannot answer is `Ok(None)`.
+    pub async fn have(&self, peer: PeerId, req: HaveRequest) -> Result<Option<Vec<(u32, Option<Record>)>>, String> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.shared.cmd.send(Command::Have { peer, req: req.clone(), reply: tx }).await;
+        if sent.is_err() {
+            return Ok(None);
+        }
+        let resp = match rx.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "have request failed");
+                return Ok(None);
+            }
+            Err(_) => return Ok(None),
+        };
+        let (etag, size) = (req.etag.clone(), req.size);
+        tokio::task::spawn_blocking(move || check_have(&req, resp)).await.map_err(|e| e.to_string())?.map(|mut v| {
+            v.retain(|(_, r)| r.as_ref().is_none_or(|r| !self.is_banned(&r.signer.peer)));
+            let _ = (etag, size);
+            Some(v)
+        })
+    }
+
+    /// Announces (by a provider record) that this node holds a file.
+    pub async fn provide(&self, etag: &Etag) {
+        let _ = self.shared.cmd.send(Command::Provide(etag.clone())).await;
+    }
+
+    /// Peers that announced a file in the DHT (beyond those connected).
+    pub async fn find_providers(&self, etag: &Etag) -> Vec<PeerId> {
+        let (tx, rx) = oneshot::channel();
+        if self.shared.cmd.send(Command::FindProviders { etag: etag.clone(), reply: tx }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The node's state, for `swarm-dl status`.
+    pub async fn status(&self) -> NodeStatus {
+        let h = self.shared.holdings.clone();
+        let blobs = tokio::task::spawn_blocking(move || h.blobs()).await.unwrap_or_default();
+        let counters = &self.shared.transfer.counters;
+        let peers = lock(&self.shared.connected)
+            .iter()
+            .map(|(p, a)| {
+                let (i, o) = counters.of(p);
+                PeerStatus { id: p.to_string(), address: a.to_string(), bytes_in: i, bytes_out: o }
+            })
+            .collect();
+        NodeStatus {
+            peer_id: self.shared.peer_id.to_string(),
+            listen: self.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            open_swarm: self.shared.open,
+            peers,
+            files_held: blobs.len(),
+            bytes_held: blobs.iter().map(|b| b.2).sum(),
+            in_progress: self
+                .shared
+                .holdings
+                .in_progress()
+                .into_iter()
+                .map(|(e, size, held, n)| InProgress { etag: e.to_string(), size, chunks_held: held, chunks: n })
+                .collect(),
+            bytes_in: counters.bytes_in.load(Relaxed),
+            bytes_out: counters.bytes_out.load(Relaxed),
+            rate_in: self.shared.rate_in.load(Relaxed),
+            rate_out: self.shared.rate_out.load(Relaxed),
+            banned: self.shared.bans.current().iter().map(|p| p.to_string()).collect(),
+        }
+    }
+}
+
+/// Validates a have response and verifies its signatures. Returns, per held chunk, the record
+/// sent for it (`None` for chunks the asker said it knew).
+fn check_have(req: &HaveRequest, resp: HaveResponse) -> Result<Vec<(u32, Option<Record>)>, String> {
+    resp.validate(req).map_err(|e| e.to_string())?;
+    if resp.have.0.is_empty() {
+        return Ok(Vec::new());
+    }
+    let signers: Vec<Arc<Signer>> = resp
+        .signers
+        .iter()
+        .map(|s| Signer::decode(s).map(Arc::new).ok_or_else(|| "undecodable signer key".to_string()))
+        .collect::<Result<_, _>>()?;
+    let count = swarm_protocol::chunk::ChunkLayout::for_len(req.size).count();
+    let mut out: Vec<(u32, Option<Record>)> = Vec::new();
+    let mut by_index: HashMap<u32, Record> = HashMap::new();
+    for r in resp.records {
+        let rec =
+            Record { sha256: r.sha256, signer: signers[usize::from(r.signer)].clone(), signature: r.signature.into() };
+        if !rec.verify(&req.etag, req.size, r.index) {
+            return Err(format!("bad signature on the record of chunk {}", r.index));
+        }
+        by_index.insert(r.index, rec);
+    }
+    for i in resp.have.iter(count) {
+        out.push((i, by_index.remove(&i)));
+    }
+    Ok(out)
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    shared: Arc<Shared>,
+    static_peers: Vec<Multiaddr>,
+    pending_have: HashMap<OutboundRequestId, oneshot::Sender<Result<HaveResponse, String>>>,
+    pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
+    provided: HashSet<Etag>,
+}
+
+impl EventLoop {
+    fn new(swarm: Swarm<Behaviour>, shared: Arc<Shared>, static_peers: Vec<Multiaddr>) -> Self {
+        Self {
+            swarm,
+            shared,
+            static_peers,
+            pending_have: HashMap::new(),
+            pending_providers: HashMap::new(),
+            provided: HashSet::new(),
+        }
+    }
+
+    fn dial_static(&mut self) {
+        let connected: HashSet<PeerId> = lock(&self.shared.connected).keys().copied().collect();
+        for addr in self.static_peers.clone() {
+            let known = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            if known.is_some_and(|id| connected.contains(&id)) {
+                continue;
+            }
+            if known.is_none() && lock(&self.shared.connected).values().any(|a| same_host_port(a, &addr)) {
+                continue;
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "cannot dial peer");
+            }
+        }
+    }
+
+    fn provide_blobs(&mut self) {
+        for (etag, _, _) in self.shared.holdings.blobs() {
+            self.provide(etag);
+        }
+    }
+
+    fn provide(&mut self, etag: Etag) {
+        if self.provided.insert(etag.clone())
+            && let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&etag.as_str()))
+        {
+            tracing::debug!(%etag, error = %e, "cannot announce file");
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.dial_static();
+        self.provide_blobs();
+        let mut redial = tokio::time::interval(Duration::from_secs(5));
+        let mut rescan = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.command(cmd),
+                },
+                ev = self.swarm.select_next_some() => self.event(ev),
+                _ = redial.tick() => self.dial_static(),
+                _ = rescan.tick() => self.provide_blobs(),
+            }
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for p in peers {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+        tracing::info!("node stopped");
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Have { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().have.send_request(&peer, req);
+                self.pending_have.insert(id, reply);
+            }
+            Command::Respond { channel, resp } => {
+                let _ = self.swarm.behaviour_mut().have.send_response(channel, resp);
+            }
+            Command::Provide(etag) => self.provide(etag),
+            Command::FindProviders { etag, reply } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&etag.as_str()));
+                self.pending_providers.insert(id, (reply, HashSet::new()));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => lock(&self.shared.listen).push(address),
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                let addr = endpoint.get_remote_address().clone();
+                tracing::info!(peer = %peer_id, %addr, "peer connected");
+                if endpoint.is_dialer() {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                }
+                lock(&self.shared.connected).insert(peer_id, addr);
+                self.shared.peers_changed.notify_waiters();
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                tracing::info!(peer = %peer_id, "peer disconnected");
+                lock(&self.shared.connected).remove(&peer_id);
+                self.shared.transfer.forget(&peer_id);
+                self.shared.peers_changed.notify_waiters();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+                tracing::debug!(from = %send_back_addr, %error, "inbound connection failed");
+            }
+            SwarmEvent::Behaviour(b) => self.behaviour(b),
+            _ => {}
+        }
+    }
+
+    fn behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != wire::IDENTIFY_VERSION {
+                    tracing::debug!(peer = %peer_id, version = %info.protocol_version, "not a swarm-dl node");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                for a in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                }
+            }
+            BehaviourEvent::Have(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let (holdings, cmd) = (self.shared.holdings.clone(), self.shared.cmd.clone());
+                    let banned = self.shared.bans.is_banned(&peer);
+                    tokio::spawn(async move {
+                        let resp = if banned {
+                            HaveResponse::none()
+                        } else {
+                            tokio::task::spawn_blocking(move || holdings.answer(&request))
+                                .await
+                                .unwrap_or_else(|_| HaveResponse::none())
+                        };
+                        let _ = cmd.send(Command::Respond { channel, resp }).await;
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(tx) = self.pending_have.remove(&request_id) {
+                        let _ = tx.send(Ok(response));
+                    }
+                }
+            },
+            BehaviourEvent::Have(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                if let Some(tx) = self.pending_have.remove(&request_id) {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(r),
+                step,
+                ..
+            }) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r
+                    && let Some((_, found)) = self.pending_providers.get_mut(&id)
+                {
+                    found.extend(providers.into_iter().filter(|p| *p != self.shared.peer_id));
+                }
+                if step.last
+                    && let Some((tx, found)) = self.pending_providers.remove(&id)
+                {
+                    for p in &found {
+                        if !self.swarm.is_connected(p) {
+                            let _ = self.swarm.dial(*p);
+                        }
+                    }
+                    let _ = tx.send(found.into_iter().collect());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn same_host_port(a: &Multiaddr, b: &Multiaddr) -> bool {
+    let strip = |m: &Multiaddr| -> Vec<String> {
+        m.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).map(|p| p.to_string()).collect()
+    };
+    strip(a) == strip(b)
+}
+
+/// Loads the node's key from `dir/node.key`, creating it (mode 0600) on first use, and locks it
+/// so that two processes on one cache never run under one identity. Returns `None` for the lock
+/// when another process holds it: the caller then runs with a fresh, throwaway key.
+pub fn load_identity(dir: &Path) -> Result<(Keypair, Option<std::fs::File>), NodeError> {
+    let path = dir.join("node.key");
+    let err = |reason: String| NodeError::Identity { path: path.clone(), reason };
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("node.key.lock"))
+        .map_err(|e| err(e.to_string()))?;
+    if lock_file.try_lock().is_err() {
+        return Ok((Keypair::generate_ed25519(), None));
+    }
+    let key = match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            write_private(&path, &bytes).map_err(|e| err(e.to_string()))?;
+            key
+        }
+        Err(e) => return Err(err(e.to_string())),
+    };
+    Ok((key, Some(lock_file)))
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a swarm key file (the IPFS `swarm.key` format).
+pub fn read_swarm_key(path: &Path) -> Result<PreSharedKey, NodeError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NodeError::SwarmKey { path: path.to_path_buf(), reason: e.to_string() })?;
+    text.parse().map_err(|e| NodeError::SwarmKey { path: path.to_path_buf(), reason: format!("{e}") })
+}
+
+/// A new random swarm key, in the file format.
+pub fn new_swarm_key() -> PreSharedKey {
+    PreSharedKey::new(rand::random())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,419 @@
+//! What this node can serve: complete blobs of its cache and verified chunks of files it is
+//! still downloading, each chunk with a signed hash record.
+//!
+//! The rule that makes the swarm safe: a chunk is offered only with a record, and a record exists
+//! only for bytes that were checked. Records come from three places:
+//! - chunks this node fetched from the Hub: it signs them itself (it saw the Hub's bytes);
+//! - chunks received from a peer: the peer's record is kept and relayed, unchanged, after the
+//!   bytes matched it (the original signer stays answerable for them);
+//! - complete blobs: the whole file matched the Hub's ETag, so this node signs every chunk. A blob
+//!   found in the cache (written by another process) is hashed whole once, and served only if it
+//!   matches its name.
+
+use super::transfer::{ServeFault, corrupt};
+use crate::store::PartialFile;
+use libp2p::PeerId;
+use libp2p::identity::{Keypair, PublicKey};
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use swarm_protocol::chunk::ChunkLayout;
+use swarm_protocol::hash::{Etag, Sha256};
+use swarm_protocol::wire::{Bitmap, ChunkRecord, HaveRequest, HaveResponse, record_signing_bytes};
+
+/// A node that signs records.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Signer {
+    /// Its key.
+    pub key: PublicKey,
+    /// The key in protobuf encoding (as sent on the wire).
+    pub encoded: Vec<u8>,
+    /// Its peer id.
+    pub peer: PeerId,
+}
+
+impl Signer {
+    /// Decodes a signer from the wire.
+    pub fn decode(encoded: &[u8]) -> Option<Self> {
+        let key = PublicKey::try_decode_protobuf(encoded).ok()?;
+        Some(Self { peer: key.to_peer_id(), key, encoded: encoded.to_vec() })
+    }
+}
+
+/// "Chunk `i` hashes to `sha256`", signed.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The hash.
+    pub sha256: Sha256,
+    /// Who vouches for it.
+    pub signer: Arc<Signer>,
+    /// The signature over [`record_signing_bytes`].
+    pub signature: Arc<[u8]>,
+}
+
+impl Record {
+    /// Whether the signature is valid for this chunk of this file.
+    pub fn verify(&self, etag: &Etag, size: u64, index: u32) -> bool {
+        self.signer.key.verify(&record_signing_bytes(etag, size, index, &self.sha256), &self.signature)
+    }
+}
+
+/// A file being downloaded here, offered chunk by chunk as chunks are verified.
+#[derive(Debug)]
+pub struct Partial {
+    /// The file's size.
+    pub size: u64,
+    /// Its bytes.
+    pub pf: Arc<PartialFile>,
+    records: Mutex<Vec<Option<Record>>>,
+}
+
+impl Partial {
+    /// Offers chunk `index` under `record` (after its bytes were written and checked).
+    pub fn add(&self, index: u32, record: Record) {
+        if let Some(slot) = lock(&self.records).get_mut(index as usize) {
+            *slot = Some(record);
+        }
+    }
+
+    /// Chunks offered so far.
+    pub fn held(&self) -> u32 {
+        lock(&self.records).iter().filter(|r| r.is_some()).count() as u32
+    }
+
+    /// The records of all chunks, if all are held.
+    pub fn all_records(&self) -> Option<Vec<Record>> {
+        lock(&self.records).iter().cloned().collect()
+    }
+}
+
+#[derive(Debug)]
+struct Complete {
+    path: PathBuf,
+    records: Vec<Record>,
+}
+
+/// A source of one chunk's bytes.
+#[derive(Debug)]
+pub enum ChunkBytes {
+    /// From a partial file.
+    Partial(Arc<PartialFile>, std::ops::Range<u64>),
+    /// From a blob.
+    Blob(File, std::ops::Range<u64>),
+}
+
+impl ChunkBytes {
+    /// The chunk's byte range.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        match self {
+            Self::Partial(_, r) | Self::Blob(_, r) => r.clone(),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at file offset `offset`. Blocking.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Self::Partial(pf, _) => pf.read_at(offset, buf).map_err(io::Error::other),
+            Self::Blob(f, _) => f.read_exact_at(buf, offset),
+        }
+    }
+}
+
+/// Everything this node offers to peers.
+#[derive(Debug)]
+pub struct Holdings {
+    cache_root: PathBuf,
+    key: Keypair,
+    me: Arc<Signer>,
+    partial: Mutex<HashMap<Etag, Arc<Partial>>>,
+    complete: Mutex<HashMap<Etag, Arc<Complete>>>,
+    /// One blob is hashed at a time: hashing is disk- and CPU-bound, and two peers asking for the
+    /// same new blob must not hash it twice.
+    hashing: Mutex<()>,
+    fault: Option<ServeFault>,
+}
+
+/// Most complete-blob manifests kept in memory (each is ~100 bytes per chunk).
+const MAX_COMPLETE: usize = 4096;
+
+impl Holdings {
+    /// Holdings of the cache at `cache_root`, signed with `key`.
+    pub fn new(cache_root: PathBuf, key: Keypair, fault: Option<ServeFault>) -> Self {
+        let public = key.public();
+        let me = Arc::new(Signer { encoded: public.encode_protobuf(), peer: public.to_peer_id(), key: public });
+        Self {
+            cache_root,
+            key,
+            me,
+            partial: Mutex::default(),
+            complete: Mutex::default(),
+            hashing: Mutex::new(()),
+            fault,
+        }
+    }
+
+    /// This node's signer identity.
+    pub fn me(&self) -> &Arc<Signer> {
+        &self.me
+    }
+
+    /// Signs a record for a chunk whose bytes this node checked.
+    pub fn sign(&self, etag: &Etag, size: u64, index: u32, sha256: Sha256) -> Record {
+        let msg = record_signing_bytes(etag, size, index, &sha256);
+        // ed25519 signing cannot fail; an empty signature would only be refused by peers.
+        let signature: Arc<[u8]> = self.key.sign(&msg).unwrap_or_default().into();
+        Record { sha256, signer: self.me.clone(), signature }
+    }
+
+    /// Starts offering a file being downloaded.
+    pub fn add_partial(&self, etag: &Etag, size: u64, pf: Arc<PartialFile>) -> Arc<Partial> {
+        let count = ChunkLayout::for_len(size).count() as usize;
+        let p = Arc::new(Partial { size, pf, records: Mutex::new(vec![None; count]) });
+        lock(&self.partial).insert(etag.clone(), p.clone());
+        p
+    }
+
+    /// Stops offering a partial file (done or abandoned). If it completed, `blob` is where its
+    /// verified bytes now are, and every chunk is offered from there under this node's signature.
+    pub fn finish_partial(&self, etag: &Etag, blob: Option<&Path>) {
+        let p = lock(&self.partial).remove(etag);
+        if let (Some(p), Some(path)) = (p, blob)
+            && let Some(records) = p.all_records()
+        {
+            let records =
+                records.into_iter().enumerate().map(|(i, r)| self.sign(etag, p.size, i as u32, r.sha256)).collect();
+            self.insert_complete(etag, Complete { path: path.to_path_buf(), records });
+        }
+    }
+
+    fn insert_complete(&self, etag: &Etag, c: Complete) {
+        let mut map = lock(&self.complete);
+        if map.len() >= MAX_COMPLETE
+            && let Some(k) = map.keys().next().cloned()
+        {
+            map.remove(&k);
+        }
+        map.insert(etag.clone(), Arc::new(c));
+    }
+
+    /// Files being downloaded: (etag, size, chunks held, chunk count).
+    pub fn in_progress(&self) -> Vec<(Etag, u64, u32, u32)> {
+        lock(&self.partial)
+            .iter()
+            .map(|(e, p)| (e.clone(), p.size, p.held(), ChunkLayout::for_len(p.size).count()))
+            .collect()
+    }
+
+    /// Every complete blob in the cache: (etag, path, size).
+    pub fn blobs(&self) -> Vec<(Etag, PathBuf, u64)> {
+        let mut out = Vec::new();
+        let Ok(repos) = std::fs::read_dir(&self.cache_root) else {
+            return out;
+        };
+        for repo in repos.flatten() {
+            let Ok(blobs) = std::fs::read_dir(repo.path().join("blobs")) else {
+                continue;
+            };
+            for b in blobs.flatten() {
+                let name = b.file_name();
+                let Some(etag) = name.to_str().and_then(|n| Etag::parse(n).ok()) else {
+                    continue; // .incomplete files and such
+                };
+                if let Ok(meta) = b.metadata()
+                    && meta.is_file()
+                {
+                    out.push((etag, b.path(), meta.len()));
+                }
+            }
+        }
+        out
+    }
+
+    fn find_blob(&self, etag: &Etag, size: u64) -> Option<PathBuf> {
+        let repos = std::fs::read_dir(&self.cache_root).ok()?;
+        repos
+            .flatten()
+            .map(|r| r.path().join("blobs").join(etag.as_str()))
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == size))
+    }
+
+    /// The signed manifest of a complete blob, hashing it (once) if needed. Blocking. `None` if
+    /// there is no such blob, or if its bytes do not match its name (then it is never served).
+    fn complete(&self, etag: &Etag, size: u64) -> Option<Arc<Complete>> {
+        if let Some(c) = lock(&self.complete).get(etag) {
+            return Some(c.clone());
+        }
+        let _one = lock(&self.hashing);
+        if let Some(c) = lock(&self.complete).get(etag) {
+            return Some(c.clone());
+        }
+        let path = self.find_blob(etag, size)?;
+        let hashes = match hash_blob(&path, etag, size) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                tracing::warn!(blob = %path.display(), "cached blob does not match its name; not serving it");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(blob = %path.display(), error = %e, "cannot read cached blob");
+                return None;
+            }
+        };
+        let records = hashes.into_iter().enumerate().map(|(i, h)| self.sign(etag, size, i as u32, h)).collect();
+        self.insert_complete(etag, Complete { path, records });
+        lock(&self.complete).get(etag).cloned()
+    }
+
+    /// Answers "what do you hold of this file?". Blocking (may hash a blob).
+    pub fn answer(&self, req: &HaveRequest) -> HaveResponse {
+        let Ok(count) = req.validate() else {
+            return HaveResponse::none();
+        };
+        let partial = lock(&self.partial).get(&req.etag).filter(|p| p.size == req.size).cloned();
+        let records: Vec<Option<Record>> = match partial {
+            Some(p) => lock(&p.records).clone(),
+            None => match self.complete(&req.etag, req.size) {
+                Some(c) => c.records.iter().cloned().map(Some).collect(),
+                None => return HaveResponse::none(),
+            },
+        };
+        let mut resp = HaveResponse { have: Bitmap::new(count), signers: Vec::new(), records: Vec::new() };
+        let mut signer_index: HashMap<PeerId, u16> = HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            let Some(r) = r else { continue };
+            let i = i as u32;
+            let forged;
+            let r = if self.fault == Some(ServeFault::ForgeRecords) {
+                let Some(f) = self.forge(&req.etag, req.size, i) else { continue };
+                forged = f;
+                &forged
+            } else {
+                r
+            };
+            resp.have.set(i);
+            if req.known.get(i) {
+                continue;
+            }
+            let next = resp.signers.len();
+            let Ok(next) = u16::try_from(next) else { continue };
+            let signer = *signer_index.entry(r.signer.peer).or_insert_with(|| {
+                resp.signers.push(r.signer.encoded.clone());
+                next
+            });
+            resp.records.push(ChunkRecord { index: i, sha256: r.sha256, signer, signature: r.signature.to_vec() });
+        }
+        resp
+    }
+
+    /// The bytes of chunk `index`, if held and verified. Blocking.
+    pub fn chunk(&self, etag: &Etag, size: u64, index: u32) -> Option<ChunkBytes> {
+        let range = ChunkLayout::for_len(size).range(index)?;
+        let partial = lock(&self.partial).get(etag).filter(|p| p.size == size).cloned();
+        if let Some(p) = partial {
+            return lock(&p.records)
+                .get(index as usize)
+                .and_then(|r| r.as_ref())
+                .map(|_| ChunkBytes::Partial(p.pf.clone(), range));
+        }
+        let c = self.complete(etag, size)?;
+        File::open(&c.path).ok().map(|f| ChunkBytes::Blob(f, range))
+    }
+}
+
+impl Holdings {
+    /// A record vouching for the corrupted bytes a faulty node serves (tests only).
+    fn forge(&self, etag: &Etag, size: u64, index: u32) -> Option<Record> {
+        let c = self.chunk(etag, size, index)?;
+        let r = c.range();
+        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        c.read_at(r.start, &mut buf).ok()?;
+        corrupt(&mut buf);
+        Some(self.sign(etag, size, index, Sha256::of(&buf)))
+    }
+}
+
+/// Hashes every chunk of a blob and the whole file; `None` if the whole does not match `etag`.
+fn hash_blob(path: &Path, etag: &Etag, size: u64) -> io::Result<Option<Vec<Sha256>>> {
+    let f = File::open(path)?;
+    let layout = ChunkLayout::for_len(size);
+    let mut whole = etag.hasher(size);
+    let mut hashes = Vec::with_capacity(layout.count() as usize);
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..layout.count() {
+        let Some(r) = layout.range(i) else { break };
+        let mut h = sha2::Sha256::new();
+        let mut pos = r.start;
+        while pos < r.end {
+            let n = ((r.end - pos) as usize).min(buf.len());
+            f.read_exact_at(&mut buf[..n], pos)?;
+            h.update(&buf[..n]);
+            whole.update(&buf[..n]);
+            pos += n as u64;
+        }
+        hashes.push(Sha256(h.finalize().into()));
+    }
+    Ok((whole.finish_hex() == etag.as_str()).then_some(hashes))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_protocol::hash::lfs_sha256;
+
+    fn cache_with_blob(data: &[u8]) -> (tempfile::TempDir, Etag) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let etag = lfs_sha256(data);
+        let dir = tmp.path().join("models--a--b/blobs");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(etag.as_str()), data).expect("write");
+        (tmp, etag)
+    }
+
+    #[test]
+    fn complete_blobs_are_offered_with_valid_signed_records() {
+        let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+        let (tmp, etag) = cache_with_blob(&data);
+        let h = Holdings::new(tmp.path().into(), Keypair::generate_ed25519(), None);
+        let req = HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(3) };
+        let resp = h.answer(&req);
+        resp.validate(&req).expect("valid");
+        assert_eq!(resp.have.count_ones(), 3);
+        assert_eq!(resp.records.len(), 3);
+        let signer = Signer::decode(&resp.signers[0]).expect("signer");
+        for r in &resp.records {
+            let rec = Record {
+                sha256: r.sha256,
+                signer: Arc::new(Signer::decode(&resp.signers[0]).expect("s")),
+                signature: r.signature.clone().into(),
+            };
+            assert!(rec.verify(&etag, data.len() as u64, r.index));
+            assert!(!rec.verify(&etag, data.len() as u64, r.index + 1), "a record is bound to its index");
+        }
+        assert_eq!(signer.peer, h.me().peer);
+        // Known chunks are not sent again.
+        let mut known = Bitmap::new(3);
+        known.set(0);
+        assert_eq!(h.answer(&HaveRequest { known, ..req }).records.len(), 2);
+        let c = h.chunk(&etag, data.len() as u64, 2).expect("chunk");
+        assert_eq!(c.range(), (8 << 20)..(9 << 20));
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_name_is_never_offered() {
+        let (tmp, etag) = cache_with_blob(b"good bytes");
+        let path = tmp.path().join("models--a--b/blobs").join(etag.as_str());
+        std::fs::write(&path, b"evil bytes").expect("tamper");
+        let h = Holdings::new(tmp.path().into(), Keypair::generate_ed25519(), None);
+        let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1) };
+        assert_eq!(h.answer(&req), HaveResponse::none());
+        assert!(h.chunk(&etag, 10, 0).is_none());
+    }
+}

@@ -1,0 +1,331 @@
+//! `/swarm-dl/chunk/1`: chunk bytes over libp2p streams, both ends.
+//!
+//! A stream carries many requests, one after another (request frame → header frame → raw bytes),
+//! so a peer keeps a few long-lived streams instead of opening one per chunk: libp2p-stream's
+//! inbound queue holds a single pending stream and drops the rest under bursts
+//! (`shared/reference/libp2p.md` §1.5). Bytes are copied in slices, never buffered whole;
+//! yamux's flow control carries back-pressure from a slow reader to our disk reads.
+//!
+//! Serving limits: [`SERVE_PER_PEER`] requests at a time per peer and [`SERVE_TOTAL`] in all;
+//! beyond that a request is answered `Busy` so the asker tries another holder. The upload rate
+//! cap is a token bucket shared by every stream.
+
+use super::codec::{read_frame, write_frame};
+use super::holdings::Holdings;
+use crate::fetch::FetchError;
+use crate::fetch::chunk::ChunkWriter;
+use crate::fetch::throttle::Throttle;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use swarm_protocol::wire::{CHUNK_PROTOCOL, ChunkHeader, ChunkRequest, MAX_CHUNK_FRAME};
+use tokio::sync::Semaphore;
+
+/// Requests served at a time to one peer.
+pub const SERVE_PER_PEER: usize = 8;
+/// Requests served at a time in all.
+pub const SERVE_TOTAL: usize = 64;
+/// Longest wait for any progress on a stream (a request, a header, a slice of bytes).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an idle served stream is kept open.
+const SERVE_IDLE: Duration = Duration::from_secs(120);
+const SLICE: usize = 256 << 10;
+const OPEN_ATTEMPTS: u32 = 5;
+
+/// A deliberate misbehaviour, for tests of what honest nodes do with a hostile peer. Not
+/// reachable from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeFault {
+    /// Serve bytes that do not match the (honest) records.
+    CorruptBytes,
+    /// Serve the same wrong bytes, under records signed for the wrong bytes.
+    ForgeRecords,
+}
+
+/// The byte a faulty node flips: the first of every chunk.
+pub fn corrupt(chunk_start: &mut [u8]) {
+    if let Some(b) = chunk_start.first_mut() {
+        *b ^= 0xff;
+    }
+}
+
+/// Bytes moved, per peer and in all.
+#[derive(Debug, Default)]
+pub struct Counters {
+    per_peer: Mutex<HashMap<PeerId, (u64, u64)>>,
+    /// Bytes received from peers.
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to peers.
+    pub bytes_out: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, peer: PeerId, bytes_in: u64, bytes_out: u64) {
+        self.bytes_in.fetch_add(bytes_in, Relaxed);
+        self.bytes_out.fetch_add(bytes_out, Relaxed);
+        let mut m = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(peer).or_default();
+        e.0 += bytes_in;
+        e.1 += bytes_out;
+    }
+
+    /// (bytes in, bytes out) exchanged with `peer`.
+    pub fn of(&self, peer: &PeerId) -> (u64, u64) {
+        self.per_peer.lock().unwrap_or_else(|p| p.into_inner()).get(peer).copied().unwrap_or_default()
+    }
+}
+
+/// Why fetching a chunk from a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerFetchError {
+    /// The peer could not deliver: ask someone else.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Writing here failed: stop.
+    #[error(transparent)]
+    Local(#[from] FetchError),
+}
+
+/// Both ends of the chunk protocol.
+pub struct Transfer {
+    control: libp2p_stream::Control,
+    pool: Mutex<HashMap<PeerId, Vec<Stream>>>,
+    /// Bytes moved.
+    pub counters: Arc<Counters>,
+    upload: Throttle,
+    serve_total: Arc<Semaphore>,
+    serve_per_peer: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    /// One stream opening at a time per peer (see [`Transfer::open_and_ask`]).
+    opening: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Requests in flight to one peer, across all downloads: never more than it serves at once.
+    ask_per_peer: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    fault: Option<ServeFault>,
+}
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfer").field("fault", &self.fault).finish_non_exhaustive()
+    }
+}
+
+fn protocol() -> StreamProtocol {
+    StreamProtocol::new(CHUNK_PROTOCOL)
+}
+
+impl Transfer {
+    /// Both ends, on `control`.
+    pub fn new(control: libp2p_stream::Control, max_upload_rate: Option<u64>, fault: Option<ServeFault>) -> Self {
+        Self {
+            control,
+            pool: Mutex::default(),
+            counters: Arc::default(),
+            upload: Throttle::new(max_upload_rate),
+            serve_total: Arc::new(Semaphore::new(SERVE_TOTAL)),
+            serve_per_peer: Mutex::default(),
+            ask_per_peer: Mutex::default(),
+            opening: Mutex::default(),
+            fault,
+        }
+    }
+
+    /// Accepts inbound chunk streams for ever, serving each on its own task.
+    pub async fn serve(self: Arc<Self>, holdings: Arc<Holdings>) {
+        let mut incoming = match self.control.clone().accept(protocol()) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot accept chunk streams");
+                return;
+            }
+        };
+        while let Some((peer, stream)) = incoming.next().await {
+            let (me, holdings) = (self.clone(), holdings.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me.serve_stream(peer, stream, holdings).await {
+                    tracing::debug!(%peer, error = %e, "chunk stream ended");
+                }
+            });
+        }
+    }
+
+    async fn serve_stream(&self, peer: PeerId, mut stream: Stream, holdings: Arc<Holdings>) -> std::io::Result<()> {
+        loop {
+            let req: ChunkRequest =
+                match tokio::time::timeout(SERVE_IDLE, read_frame(&mut stream, MAX_CHUNK_FRAME)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Ok(()),
+                };
+            let per_peer = {
+                let mut m = self.serve_per_peer.lock().unwrap_or_else(|p| p.into_inner());
+                m.entry(peer).or_insert_with(|| Arc::new(Semaphore::new(SERVE_PER_PEER))).clone()
+            };
+            let (Ok(_p), Ok(_t)) = (per_peer.try_acquire_owned(), self.serve_total.clone().try_acquire_owned()) else {
+                write_frame(&mut stream, &ChunkHeader::Busy).await?;
+                continue;
+            };
+            let h = holdings.clone();
+            let r = req.clone();
+            let bytes = tokio::task::spawn_blocking(move || h.chunk(&r.etag, r.size, r.index))
+                .await
+                .map_err(std::io::Error::other)?;
+            let Some(bytes) = bytes else {
+                write_frame(&mut stream, &ChunkHeader::NotHeld).await?;
+                continue;
+            };
+            let range = bytes.range();
+            write_frame(&mut stream, &ChunkHeader::Data { len: range.end - range.start }).await?;
+            let bytes = Arc::new(bytes);
+            let mut pos = range.start;
+            while pos < range.end {
+                let n = ((range.end - pos) as usize).min(SLICE);
+                let b = bytes.clone();
+                let mut buf = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    b.read_at(pos, &mut buf).map(|()| buf)
+                })
+                .await
+                .map_err(std::io::Error::other)??;
+                if pos == range.start && self.fault.is_some() {
+                    corrupt(&mut buf);
+                }
+                self.upload.take(n).await;
+                tokio::time::timeout(IO_TIMEOUT, stream.write_all(&buf))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading"))??;
+                self.counters.add(peer, 0, n as u64);
+                pos += n as u64;
+            }
+            stream.flush().await?;
+            tracing::trace!(%peer, chunk = req.index, "served chunk");
+        }
+    }
+
+    fn pooled(&self, peer: PeerId) -> Option<Stream> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&peer).and_then(|v| v.pop())
+    }
+
+    /// Opens a new stream to `peer` and sends `req` on it. Opens to one peer are serialised
+    /// until the first answer arrives: the answer proves the peer accepted the stream, so the
+    /// next open cannot find its one-slot inbound queue full. Other askers can still fill it, so
+    /// a failed open is retried a few times with a short backoff.
+    async fn open_and_ask(&self, peer: PeerId, req: &ChunkRequest) -> Result<(Stream, ChunkHeader), PeerFetchError> {
+        let lock = {
+            let mut m = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(peer).or_default().clone()
+        };
+        let _one_open = lock.lock().await;
+        let mut last = String::new();
+        for attempt in 0..OPEN_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+            }
+            let mut control = self.control.clone();
+            let mut stream = match tokio::time::timeout(IO_TIMEOUT, control.open_stream(peer, protocol())).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    last = format!("cannot open a stream: {e}");
+                    if matches!(e, libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    last = "timed out opening a stream".into();
+                    continue;
+                }
+            };
+            match self.ask(&mut stream, req).await {
+                Ok(h) => return Ok((stream, h)),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(PeerFetchError::Unavailable(last))
+    }
+
+    /// Forgets pooled streams to a peer (it went away).
+    pub fn forget(&self, peer: &PeerId) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).remove(peer);
+        self.opening.lock().unwrap_or_else(|p| p.into_inner()).remove(peer);
+    }
+
+    /// Fetches a chunk from `peer` into `w`, calling `on_bytes` as bytes arrive. The caller checks
+    /// the chunk's hash (via `w.finish()`) against the peer's record.
+    pub async fn fetch(
+        &self,
+        peer: PeerId,
+        req: &ChunkRequest,
+        w: &mut ChunkWriter,
+        throttle: &Throttle,
+        mut on_bytes: impl FnMut(u64),
+    ) -> Result<(), PeerFetchError> {
+        let want = w.remaining();
+        let slot = {
+            let mut m = self.ask_per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(peer).or_insert_with(|| Arc::new(Semaphore::new(SERVE_PER_PEER))).clone()
+        };
+        let _slot = slot.acquire_owned().await.map_err(|e| PeerFetchError::Unavailable(e.to_string()))?;
+        // A pooled stream may have died while idle; then a fresh one.
+        let pooled = match self.pooled(peer) {
+            Some(mut s) => self.ask(&mut s, req).await.ok().map(|h| (s, h)),
+            None => None,
+        };
+        let (mut stream, header) = match pooled {
+            Some(sh) => sh,
+            None => self.open_and_ask(peer, req).await?,
+        };
+        let len = match header {
+            ChunkHeader::Data { len } => len,
+            ChunkHeader::NotHeld => {
+                self.give_back(peer, stream);
+                return Err(PeerFetchError::Unavailable("peer no longer holds the chunk".into()));
+            }
+            ChunkHeader::Busy => {
+                self.give_back(peer, stream);
+                return Err(PeerFetchError::Unavailable("peer is busy".into()));
+            }
+        };
+        if len != want {
+            return Err(PeerFetchError::Unavailable(format!("peer announced {len} bytes for a chunk of {want}")));
+        }
+        let mut buf = vec![0u8; SLICE];
+        let mut left = len;
+        while left > 0 {
+            let n = (left as usize).min(SLICE);
+            match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf[..n])).await {
+                Ok(Ok(0)) => return Err(PeerFetchError::Unavailable("peer closed the stream mid-chunk".into())),
+                Ok(Ok(got)) => {
+                    throttle.take(got).await;
+                    w.push(&buf[..got]).await?;
+                    self.counters.add(peer, got as u64, 0);
+                    on_bytes(got as u64);
+                    left -= got as u64;
+                }
+                Ok(Err(e)) => return Err(PeerFetchError::Unavailable(format!("stream failed: {e}"))),
+                Err(_) => return Err(PeerFetchError::Unavailable("peer stalled".into())),
+            }
+        }
+        self.give_back(peer, stream);
+        Ok(())
+    }
+
+    async fn ask(&self, stream: &mut Stream, req: &ChunkRequest) -> std::io::Result<ChunkHeader> {
+        tokio::time::timeout(IO_TIMEOUT, async {
+            write_frame(stream, req).await?;
+            read_frame(stream, MAX_CHUNK_FRAME).await
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))?
+    }
+
+    fn give_back(&self, peer: PeerId, stream: Stream) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let v = pool.entry(peer).or_default();
+        if v.len() < SERVE_PER_PEER {
+            v.push(stream);
+        }
+    }
+}

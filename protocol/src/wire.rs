@@ -1,0 +1,389 @@
+//! What nodes say to each other: message types, their encoding, and the bytes a node signs.
+//!
+//! Two protocols, both versioned by name:
+//! - [`HAVE_PROTOCOL`] (request/response): "what do you hold of this file?" answered with a
+//!   bitmap of held chunks plus the signed hash record of each held chunk the asker lacks.
+//! - [`CHUNK_PROTOCOL`] (a long-lived stream): a sequence of [`ChunkRequest`] frames, each answered
+//!   by a [`ChunkHeader`] frame followed by exactly `len` raw bytes — never buffered whole.
+//!
+//! Every frame is a big-endian `u32` length followed by a bincode body (standard config). Decoding
+//! refuses frames over the per-kind limit before reading them, and bincode's own limit bounds
+//! every allocation a hostile length prefix could ask for, so decoding untrusted bytes never
+//! panics and never allocates more than the limit. Structural limits (chunk count, signature
+//! length) are checked by `validate` after decoding.
+
+use crate::chunk::ChunkLayout;
+use crate::hash::{Etag, Sha256};
+use serde::{Deserialize, Serialize};
+
+/// Protocol name of the availability exchange.
+pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/1";
+/// Protocol name of chunk transfer.
+pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
+/// Protocol name of the Kademlia DHT (private: never the public IPFS one).
+pub const KAD_PROTOCOL: &str = "/swarm-dl/kad/1";
+/// Identify's protocol version string.
+pub const IDENTIFY_VERSION: &str = "/swarm-dl/1";
+
+/// Largest have request (a bitmap of up to 2^21 chunks plus the file id).
+pub const MAX_HAVE_REQUEST: usize = 300 << 10;
+/// Largest have response: a bitmap and one record per chunk (≈110 bytes) for the largest file
+/// the chunk rule allows (64 MiB chunks × 65 536 = 4 TiB), with room to spare.
+pub const MAX_HAVE_RESPONSE: usize = 8 << 20;
+/// Largest chunk request or header frame.
+pub const MAX_CHUNK_FRAME: usize = 1024;
+/// Most chunks a file may have on the wire.
+pub const MAX_CHUNKS: u32 = 1 << 16;
+/// Most distinct signers one response may name.
+pub const MAX_SIGNERS: usize = 1024;
+/// Longest encoded public key (protobuf; ed25519 is 36 bytes).
+pub const MAX_KEY_LEN: usize = 128;
+/// Longest signature (ed25519 is 64 bytes).
+pub const MAX_SIG_LEN: usize = 128;
+
+/// Why bytes from a peer were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The frame is larger than its kind allows.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// Not a valid encoding of the message.
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    /// Well-formed but inconsistent (wrong counts, oversize fields).
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// A set of chunk indices, one bit each, chunk 0 in the lowest bit of byte 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bitmap(pub Vec<u8>);
+
+impl Bitmap {
+    /// An empty set for `count` chunks.
+    pub fn new(count: u32) -> Self {
+        Self(vec![0; count.div_ceil(8) as usize])
+    }
+
+    /// Whether chunk `i` is in the set (false beyond the end).
+    pub fn get(&self, i: u32) -> bool {
+        self.0.get((i / 8) as usize).is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    /// Adds chunk `i` (ignored beyond the end).
+    pub fn set(&mut self, i: u32) {
+        if let Some(b) = self.0.get_mut((i / 8) as usize) {
+            *b |= 1 << (i % 8);
+        }
+    }
+
+    /// Number of chunks in the set.
+    pub fn count_ones(&self) -> u32 {
+        self.0.iter().map(|b| b.count_ones()).sum()
+    }
+
+    /// Chunks in the set, below `count`.
+    pub fn iter(&self, count: u32) -> impl Iterator<Item = u32> + '_ {
+        (0..count).filter(|&i| self.get(i))
+    }
+
+    fn fits(&self, count: u32) -> bool {
+        self.0.len() == count.div_ceil(8) as usize
+            && (count.is_multiple_of(8) || self.0.last().is_none_or(|b| b >> (count % 8) == 0))
+    }
+}
+
+/// "What do you hold of this file?"
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveRequest {
+    /// The file.
+    pub etag: Etag,
+    /// Its size (with the ETag, fixes the chunk layout).
+    pub size: u64,
+    /// Chunks whose records the asker already has: send only availability for those.
+    pub known: Bitmap,
+}
+
+/// A signed statement that chunk `index` of a file hashes to `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// The chunk.
+    pub index: u32,
+    /// Its sha256.
+    pub sha256: Sha256,
+    /// Index into the response's `signers`.
+    pub signer: u16,
+    /// Signature over [`record_signing_bytes`].
+    pub signature: Vec<u8>,
+}
+
+/// The answer to a [`HaveRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveResponse {
+    /// Chunks held and verified (empty when the file is unknown).
+    pub have: Bitmap,
+    /// Public keys (libp2p protobuf encoding) of the nodes that signed the records below.
+    pub signers: Vec<Vec<u8>>,
+    /// Records for held chunks the asker did not list as known.
+    pub records: Vec<ChunkRecord>,
+}
+
+impl HaveRequest {
+    /// Checks the request against the chunk rule.
+    pub fn validate(&self) -> Result<u32, WireError> {
+        let count = chunk_count(self.size)?;
+        if !self.known.fits(count) {
+            return Err(WireError::Invalid(format!("known bitmap does not fit {count} chunks")));
+        }
+        Ok(count)
+    }
+}
+
+impl HaveResponse {
+    /// A response saying "nothing".
+    pub fn none() -> Self {
+        Self { have: Bitmap::default(), signers: Vec::new(), records: Vec::new() }
+    }
+
+    /// Checks the response against the request it answers: bitmap size, record indices (held,
+    /// unique, in range), signer references and field lengths. Signatures are checked by the
+    /// caller, which owns the crypto.
+    pub fn validate(&self, req: &HaveRequest) -> Result<(), WireError> {
+        let count = req.validate()?;
+        if self.have.0.is_empty() && self.records.is_empty() {
+            return Ok(());
+        }
+        if !self.have.fits(count) {
+            return Err(WireError::Invalid(format!("have bitmap does not fit {count} chunks")));
+        }
+        if self.signers.len() > MAX_SIGNERS || self.signers.iter().any(|k| k.is_empty() || k.len() > MAX_KEY_LEN) {
+            return Err(WireError::Invalid("bad signer list".into()));
+        }
+        let mut seen = Bitmap::new(count);
+        for r in &self.records {
+            if r.index >= count || !self.have.get(r.index) || seen.get(r.index) {
+                return Err(WireError::Invalid(format!(
+                    "record for chunk {} not held, repeated or out of range",
+                    r.index
+                )));
+            }
+            seen.set(r.index);
+            if usize::from(r.signer) >= self.signers.len() || r.signature.is_empty() || r.signature.len() > MAX_SIG_LEN
+            {
+                return Err(WireError::Invalid(format!("bad signature fields for chunk {}", r.index)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// "Send me chunk `index` of this file."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRequest {
+    /// The file.
+    pub etag: Etag,
+    /// Its size.
+    pub size: u64,
+    /// The chunk.
+    pub index: u32,
+}
+
+impl ChunkRequest {
+    /// The chunk's length, if the request is consistent with the chunk rule.
+    pub fn chunk_len(&self) -> Result<u64, WireError> {
+        chunk_count(self.size)?;
+        let r = ChunkLayout::for_len(self.size)
+            .range(self.index)
+            .ok_or_else(|| WireError::Invalid(format!("chunk {} out of range", self.index)))?;
+        Ok(r.end - r.start)
+    }
+}
+
+/// The answer to a [`ChunkRequest`]; `Data` is followed on the stream by exactly `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkHeader {
+    /// The bytes follow.
+    Data {
+        /// How many (the chunk's length).
+        len: u64,
+    },
+    /// Not held (any more), or not verified.
+    NotHeld,
+    /// Too many requests in flight here: ask someone else or later.
+    Busy,
+}
+
+fn chunk_count(size: u64) -> Result<u32, WireError> {
+    let count = ChunkLayout::for_len(size).count();
+    if count > MAX_CHUNKS {
+        return Err(WireError::Invalid(format!("file of {size} bytes has more than {MAX_CHUNKS} chunks")));
+    }
+    Ok(count)
+}
+
+/// The bytes a node signs to vouch for a chunk hash: a domain tag, then the file's ETag and size,
+/// the chunk index and its sha256. Fixed layout, independent of bincode.
+pub fn record_signing_bytes(etag: &Etag, size: u64, index: u32, sha256: &Sha256) -> Vec<u8> {
+    const TAG: &[u8] = b"swarm-dl chunk record v1\0";
+    let mut out = Vec::with_capacity(TAG.len() + 64 + 1 + 8 + 4 + 32);
+    out.extend_from_slice(TAG);
+    out.extend_from_slice(etag.as_str().as_bytes());
+    out.push(0);
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(&index.to_be_bytes());
+    out.extend_from_slice(&sha256.0);
+    out
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a message body as a frame: `u32` big-endian length, then the bincode body.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising our own plain types into a Vec cannot fail.
+    let body = bincode::serde::encode_to_vec(msg, config()).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads a frame's length prefix, refusing lengths over `limit`.
+pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > limit {
+        return Err(WireError::TooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body of at most `limit` bytes. The whole body must be consumed.
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, WireError> {
+    if body.len() > limit {
+        return Err(WireError::TooLarge { len: body.len(), limit });
+    }
+    // The limit bounds what any length prefix inside the body may make bincode allocate.
+    let cfg = config().with_limit::<{ MAX_HAVE_RESPONSE }>();
+    let (msg, used) = bincode::serde::decode_from_slice(body, cfg).map_err(|e| WireError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Decode(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(msg)
+}
+
+/// Decodes a whole frame (prefix + body) from a slice: for tests and fuzzing.
+pub fn decode_frame<T: serde::de::DeserializeOwned>(frame: &[u8], limit: usize) -> Result<T, WireError> {
+    let prefix: [u8; 4] =
+        frame.get(..4).and_then(|p| p.try_into().ok()).ok_or_else(|| WireError::Decode("short frame".into()))?;
+    let len = frame_len(prefix, limit)?;
+    let body = frame.get(4..).unwrap_or_default();
+    if body.len() != len {
+        return Err(WireError::Decode(format!("frame says {len} bytes, has {}", body.len())));
+    }
+    decode_body(body, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::lfs_sha256;
+    use proptest::prelude::*;
+
+    fn etag() -> Etag {
+        lfs_sha256(b"file")
+    }
+
+    #[test]
+    fn golden_chunk_request_bytes() {
+        let req = ChunkRequest { etag: Etag::parse(&"ab".repeat(32)).expect("etag"), size: 300, index: 2 };
+        let frame = encode_frame(&req);
+        // length 68 | string len 64 | 64 ascii hex | size 300 (varint 251+u16) | index 2
+        let mut want = vec![0, 0, 0, 69, 64];
+        want.extend_from_slice("ab".repeat(32).as_bytes());
+        want.extend_from_slice(&[251, 44, 1, 2]);
+        assert_eq!(frame, want);
+        assert_eq!(decode_frame::<ChunkRequest>(&frame, MAX_CHUNK_FRAME).expect("decode"), req);
+    }
+
+    #[test]
+    fn golden_signing_bytes() {
+        let b = record_signing_bytes(&etag(), 5, 1, &Sha256([7; 32]));
+        assert!(b.starts_with(b"swarm-dl chunk record v1\0"));
+        assert_eq!(b.len(), 25 + 64 + 1 + 8 + 4 + 32);
+        assert_eq!(&b[b.len() - 44..b.len() - 32], &[0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn oversize_frames_are_refused_before_reading() {
+        assert!(matches!(frame_len([0, 0, 4, 1], MAX_CHUNK_FRAME), Err(WireError::TooLarge { .. })));
+        // A body whose inner length prefix claims 2^40 bytes must fail, not allocate.
+        let mut body = vec![253];
+        body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode_body::<HaveResponse>(&body, MAX_HAVE_RESPONSE).is_err());
+    }
+
+    #[test]
+    fn response_validation_catches_inconsistencies() {
+        let req = HaveRequest { etag: etag(), size: 9 << 20, known: Bitmap::new(3) };
+        let mut have = Bitmap::new(3);
+        have.set(0);
+        let rec = |index, signer| ChunkRecord { index, sha256: Sha256([1; 32]), signer, signature: vec![1; 64] };
+        let ok = HaveResponse { have: have.clone(), signers: vec![vec![1; 36]], records: vec![rec(0, 0)] };
+        ok.validate(&req).expect("valid");
+        let not_held = HaveResponse { records: vec![rec(1, 0)], ..ok.clone() };
+        assert!(not_held.validate(&req).is_err());
+        let bad_signer = HaveResponse { records: vec![rec(0, 1)], ..ok.clone() };
+        assert!(bad_signer.validate(&req).is_err());
+        let twice = HaveResponse { records: vec![rec(0, 0), rec(0, 0)], ..ok.clone() };
+        assert!(twice.validate(&req).is_err());
+        let mut wide = Bitmap::new(3);
+        wide.0[0] = 0b1000;
+        assert!(HaveResponse { have: wide, ..ok }.validate(&req).is_err());
+    }
+
+    fn arb_etag() -> impl Strategy<Value = Etag> {
+        prop::array::uniform32(any::<u8>()).prop_map(|b| Etag::parse(&hex::encode(b)).expect("etag"))
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(etag in arb_etag(), size in 0u64..(1 << 40), index in any::<u32>()) {
+            let req = ChunkRequest { etag, size, index };
+            prop_assert_eq!(decode_frame::<ChunkRequest>(&encode_frame(&req), MAX_CHUNK_FRAME)?, req);
+        }
+
+        #[test]
+        fn responses_round_trip(bits in prop::collection::vec(any::<u8>(), 0..64), recs in 0usize..20) {
+            let resp = HaveResponse {
+                have: Bitmap(bits),
+                signers: vec![vec![9; 36]],
+                records: (0..recs as u32).map(|i| ChunkRecord { index: i, sha256: Sha256([i as u8; 32]), signer: 0, signature: vec![3; 64] }).collect(),
+            };
+            prop_assert_eq!(decode_frame::<HaveResponse>(&encode_frame(&resp), MAX_HAVE_RESPONSE)?, resp);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame::<HaveRequest>(&bytes, MAX_HAVE_REQUEST);
+            let _ = decode_frame::<HaveResponse>(&bytes, MAX_HAVE_RESPONSE);
+            let _ = decode_frame::<ChunkRequest>(&bytes, MAX_CHUNK_FRAME);
+            let _ = decode_frame::<ChunkHeader>(&bytes, MAX_CHUNK_FRAME);
+            if let Ok(r) = decode_body::<HaveRequest>(&bytes, MAX_HAVE_REQUEST) { let _ = r.validate(); }
+        }
+
+        #[test]
+        fn bitmap_set_get(count in 1u32..5000, picks in prop::collection::vec(any::<u32>(), 0..50)) {
+            let mut b = Bitmap::new(count);
+            for p in &picks { b.set(p % count); }
+            for p in &picks { prop_assert!(b.get(p % count)); }
+            prop_assert!(b.fits(count));
+            prop_assert!(!b.get(count));
+        }
+    }
+}
