@@ -12,6 +12,7 @@
 pub mod faults;
 pub mod fixture;
 pub mod hub;
+pub mod node;
 pub mod run;
 
 /// True when running as root (needed to mount small or read-only file systems).

@@ -1,0 +1,89 @@
+//! `swarm-dl join` as a child process, for swarm tests.
+
+use crate::run::swarm_command;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::AsyncBufReadExt as _;
+
+/// A running `swarm-dl join` (killed when dropped).
+#[derive(Debug)]
+pub struct JoinNode {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its listen addresses, with `/p2p/<id>`.
+    pub listen: Vec<String>,
+    /// Its cache dir.
+    pub cache: PathBuf,
+}
+
+impl JoinNode {
+    /// Starts `swarm-dl join --cache-dir cache --json` plus `args` under `prefix` (e.g. `ip netns
+    /// exec NS`), and waits for its ready line.
+    pub async fn start_with(prefix: &[&str], home: &Path, cache: &Path, args: &[&str]) -> Self {
+        let mut c = match prefix.split_first() {
+            None => swarm_command(home),
+            Some((first, rest)) => {
+                let mut c = swarm_command(home);
+                let bin = crate::run::swarm_dl().to_path_buf();
+                // Re-target the prepared command (its clean environment) at the prefix program.
+                c = {
+                    let mut p = tokio::process::Command::new(first);
+                    p.args(rest).arg(bin);
+                    for (k, v) in c.as_std().get_envs() {
+                        match v {
+                            Some(v) => p.env(k, v),
+                            None => p.env_remove(k),
+                        };
+                    }
+                    p.kill_on_drop(true);
+                    p
+                };
+                c
+            }
+        };
+        c.args(["join", "--cache-dir", &cache.display().to_string(), "--json"]).args(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = c.spawn().expect("spawn join");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("join is ready within 60 s")
+            .expect("read join's stdout")
+            .expect("join printed its ready line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+        let listen =
+            v["listen"].as_array().expect("listen").iter().map(|a| a.as_str().expect("addr").to_owned()).collect();
+        let peer_id = v["peer_id"].as_str().expect("peer_id").to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, peer_id, listen, cache: cache.to_path_buf() }
+    }
+
+    /// Starts a node on 127.0.0.1 with mDNS off.
+    pub async fn loopback(home: &Path, cache: &Path, args: &[&str]) -> Self {
+        let mut all = vec!["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"];
+        all.extend_from_slice(args);
+        Self::start_with(&[], home, cache, &all).await
+    }
+
+    /// Its first address.
+    pub fn addr(&self) -> &str {
+        &self.listen[0]
+    }
+
+    /// `swarm-dl status --json` of this node.
+    pub async fn status(&self, home: &Path) -> serde_json::Value {
+        let o =
+            crate::run::swarm(home, &["status", "--json", "--cache-dir", &self.cache.display().to_string()], &[]).await;
+        assert!(o.status.success(), "status: {}", crate::run::stderr(&o));
+        serde_json::from_slice(&o.stdout).expect("status JSON")
+    }
+
+    /// Kills it at once (SIGKILL).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}

@@ -1,0 +1,257 @@
+//! The swarm on loopback: real `join` and `get` processes (and in-process nodes where a test
+//! needs a deliberately hostile peer), against the Hub stand-in, whose counters show what
+//! crossed the "uplink". mDNS is off: peers are given with `--peer`, so parallel tests never meet.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use swarm_node::cache::HubCache;
+use swarm_node::fetch::progress::Progress;
+use swarm_node::fetch::{self, GetRequest};
+use swarm_node::hub::{HubClient, HubConfig, RepoRef};
+use swarm_node::swarm::libp2p::identity::Keypair;
+use swarm_node::swarm::transfer::ServeFault;
+use swarm_node::swarm::{Node, NodeConfig};
+use swarm_protocol::repo::{RepoId, RepoType};
+use swarm_tests::fixture::{PlainRepo, assert_snapshot, only_snapshot};
+use swarm_tests::hub::TestHub;
+use swarm_tests::node::JoinNode;
+use swarm_tests::run::{stderr, stdout, swarm, swarm_command};
+
+fn model(root: &Path, big: u64) -> PlainRepo {
+    PlainRepo::new(root, "", "org/model")
+        .file("config.json", br#"{"hidden": 8}"#)
+        .file("tokenizer.json", br#"{"vocab": ["a", "b"]}"#)
+        .random("model.safetensors", 21, big)
+}
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "swarm-dl failed: {}", stderr(o));
+    serde_json::from_str(&stdout(o)).expect("JSON result")
+}
+
+/// Fills `cache` from the Hub alone (no swarm).
+async fn seed(home: &Path, hub: &TestHub, cache: &Path) {
+    let o = swarm(
+        home,
+        &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &cache.display().to_string()],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `get` through the swarm, as a user would type it, with peers given explicitly.
+async fn swarm_get(home: &Path, hub: &TestHub, cache: &Path, extra: &[&str]) -> std::process::Output {
+    let mut c = swarm_command(home);
+    c.args(["get", "org/model", "--json", "--no-mdns", "--endpoint", &hub.endpoint, "--cache-dir"]);
+    c.arg(cache).args(extra);
+    c.output().await.expect("run get")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_the_repo_serves_it_and_the_hub_sends_only_metadata() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), (40 << 20) + 123);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_a, cache_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    seed(tmp.path(), &hub, &cache_a).await;
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &[]).await;
+
+    let before = hub.stats().file_bytes();
+    let api_before = hub.stats().api_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let o = swarm_get(tmp.path(), &hub, &cache_b, &["--peer", a.addr()]).await;
+    let out = json(&o);
+    let bytes = out["bytes"].as_u64().expect("bytes");
+    let from_peers = out["bytes_from_peers"].as_u64().expect("from peers");
+    assert!(from_peers as f64 >= 0.99 * bytes as f64, "from peers {from_peers} of {bytes}");
+    assert_eq!(hub.stats().file_bytes() - before, 0, "the Hub sent no file bytes, only metadata");
+    assert!(
+        hub.stats().api_requests.load(std::sync::atomic::Ordering::Relaxed) > api_before,
+        "B asked the Hub for metadata itself"
+    );
+    assert!(stderr(&o).contains("from peers"), "summary names peer bytes: {}", stderr(&o));
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+
+    // A reports what it served.
+    let st = a.status(tmp.path()).await;
+    assert!(st["bytes_out"].as_u64().expect("bytes_out") >= from_peers, "{st}");
+    assert!(st["files_held"].as_u64().expect("files") >= 3, "{st}");
+    assert_eq!(st["open_swarm"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_runs_in_the_join_node_of_its_cache_which_keeps_serving_after() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 9 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let cache = tmp.path().join("c");
+    // No node yet: status says so, in one sentence.
+    let o = swarm(tmp.path(), &["status", "--cache-dir", &cache.display().to_string()], &[]).await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no swarm-dl node is running for cache"), "{}", stderr(&o));
+
+    let node = JoinNode::loopback(tmp.path(), &cache, &[]).await;
+    let o = swarm_get(tmp.path(), &hub, &cache, &[]).await;
+    let out = json(&o);
+    assert_eq!(out["files"], 3);
+    assert_snapshot(&only_snapshot(&cache.join("models--org--model")), &repo.files);
+    // The download ran in the node: it now holds and serves the files, after `get` exited.
+    let st = node.status(tmp.path()).await;
+    assert_eq!(st["files_held"], 3, "{st}");
+    assert_eq!(st["peer_id"], node.peer_id.as_str());
+
+    // Another node takes the files from it.
+    let other = tmp.path().join("d");
+    let out = json(&swarm_get(tmp.path(), &hub, &other, &["--peer", node.addr()]).await);
+    assert_eq!(out["bytes_from_peers"], out["bytes"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_holder_dies_mid_transfer_the_others_finish_from_each_other_and_the_hub() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let size: u64 = 64 << 20;
+    let repo = model(&tmp.path().join("hub"), size);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_a, cache_c) = (tmp.path().join("a"), tmp.path().join("c"));
+    seed(tmp.path(), &hub, &cache_a).await;
+    // A serves slowly, so that it dies with most of the file still to send.
+    let mut a = JoinNode::loopback(tmp.path(), &cache_a, &["--max-upload-rate", "16Mi"]).await;
+    let c = JoinNode::loopback(tmp.path(), &cache_c, &["--peer", a.addr()]).await;
+    let before = hub.stats().file_bytes();
+
+    let cache_b = tmp.path().join("b");
+    let (peer_a, peer_c) = (a.addr().to_owned(), c.addr().to_owned());
+    let b = {
+        let (home, hub_ep, cache_b) = (tmp.path().to_path_buf(), hub.endpoint.clone(), cache_b.clone());
+        tokio::spawn(async move {
+            let mut cmd = swarm_command(&home);
+            cmd.args(["get", "org/model", "--json", "--no-mdns", "--endpoint", &hub_ep, "--cache-dir"]);
+            cmd.arg(&cache_b).args(["--peer", &peer_a, "--peer", &peer_c]);
+            cmd.output().await.expect("get b")
+        })
+    };
+    let c_get = {
+        let (home, hub_ep, cache_c) = (tmp.path().to_path_buf(), hub.endpoint.clone(), cache_c.clone());
+        tokio::spawn(async move {
+            let mut cmd = swarm_command(&home);
+            cmd.args(["get", "org/model", "--json", "--endpoint", &hub_ep, "--cache-dir"]).arg(&cache_c);
+            cmd.output().await.expect("get c")
+        })
+    };
+    // Kill A once it has sent a few MiB (polling its own counter, not sleeping blindly).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = a.status(tmp.path()).await;
+        if st["bytes_out"].as_u64().unwrap_or(0) >= 8 << 20 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "A never served: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill().await;
+
+    let (ob, oc) = (b.await.expect("b"), c_get.await.expect("c"));
+    let (jb, jc) = (json(&ob), json(&oc));
+    for (cache, j) in [(&cache_b, &jb), (&cache_c, &jc)] {
+        assert_snapshot(&only_snapshot(&cache.join("models--org--model")), &repo.files);
+        assert!(j["bytes_from_peers"].as_u64().expect("peers") > 0, "{j}");
+    }
+    let served = hub.stats().file_bytes() - before;
+    let repo_bytes = jb["bytes"].as_u64().expect("bytes");
+    assert!(served < 2 * repo_bytes, "the Hub served {served} for two downloads of {repo_bytes}");
+}
+
+async fn in_process_node(
+    cache: &Path,
+    peers: Vec<swarm_node::swarm::libp2p::Multiaddr>,
+    fault: Option<ServeFault>,
+) -> Node {
+    let mut cfg = NodeConfig::new(cache.to_path_buf(), Keypair::generate_ed25519());
+    cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
+    cfg.mdns = false;
+    cfg.peers = peers;
+    cfg.fault = fault;
+    Node::start(cfg).await.expect("node starts")
+}
+
+async fn hostile_case(fault: ServeFault) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 24 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_h, cache_b) = (tmp.path().join("hostile"), tmp.path().join("b"));
+    seed(tmp.path(), &hub, &cache_h).await;
+    let hostile = in_process_node(&cache_h, vec![], Some(fault)).await;
+    let honest = in_process_node(&cache_b, hostile.handle().listen_addrs(), None).await;
+    let client = HubClient::new(HubConfig { endpoint: hub.endpoint.clone(), ..HubConfig::default() }).expect("client");
+    let req = GetRequest {
+        repo: RepoRef { id: RepoId::parse("org/model").expect("id"), ty: RepoType::Model },
+        revision: "main".into(),
+        include: vec![],
+        exclude: vec![],
+        cache: HubCache::new(cache_b.clone()),
+        local_dir: None,
+        max_workers: 8,
+        max_download_rate: None,
+        node: Some(honest.handle()),
+        peer_wait: Duration::from_secs(5),
+    };
+    let progress = Arc::new(Progress::default());
+    let out = fetch::get(&req, Some(client), progress.clone()).await.expect("the download completes");
+    assert!(honest.handle().is_banned(&hostile.handle().peer_id()), "the hostile peer is banned");
+    // Nothing wrong in blobs/: every blob hashes to its name and the snapshot is the repo.
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+    assert!(out.bytes_from_hub >= out.bytes_selected, "every byte came (again) from the Hub: {out:?}");
+    hostile.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serving_wrong_bytes_is_banned_and_nothing_wrong_lands() {
+    hostile_case(ServeFault::CorruptBytes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_forging_records_is_banned_and_nothing_wrong_lands() {
+    hostile_case(ServeFault::ForgeRecords).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_with_different_swarm_keys_exchange_no_byte() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 9 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (k1, k2) = (tmp.path().join("k1.key"), tmp.path().join("k2.key"));
+    for k in [&k1, &k2] {
+        let o = swarm(tmp.path(), &["keygen", &k.display().to_string()], &[]).await;
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // keygen refuses to overwrite a key by accident.
+    let o = swarm(tmp.path(), &["keygen", &k1.display().to_string()], &[]).await;
+    assert!(!o.status.success() && stderr(&o).contains("--force"), "{}", stderr(&o));
+
+    let cache_a = tmp.path().join("a");
+    seed(tmp.path(), &hub, &cache_a).await;
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &["--swarm-key", &k1.display().to_string()]).await;
+    // Another key, then no key: both get everything from the Hub, nothing from A.
+    for (i, key) in [Some(&k2), None].into_iter().enumerate() {
+        let cache = tmp.path().join(format!("b{i}"));
+        let mut extra = vec!["--peer".to_owned(), a.addr().to_owned()];
+        if let Some(k) = key {
+            extra.extend(["--swarm-key".to_owned(), k.display().to_string()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let out = json(&swarm_get(tmp.path(), &hub, &cache, &extra).await);
+        assert_eq!(out["bytes_from_peers"], 0, "{out}");
+        assert_snapshot(&only_snapshot(&cache.join("models--org--model")), &repo.files);
+    }
+    let st = a.status(tmp.path()).await;
+    assert_eq!(st["bytes_out"], 0, "{st}");
+    assert_eq!(st["open_swarm"], false);
+    // The same key: bytes flow.
+    let cache = tmp.path().join("same");
+    let out = json(
+        &swarm_get(tmp.path(), &hub, &cache, &["--peer", a.addr(), "--swarm-key", &k1.display().to_string()]).await,
+    );
+    assert_eq!(out["bytes_from_peers"], out["bytes"], "{out}");
+}
