@@ -64,7 +64,7 @@ fn parse_multiaddr(s: &str, flag: &str) -> anyhow::Result<Multiaddr> {
 }
 
 fn identity_dir(cache_root: &Path) -> PathBuf {
-    cache_root.join(".swarm-dl")
+    swarm_node::control::state_dir(cache_root)
 }
 
 async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {

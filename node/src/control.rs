@@ -1,6 +1,6 @@
 //! The local control API of a `join` node, and its client.
 //!
-//! A running node writes `<cache>/.swarm-dl/node.json` (its pid, control address, peer id) once
+//! A running node writes `<cache>/.locks/swarm-dl/node.json` (its pid, control address, peer id) once
 //! it is ready, and removes it when it stops. `swarm-dl get` and `swarm-dl status` find the node
 //! that serves their cache dir through that file and talk to it over HTTP on loopback:
 //! - `GET /v1/status` → [`NodeStatus`];
@@ -119,9 +119,17 @@ pub struct NodeFile {
     pub listen: Vec<String>,
 }
 
+/// The folder where a node keeps its state for the cache at `cache_root` (identity, the
+/// announcement of a running node). It lives under `.locks/`, the one entry of a hub cache that
+/// `huggingface_hub`'s `scan_cache_dir` skips; any other folder there is reported as a corrupted
+/// repo (found by the interop test).
+pub fn state_dir(cache_root: &Path) -> PathBuf {
+    cache_root.join(".locks").join("swarm-dl")
+}
+
 /// Where a node serving `cache_root` announces itself.
 pub fn node_file(cache_root: &Path) -> PathBuf {
-    cache_root.join(".swarm-dl").join("node.json")
+    state_dir(cache_root).join("node.json")
 }
 
 #[derive(Clone)]

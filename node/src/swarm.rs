@@ -467,6 +467,24 @@ impl NodeHandle {
         }
     }
 
+    /// Waits until all of `peers` are connected, or `timeout` passes.
+    pub async fn wait_connected(&self, peers: &[PeerId], timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.shared.peers_changed.notified();
+            let all = {
+                let connected = lock(&self.shared.connected);
+                peers.iter().all(|p| connected.contains_key(p))
+            };
+            if all {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Asks `peer` what it holds of a file, and checks its answer: structure, then every
     /// signature. Records signed by banned nodes are dropped. An answer that fails a check is an
     /// error (the caller bans the peer); a peer that cannot answer is `Ok(None)`.

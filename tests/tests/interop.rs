@@ -112,3 +112,40 @@ async fn huggingface_hub_downloads_from_hub_serve() {
     assert_eq!(stdout(&o), only_snapshot(&tmp.path().join("pycache/models--org--model")).display().to_string());
     assert_eq!(hub.stats().file_bytes(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huggingface_hub_accepts_files_fetched_from_peers() {
+    let Some(pyexe) = python() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (model, _) = repos(&tmp.path().join("hub"));
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (holder, cache) = (tmp.path().join("holder"), tmp.path().join("cache"));
+    let o = swarm(
+        tmp.path(),
+        &["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &holder.display().to_string()],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let node = swarm_tests::node::JoinNode::loopback(tmp.path(), &holder, &[]).await;
+    let mut c = swarm_tests::run::swarm_command(tmp.path());
+    c.args([
+        "get",
+        "org/model",
+        "--json",
+        "--no-mdns",
+        "--peer",
+        node.addr(),
+        "--endpoint",
+        &hub.endpoint,
+        "--cache-dir",
+    ]);
+    let o = c.arg(&cache).output().await.expect("get");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(out["bytes_from_peers"], out["bytes"], "every file came from the peer: {out}");
+    let cache = cache.display().to_string();
+    py(&pyexe, tmp.path(), &hub.endpoint, false, &["check-cache", &cache, "org/model", "model"]).await;
+    let theirs = py(&pyexe, tmp.path(), &hub.endpoint, true, &["snapshot", &cache, "org/model", "model"]).await;
+    assert_eq!(walk_files(Path::new(&theirs)).len(), model.files.len());
+}

@@ -105,6 +105,37 @@ async fn get_runs_in_the_join_node_of_its_cache_which_keeps_serving_after() {
     let other = tmp.path().join("d");
     let out = json(&swarm_get(tmp.path(), &hub, &other, &["--peer", node.addr()]).await);
     assert_eq!(out["bytes_from_peers"], out["bytes"]);
+
+    // SIGTERM: a clean stop that withdraws the node's announcement.
+    let mut node = node;
+    let pid = node.child.id().expect("pid").to_string();
+    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), node.child.wait()).await.expect("stops").expect("wait");
+    assert!(status.success(), "join exits 0 on SIGTERM: {status}");
+    assert!(!cache.join(".locks/swarm-dl/node.json").exists(), "node.json removed");
+    let o = swarm(tmp.path(), &["status", "--cache-dir", &cache.display().to_string()], &[]).await;
+    assert!(!o.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dht_finds_a_holder_the_downloader_was_not_told_about() {
+    // A holds the repo; B knows A; C knows only B. C must find A through Kademlia's provider
+    // records (mDNS is off) and take the bytes from it.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 12 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let cache_a = tmp.path().join("a");
+    seed(tmp.path(), &hub, &cache_a).await;
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &[]).await;
+    let b = JoinNode::loopback(tmp.path(), &tmp.path().join("b"), &["--peer", a.addr()]).await;
+    let cache_c = tmp.path().join("c");
+    let out = json(&swarm_get(tmp.path(), &hub, &cache_c, &["--peer", b.addr()]).await);
+    let (bytes, peers) = (out["bytes"].as_u64().expect("bytes"), out["bytes_from_peers"].as_u64().expect("peers"));
+    assert!(peers as f64 >= 0.5 * bytes as f64, "most bytes from A, found through the DHT: {out}");
+    assert_snapshot(&only_snapshot(&cache_c.join("models--org--model")), &repo.files);
+    let st = a.status(tmp.path()).await;
+    assert!(st["bytes_out"].as_u64().expect("out") > 0, "{st}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

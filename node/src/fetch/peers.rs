@@ -28,6 +28,8 @@ use tokio::task::JoinSet;
 
 /// How often availability is asked again while a file is incomplete.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// Longest wait for the DHT's answer (and for connections to the holders it names).
+pub const PROVIDER_WAIT: Duration = Duration::from_secs(2);
 
 /// Chunks of this file that came from peers in this run: (server, record), for settling a
 /// whole-file mismatch against the Hub's bytes.
@@ -73,7 +75,17 @@ pub(crate) async fn fetch_chunks(
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut providers_asked = false;
+    if !hub_only {
+        // Holders announced in the DHT are found (and connected) before the first placement,
+        // or everything they hold would already be on its way from the Hub.
+        let found = tokio::time::timeout(PROVIDER_WAIT, node.find_providers(&f.etag)).await.unwrap_or_default();
+        let connected = node.peers();
+        let new: Vec<PeerId> = found.into_iter().filter(|p| !connected.contains(p)).collect();
+        if !new.is_empty() {
+            tracing::debug!(file = %f.path, providers = new.len(), "holders found in the DHT");
+            node.wait_connected(&new, PROVIDER_WAIT).await;
+        }
+    }
 
     let mut actions = if hub_only { sched.assign() } else { Vec::new() };
     let result = loop {
@@ -136,12 +148,6 @@ pub(crate) async fn fetch_chunks(
                 }
             }
             _ = refresh.tick(), if !hub_only => {
-                if !providers_asked {
-                    // Holders found in the DHT are dialed by the node and asked at the next refresh.
-                    providers_asked = true;
-                    let (node, etag) = (node.clone(), f.etag.clone());
-                    tokio::spawn(async move { node.find_providers(&etag).await });
-                }
                 actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched).await;
                 actions.extend(sched.assign());
             }
