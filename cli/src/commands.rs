@@ -139,10 +139,17 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let root = settings::cache_dir(a.cache_dir);
     let deadline = std::time::Instant::now() + Duration::from_secs_f64(a.wait.max(0.0));
     let client = loop {
-        if let Some(c) = ControlClient::find(&root).await {
-            break c;
-        }
+        let why = match ControlClient::locate(&root).await {
+            Ok(c) => break c,
+            Err(why) => why,
+        };
         if std::time::Instant::now() >= deadline {
+            if swarm_node::control::node_file(&root).exists() {
+                return Err(anyhow!(
+                    "no swarm-dl node answers for cache '{}' ({why}); start one with `swarm-dl join`",
+                    root.display()
+                ));
+            }
             return Err(ControlError::NoNode(root).into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -300,15 +300,38 @@ pub enum ControlError {
 impl ControlClient {
     /// Finds the node serving `cache_root`, if one runs and answers.
     pub async fn find(cache_root: &Path) -> Option<Self> {
-        let file: NodeFile = serde_json::from_slice(&std::fs::read(node_file(cache_root)).ok()?).ok()?;
-        let http = reqwest::Client::builder().no_proxy().connect_timeout(Duration::from_secs(2)).build().ok()?;
-        let c = Self { base: format!("http://{}", file.control), http, file };
-        c.status().await.ok()?;
-        Some(c)
+        match Self::locate(cache_root).await {
+            Ok(c) => Some(c),
+            Err(why) => {
+                tracing::debug!(cache = %cache_root.display(), %why, "no running node");
+                None
+            }
+        }
     }
 
-    fn lost(&self, e: impl std::fmt::Display) -> ControlError {
-        ControlError::Lost { addr: self.file.control, reason: e.to_string() }
+    /// Like [`Self::find`], saying why not.
+    pub async fn locate(cache_root: &Path) -> Result<Self, String> {
+        let path = node_file(cache_root);
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: NodeFile = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let c = Self { base: format!("http://{}", file.control), http, file };
+        c.status().await.map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    fn lost(&self, e: impl std::error::Error) -> ControlError {
+        let mut reason = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            reason = format!("{reason}: {s}");
+            src = s.source();
+        }
+        ControlError::Lost { addr: self.file.control, reason }
     }
 
     /// The node's status.
@@ -337,7 +360,10 @@ impl ControlClient {
         let mut buf: Vec<u8> = Vec::new();
         loop {
             let Some(chunk) = r.chunk().await.map_err(|e| self.lost(e))? else {
-                return Err(self.lost("the answer ended before the download did"));
+                return Err(ControlError::Lost {
+                    addr: self.file.control,
+                    reason: "the answer ended before the download did".into(),
+                });
             };
             buf.extend_from_slice(&chunk);
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {

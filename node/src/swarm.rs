@@ -379,11 +379,6 @@ impl Node {
         let handle = NodeHandle { shared: shared.clone() };
         tokio::spawn(rates(Arc::downgrade(&shared)));
         let task = tokio::spawn(EventLoop::new(swarm, shared, cfg.peers.clone()).run(rx));
-        if cfg.swarm_key.is_none() {
-            tracing::warn!(
-                "no swarm key: this node exchanges chunks with any swarm-dl node that can reach it (use --swarm-key FILE for a private swarm)"
-            );
-        }
         Ok(Node { handle, task })
     }
 

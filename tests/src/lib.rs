@@ -5,6 +5,9 @@
 //!   ignored ranges, stalls, corrupted bytes) between a client and the Hub stand-in. It lives
 //!   here, not in the product.
 //! - [`hub`]: the Hub stand-in (`swarm_node::http`) started in-process, behind fault proxies.
+//! - [`netns`]: a multi-host testbed (network namespaces, a bridge, tc) for discovery, partition
+//!   and shaped-uplink tests; root only.
+//! - [`node`]: `swarm-dl join` as a child process.
 //! - [`run`]: the real `swarm-dl` binary (built once per test process) with a clean environment.
 //!
 //! Tests assert what a user would see: bytes on disk, hashes, exit codes, messages.
@@ -12,6 +15,7 @@
 pub mod faults;
 pub mod fixture;
 pub mod hub;
+pub mod netns;
 pub mod node;
 pub mod run;
 

@@ -1,6 +1,5 @@
 //! `swarm-dl join` as a child process, for swarm tests.
 
-use crate::run::swarm_command;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use tokio::io::AsyncBufReadExt as _;
@@ -16,33 +15,14 @@ pub struct JoinNode {
     pub listen: Vec<String>,
     /// Its cache dir.
     pub cache: PathBuf,
+    prefix: Vec<String>,
 }
 
 impl JoinNode {
     /// Starts `swarm-dl join --cache-dir cache --json` plus `args` under `prefix` (e.g. `ip netns
     /// exec NS`), and waits for its ready line.
-    pub async fn start_with(prefix: &[&str], home: &Path, cache: &Path, args: &[&str]) -> Self {
-        let mut c = match prefix.split_first() {
-            None => swarm_command(home),
-            Some((first, rest)) => {
-                let mut c = swarm_command(home);
-                let bin = crate::run::swarm_dl().to_path_buf();
-                // Re-target the prepared command (its clean environment) at the prefix program.
-                c = {
-                    let mut p = tokio::process::Command::new(first);
-                    p.args(rest).arg(bin);
-                    for (k, v) in c.as_std().get_envs() {
-                        match v {
-                            Some(v) => p.env(k, v),
-                            None => p.env_remove(k),
-                        };
-                    }
-                    p.kill_on_drop(true);
-                    p
-                };
-                c
-            }
-        };
+    pub async fn start_with(prefix: &[String], home: &Path, cache: &Path, args: &[&str]) -> Self {
+        let mut c = crate::run::prefixed(prefix, home, true);
         c.args(["join", "--cache-dir", &cache.display().to_string(), "--json"]).args(args);
         c.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = c.spawn().expect("spawn join");
@@ -59,7 +39,7 @@ impl JoinNode {
         let peer_id = v["peer_id"].as_str().expect("peer_id").to_owned();
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, peer_id, listen, cache: cache.to_path_buf() }
+        Self { child, peer_id, listen, cache: cache.to_path_buf(), prefix: prefix.to_vec() }
     }
 
     /// Starts a node on 127.0.0.1 with mDNS off.
@@ -74,10 +54,10 @@ impl JoinNode {
         &self.listen[0]
     }
 
-    /// `swarm-dl status --json` of this node.
+    /// `swarm-dl status --json` of this node (run where it runs).
     pub async fn status(&self, home: &Path) -> serde_json::Value {
-        let o =
-            crate::run::swarm(home, &["status", "--json", "--cache-dir", &self.cache.display().to_string()], &[]).await;
+        let mut c = crate::run::prefixed(&self.prefix, home, true);
+        let o = c.args(["status", "--json", "--cache-dir"]).arg(&self.cache).output().await.expect("run status");
         assert!(o.status.success(), "status: {}", crate::run::stderr(&o));
         serde_json::from_slice(&o.stdout).expect("status JSON")
     }

@@ -64,3 +64,22 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Like [`swarm_command`] (or [`command`] when `swarm` is false), run under `prefix` (for
+/// example `ip netns exec NS`), with the same clean environment.
+pub fn prefixed(prefix: &[String], home: &Path, swarm: bool) -> tokio::process::Command {
+    let base = if swarm { swarm_command(home) } else { command(home) };
+    let Some((first, rest)) = prefix.split_first() else {
+        return base;
+    };
+    let mut c = tokio::process::Command::new(first);
+    c.args(rest).arg(swarm_dl());
+    for (k, v) in base.as_std().get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    c.kill_on_drop(true);
+    c
+}
