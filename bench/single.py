@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Single-machine benchmark: swarm-dl get vs huggingface_hub.snapshot_download vs aria2c -x16.
+"""Single-machine benchmark (the Hub path; `get --no-swarm`): swarm-dl get vs huggingface_hub.snapshot_download vs aria2c -x16.
 
 All three download the same repo (a 1 GiB safetensors file plus a config) from
 `swarm-dl hub serve` on loopback, (i) unthrottled and (ii) with the data listener capped at
@@ -74,7 +74,7 @@ def tool_cmd(tool, endpoint, work):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env["HF_HOME"] = os.path.join(work, "hf-home")
     if tool == "swarm-dl":
-        return [BIN, "get", REPO, "--endpoint", endpoint, "--cache-dir", os.path.join(work, "cache"), "--quiet"], env
+        return [BIN, "get", REPO, "--endpoint", endpoint, "--cache-dir", os.path.join(work, "cache"), "--quiet", "--no-swarm"], env
     if tool == "hf":
         env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1")
         code = f"from huggingface_hub import snapshot_download; print(snapshot_download({REPO!r}, cache_dir={os.path.join(work, 'cache')!r}))"

@@ -248,12 +248,17 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     };
     let progress = Arc::new(Progress::default());
     let display = Display::start(progress.clone(), a.quiet);
-    let use_swarm = hub.is_some() && !a.no_swarm;
     let run = async {
-        if !use_swarm {
+        if hub.is_none() {
+            // Offline: the cache first; peers (trusting their metadata, and saying so) only if
+            // the cache cannot answer.
+            match fetch::get(&req, None, progress.clone()).await {
+                Err(fetch::FetchError::Offline(why)) if !a.no_swarm => tracing::info!(%why, "asking peers"),
+                other => return other.map(RemoteOutcome::from).map_err(|e| e.to_string()),
+            }
+        } else if a.no_swarm {
             return fetch::get(&req, hub, progress.clone()).await.map(RemoteOutcome::from).map_err(|e| e.to_string());
-        }
-        if let Some(client) = ControlClient::find(&cache_root).await {
+        } else if let Some(client) = ControlClient::find(&cache_root).await {
             tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
             let local_dir = req
                 .local_dir

@@ -238,7 +238,8 @@ impl Dest {
 }
 
 pub(crate) struct Ctx {
-    hub: HubClient,
+    /// `None` offline: chunks come from peers or not at all.
+    hub: Option<HubClient>,
     repo: RepoRef,
     commit: String,
     dest: Dest,
@@ -268,23 +269,33 @@ fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
 pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progress>) -> Result<GetOutcome, FetchError> {
     let started = Instant::now();
     let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
-    let Some(hub) = hub else {
-        return offline(req, &selection);
-    };
-
-    let commit = if is_commit(&req.revision) {
-        req.revision.clone()
-    } else {
-        hub.resolve_commit(&req.repo, &req.revision).await?
-    };
-    let dest = dest_for(req)?;
-    let listing = match dest.read_tree(&commit) {
-        Some(files) => files,
-        None => {
-            let files = hub.list_files(&req.repo, &commit).await?;
-            dest.write_tree(&commit, &files).map_err(local_io(&dest.root(&commit)))?;
-            files
+    let (commit, listing, dest) = match &hub {
+        Some(hub) => {
+            let commit = if is_commit(&req.revision) {
+                req.revision.clone()
+            } else {
+                hub.resolve_commit(&req.repo, &req.revision).await?
+            };
+            let dest = dest_for(req)?;
+            let listing = match dest.read_tree(&commit) {
+                Some(files) => files,
+                None => {
+                    let files = hub.list_files(&req.repo, &commit).await?;
+                    dest.write_tree(&commit, &files).map_err(local_io(&dest.root(&commit)))?;
+                    files
+                }
+            };
+            (commit, listing, dest)
         }
+        None => match (offline(req, &selection), &req.node) {
+            (Err(FetchError::Offline(why)), Some(node)) => {
+                let (commit, listing) = listing_from_peers(req, node, why).await?;
+                let dest = dest_for(req)?;
+                dest.write_tree(&commit, &listing).map_err(local_io(&dest.root(&commit)))?;
+                (commit, listing, dest)
+            }
+            (done, _) => return done,
+        },
     };
     let rc = req.cache.repo(&req.repo);
     if req.revision != commit
@@ -436,8 +447,10 @@ async fn fetch_verified(
     ctx.progress.resumed(fp, resumed.bytes_kept);
     let pf = Arc::new(pf);
     let layout = ChunkLayout::for_len(f.size);
-    let source =
-        Arc::new(HubSource::new(ctx.hub.clone(), ctx.repo.clone(), ctx.commit.clone(), f.clone(), layout.count()));
+    let source = ctx
+        .hub
+        .clone()
+        .map(|hub| Arc::new(HubSource::new(hub, ctx.repo.clone(), ctx.commit.clone(), f.clone(), layout.count())));
 
     // The whole-file hash follows finished chunks in order, overlapping with the download.
     let wake = Arc::new(Notify::new());
@@ -460,9 +473,9 @@ async fn fetch_verified(
     wake.notify_one();
 
     let failed = if let Some(node) = &ctx.node {
-        peers::fetch_chunks(ctx, node, f, &pf, &source, fp, &wake, suspects, hub_only).await.err()
-    } else {
-        let (pf_all, wake_all, source) = (pf.clone(), wake.clone(), &source);
+        peers::fetch_chunks(ctx, node, f, &pf, source.as_ref(), fp, &wake, suspects, hub_only).await.err()
+    } else if let Some(source) = &source {
+        let (pf_all, wake_all) = (pf.clone(), wake.clone());
         let fetches = futures_util::stream::iter(pf.missing())
             .map(move |i| {
                 let (pf, wake) = (pf_all.clone(), wake_all.clone());
@@ -488,6 +501,8 @@ async fn fetch_verified(
             }
         }
         failed
+    } else {
+        Some(FetchError::Internal("offline without a swarm node: nothing can fetch".into()))
     };
     if let Some(e) = failed {
         verifier.abort();
@@ -508,6 +523,40 @@ async fn fetch_verified(
     verifier.await.map_err(|e| FetchError::Internal(e.to_string()))?.map_err(FetchError::Internal)?;
     let final_path = paths.final_path.clone();
     blocking(move || pf.finish(&final_path)).await?.map_err(FetchError::from)
+}
+
+/// Offline, with peers: takes the revision's commit and listing from peers, trusting them (the
+/// Hub cannot be asked), and says so. Where peers disagree, the commit most of them name wins.
+async fn listing_from_peers(
+    req: &GetRequest,
+    node: &NodeHandle,
+    why_not_local: String,
+) -> Result<(String, Vec<RemoteFile>), FetchError> {
+    node.wait_for_peers(req.peer_wait.max(Duration::from_secs(2))).await;
+    let ask = swarm_protocol::wire::MetaRequest {
+        repo_type: req.repo.ty.as_str().to_owned(),
+        repo_id: req.repo.id.as_str().to_owned(),
+        revision: req.revision.clone(),
+    };
+    let answers = node.listings(&ask).await;
+    let mut votes: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for a in &answers {
+        *votes.entry(a.commit.as_str()).or_default() += 1;
+    }
+    let Some(best) = votes.iter().max_by_key(|(c, n)| (**n, *c)).map(|(c, _)| c.to_string()) else {
+        return Err(FetchError::Offline(format!("{why_not_local}; and no reachable peer knows this revision")));
+    };
+    let chosen =
+        answers.into_iter().find(|a| a.commit == best).ok_or_else(|| FetchError::Internal("vote lost".into()))?;
+    tracing::warn!(
+        commit = %chosen.commit,
+        signer = %chosen.signer,
+        "offline: using the file list of {} '{}' at '{}' signed by a peer, not checked with the Hub",
+        req.repo.ty,
+        req.repo.id,
+        req.revision
+    );
+    Ok((chosen.commit, chosen.files))
 }
 
 /// `HF_HUB_OFFLINE`: answer from the cache alone, like `snapshot_download(local_files_only=True)`.

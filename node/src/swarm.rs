@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod holdings;
+pub mod meta;
 pub mod transfer;
 
 pub use libp2p;
@@ -36,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarm_protocol::hash::Etag;
-use swarm_protocol::wire::{self, HaveRequest, HaveResponse};
+use swarm_protocol::wire::{self, HaveRequest, HaveResponse, MetaRequest, MetaResponse};
 use tokio::sync::{Notify, mpsc, oneshot};
 use transfer::{ServeFault, Transfer};
 
@@ -125,12 +126,15 @@ struct Behaviour {
     identify: identify::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     have: request_response::Behaviour<codec::HaveCodec>,
+    meta: request_response::Behaviour<codec::MetaCodec>,
     stream: libp2p_stream::Behaviour,
 }
 
 enum Command {
     Have { peer: PeerId, req: HaveRequest, reply: oneshot::Sender<Result<HaveResponse, String>> },
     Respond { channel: request_response::ResponseChannel<HaveResponse>, resp: HaveResponse },
+    Meta { peer: PeerId, req: MetaRequest, reply: oneshot::Sender<Result<MetaResponse, String>> },
+    MetaRespond { channel: request_response::ResponseChannel<MetaResponse>, resp: MetaResponse },
     Provide(Etag),
     FindProviders { etag: Etag, reply: oneshot::Sender<Vec<PeerId>> },
     Shutdown,
@@ -286,9 +290,15 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
             mdns: mdns.into(),
             identify: identify::Behaviour::new(identify::Config::new(wire::IDENTIFY_VERSION.into(), key.public())),
             kad,
-            have: request_response::Behaviour::new(
+            have: request_response::Behaviour::with_codec(
+                codec::have_codec(),
                 [(StreamProtocol::new(wire::HAVE_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(120)),
+            ),
+            meta: request_response::Behaviour::with_codec(
+                codec::meta_codec(),
+                [(StreamProtocol::new(wire::META_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             ),
             stream: libp2p_stream::Behaviour::new(),
         })
@@ -378,7 +388,7 @@ impl Node {
         tokio::spawn(transfer.clone().serve(holdings.clone()));
         let handle = NodeHandle { shared: shared.clone() };
         tokio::spawn(rates(Arc::downgrade(&shared)));
-        let task = tokio::spawn(EventLoop::new(swarm, shared, cfg.peers.clone()).run(rx));
+        let task = tokio::spawn(EventLoop::new(swarm, &cfg, shared).run(rx));
         Ok(Node { handle, task })
     }
 
@@ -505,6 +515,29 @@ impl NodeHandle {
         })
     }
 
+    /// Asks connected peers, all at once, for a revision's commit and listing; returns the
+    /// verified answers (a peer whose answer fails its checks is banned).
+    pub async fn listings(&self, req: &MetaRequest) -> Vec<meta::Verified> {
+        let asks = self.peers().into_iter().map(|peer| {
+            let req = req.clone();
+            async move {
+                let (tx, rx) = oneshot::channel();
+                if self.shared.cmd.send(Command::Meta { peer, req: req.clone(), reply: tx }).await.is_err() {
+                    return None;
+                }
+                let resp = rx.await.ok()?.ok()?;
+                match tokio::task::spawn_blocking(move || meta::verify(&req, resp)).await.ok()? {
+                    Ok(v) => v,
+                    Err(why) => {
+                        self.ban(peer, &format!("sent an invalid listing: {why}"));
+                        None
+                    }
+                }
+            }
+        });
+        futures::future::join_all(asks).await.into_iter().flatten().collect()
+    }
+
     /// Announces (by a provider record) that this node holds a file.
     pub async fn provide(&self, etag: &Etag) {
         let _ = self.shared.cmd.send(Command::Provide(etag.clone())).await;
@@ -585,20 +618,26 @@ fn check_have(req: &HaveRequest, resp: HaveResponse) -> Result<Vec<(u32, Option<
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
+    cache_root: PathBuf,
+    key: Keypair,
     shared: Arc<Shared>,
     static_peers: Vec<Multiaddr>,
     pending_have: HashMap<OutboundRequestId, oneshot::Sender<Result<HaveResponse, String>>>,
+    pending_meta: HashMap<OutboundRequestId, oneshot::Sender<Result<MetaResponse, String>>>,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     provided: HashSet<Etag>,
 }
 
 impl EventLoop {
-    fn new(swarm: Swarm<Behaviour>, shared: Arc<Shared>, static_peers: Vec<Multiaddr>) -> Self {
+    fn new(swarm: Swarm<Behaviour>, cfg: &NodeConfig, shared: Arc<Shared>) -> Self {
         Self {
             swarm,
+            cache_root: cfg.cache_root.clone(),
+            key: cfg.key.clone(),
             shared,
-            static_peers,
+            static_peers: cfg.peers.clone(),
             pending_have: HashMap::new(),
+            pending_meta: HashMap::new(),
             pending_providers: HashMap::new(),
             provided: HashSet::new(),
         }
@@ -668,6 +707,13 @@ impl EventLoop {
             }
             Command::Respond { channel, resp } => {
                 let _ = self.swarm.behaviour_mut().have.send_response(channel, resp);
+            }
+            Command::Meta { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().meta.send_request(&peer, req);
+                self.pending_meta.insert(id, reply);
+            }
+            Command::MetaRespond { channel, resp } => {
+                let _ = self.swarm.behaviour_mut().meta.send_response(channel, resp);
             }
             Command::Provide(etag) => self.provide(etag),
             Command::FindProviders { etag, reply } => {
@@ -752,6 +798,32 @@ impl EventLoop {
             },
             BehaviourEvent::Have(request_response::Event::OutboundFailure { request_id, error, .. }) => {
                 if let Some(tx) = self.pending_have.remove(&request_id) {
+                    let _ = tx.send(Err(error.to_string()));
+                }
+            }
+            BehaviourEvent::Meta(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let (root, key, cmd) = (self.cache_root.clone(), self.key.clone(), self.shared.cmd.clone());
+                    let banned = self.shared.bans.is_banned(&peer);
+                    tokio::spawn(async move {
+                        let resp = if banned {
+                            MetaResponse { listing: None }
+                        } else {
+                            tokio::task::spawn_blocking(move || meta::answer(&root, &key, &request))
+                                .await
+                                .unwrap_or(MetaResponse { listing: None })
+                        };
+                        let _ = cmd.send(Command::MetaRespond { channel, resp }).await;
+                    });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(tx) = self.pending_meta.remove(&request_id) {
+                        let _ = tx.send(Ok(response));
+                    }
+                }
+            },
+            BehaviourEvent::Meta(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                if let Some(tx) = self.pending_meta.remove(&request_id) {
                     let _ = tx.send(Err(error.to_string()));
                 }
             }

@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/1";
 /// Protocol name of chunk transfer.
 pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
+/// Protocol name of the metadata exchange (a revision's commit and file listing).
+pub const META_PROTOCOL: &str = "/swarm-dl/meta/1";
 /// Protocol name of the Kademlia DHT (private: never the public IPFS one).
 pub const KAD_PROTOCOL: &str = "/swarm-dl/kad/1";
 /// Identify's protocol version string.
@@ -32,6 +34,12 @@ pub const MAX_HAVE_REQUEST: usize = 300 << 10;
 pub const MAX_HAVE_RESPONSE: usize = 8 << 20;
 /// Largest chunk request or header frame.
 pub const MAX_CHUNK_FRAME: usize = 1024;
+/// Largest metadata request.
+pub const MAX_META_REQUEST: usize = 4096;
+/// Largest metadata response (a listing of ~100 000 files).
+pub const MAX_META_RESPONSE: usize = 16 << 20;
+/// Most files a listing may name.
+pub const MAX_LISTING_FILES: usize = 200_000;
 /// Most chunks a file may have on the wire.
 pub const MAX_CHUNKS: u32 = 1 << 16;
 /// Most distinct signers one response may name.
@@ -218,6 +226,101 @@ pub enum ChunkHeader {
     Busy,
 }
 
+/// "Which commit is this revision, and what files does it hold?"
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaRequest {
+    /// model, dataset or space.
+    pub repo_type: String,
+    /// The repo id.
+    pub repo_id: String,
+    /// Branch, tag or commit.
+    pub revision: String,
+}
+
+/// One file of a listing: what the cache's `trees/<commit>.json` records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaFile {
+    /// Path in the repo.
+    pub path: String,
+    /// Size.
+    pub size: u64,
+    /// Hub ETag.
+    pub etag: Etag,
+    /// git blob id.
+    pub blob_id: String,
+    /// LFS sha256 and size, for LFS files.
+    pub lfs: Option<(String, u64)>,
+}
+
+/// A revision's commit and files, as the signer got them from the Hub, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// The commit the revision pointed to.
+    pub commit: String,
+    /// Its files.
+    pub files: Vec<MetaFile>,
+    /// The signer's public key (libp2p protobuf encoding).
+    pub signer: Vec<u8>,
+    /// Signature over [`listing_signing_bytes`].
+    pub signature: Vec<u8>,
+}
+
+/// The answer to a [`MetaRequest`]: `None` when the peer does not know the revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaResponse {
+    /// The listing.
+    pub listing: Option<Listing>,
+}
+
+impl Listing {
+    /// Checks field shapes (the caller checks the signature and the paths' safety).
+    pub fn validate(&self) -> Result<(), WireError> {
+        if !crate::repo::is_commit(&self.commit) || self.commit.len() != 40 {
+            return Err(WireError::Invalid("listing commit is not a full commit id".into()));
+        }
+        if self.files.len() > MAX_LISTING_FILES || self.signer.is_empty() || self.signer.len() > MAX_KEY_LEN {
+            return Err(WireError::Invalid("listing too large or unsigned".into()));
+        }
+        if self.signature.is_empty() || self.signature.len() > MAX_SIG_LEN {
+            return Err(WireError::Invalid("bad listing signature field".into()));
+        }
+        for f in &self.files {
+            crate::repo::check_repo_path(&f.path).map_err(|e| WireError::Invalid(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The bytes a node signs to vouch for a listing: a domain tag, the request, the commit and
+/// every file's path, size, ETag, blob id and LFS fields, length-prefixed.
+pub fn listing_signing_bytes(req: &MetaRequest, commit: &str, files: &[MetaFile]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    let mut out = b"swarm-dl listing v1\0".to_vec();
+    for s in [&req.repo_type, &req.repo_id, &req.revision] {
+        field(&mut out, s.as_bytes());
+    }
+    field(&mut out, commit.as_bytes());
+    out.extend_from_slice(&(files.len() as u64).to_be_bytes());
+    for f in files {
+        field(&mut out, f.path.as_bytes());
+        out.extend_from_slice(&f.size.to_be_bytes());
+        field(&mut out, f.etag.as_str().as_bytes());
+        field(&mut out, f.blob_id.as_bytes());
+        match &f.lfs {
+            Some((sha, size)) => {
+                out.push(1);
+                field(&mut out, sha.as_bytes());
+                out.extend_from_slice(&size.to_be_bytes());
+            }
+            None => out.push(0),
+        }
+    }
+    out
+}
+
 fn chunk_count(size: u64) -> Result<u32, WireError> {
     let count = ChunkLayout::for_len(size).count();
     if count > MAX_CHUNKS {
@@ -269,7 +372,7 @@ pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8], limit: usize) ->
         return Err(WireError::TooLarge { len: body.len(), limit });
     }
     // The limit bounds what any length prefix inside the body may make bincode allocate.
-    let cfg = config().with_limit::<{ MAX_HAVE_RESPONSE }>();
+    let cfg = config().with_limit::<{ MAX_META_RESPONSE }>();
     let (msg, used) = bincode::serde::decode_from_slice(body, cfg).map_err(|e| WireError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(WireError::Decode(format!("{} trailing bytes", body.len() - used)));
@@ -375,6 +478,8 @@ mod tests {
             let _ = decode_frame::<ChunkRequest>(&bytes, MAX_CHUNK_FRAME);
             let _ = decode_frame::<ChunkHeader>(&bytes, MAX_CHUNK_FRAME);
             if let Ok(r) = decode_body::<HaveRequest>(&bytes, MAX_HAVE_REQUEST) { let _ = r.validate(); }
+            if let Ok(MetaResponse { listing: Some(l) }) = decode_body::<MetaResponse>(&bytes, MAX_META_RESPONSE) { let _ = l.validate(); }
+            let _ = decode_frame::<MetaRequest>(&bytes, MAX_META_REQUEST);
         }
 
         #[test]

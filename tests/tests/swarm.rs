@@ -286,3 +286,31 @@ async fn nodes_with_different_swarm_keys_exchange_no_byte() {
     );
     assert_eq!(out["bytes_from_peers"], out["bytes"], "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_a_node_finishes_from_peers_alone_trusting_their_metadata_and_saying_so() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 9 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let cache_a = tmp.path().join("a");
+    seed(tmp.path(), &hub, &cache_a).await;
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &[]).await;
+    drop(hub); // the Hub is gone
+
+    let cache_b = tmp.path().join("b");
+    let mut c = swarm_command(tmp.path());
+    c.args(["get", "org/model", "--json", "--no-mdns", "--peer", a.addr(), "--cache-dir"]).arg(&cache_b);
+    let o = c.env("HF_HUB_OFFLINE", "1").output().await.expect("get");
+    let out = json(&o);
+    assert_eq!(out["bytes_from_peers"], out["bytes"], "{out}");
+    assert!(stderr(&o).contains("not checked with the Hub"), "says so: {}", stderr(&o));
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+
+    // A revision no peer knows: one clear sentence.
+    let mut c = swarm_command(tmp.path());
+    c.args(["get", "org/model", "--revision", "v9", "--no-mdns", "--peer", a.addr(), "--offline", "--cache-dir"]);
+    let o = c.arg(tmp.path().join("c")).output().await.expect("get");
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("no reachable peer knows this revision"), "{err}");
+}

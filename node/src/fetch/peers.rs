@@ -28,6 +28,8 @@ use tokio::task::JoinSet;
 
 /// How often availability is asked again while a file is incomplete.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// How long an offline download waits for some peer to hold a missing chunk.
+pub const OFFLINE_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for the DHT's answer (and for connections to the holders it names).
 pub const PROVIDER_WAIT: Duration = Duration::from_secs(2);
 
@@ -53,7 +55,7 @@ pub(crate) async fn fetch_chunks(
     node: &NodeHandle,
     f: &RemoteFile,
     pf: &Arc<PartialFile>,
-    source: &Arc<HubSource>,
+    source: Option<&Arc<HubSource>>,
     fp: &Arc<FileProgress>,
     wake: &Arc<Notify>,
     suspects: &mut Suspects,
@@ -65,7 +67,8 @@ pub(crate) async fn fetch_chunks(
     let missing = pf.missing();
     let done = (0..count).filter(|i| !missing.contains(i));
     let limits = Limits { hub: ctx.max_workers as u32, ..Limits::default() };
-    let mut sched = FileScheduler::new(count, done, true, limits);
+    let mut sched = FileScheduler::new(count, done, source.is_some(), limits);
+    let mut stuck_since: Option<tokio::time::Instant> = None;
     if suspects.len() != count as usize {
         *suspects = vec![None; count as usize];
     }
@@ -95,8 +98,9 @@ pub(crate) async fn fetch_chunks(
                 Action::Ban(p) => node.ban(p, "sent bytes that do not match their record"),
                 Action::Fetch { index, source: Source::Hub } => {
                     tracing::debug!(file = %f.path, chunk = index, "from the Hub");
-                    let (ctx, pf, src, fp, wake, partial) =
-                        (ctx.clone(), pf.clone(), source.clone(), fp.clone(), wake.clone(), partial.clone());
+                    let Some(src) = source.cloned() else { continue };
+                    let (ctx, pf, fp, wake, partial) =
+                        (ctx.clone(), pf.clone(), fp.clone(), wake.clone(), partial.clone());
                     let (node, f, check) = (node.clone(), f.clone(), previous.get(index as usize).cloned().flatten());
                     tasks.spawn(async move {
                         let r = hub_chunk(&ctx, &node, &f, &pf, &src, &fp, &partial, index, check).await;
@@ -121,6 +125,19 @@ pub(crate) async fn fetch_chunks(
         }
         if sched.is_complete() {
             break Ok(());
+        }
+        // Offline, no peer holding what is missing: wait a while for one to appear, then say so.
+        if sched.is_stuck() && tasks.is_empty() {
+            let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > OFFLINE_PATIENCE {
+                break Err(FetchError::Offline(format!(
+                    "offline mode and no reachable peer holds {} chunk(s) of '{}': run with network access, or start a node that has it",
+                    sched.remaining(),
+                    f.path
+                )));
+            }
+        } else {
+            stuck_since = None;
         }
         tokio::select! {
             Some(joined) = tasks.join_next() => {

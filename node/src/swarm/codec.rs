@@ -1,11 +1,13 @@
-//! The `/swarm-dl/have/1` request/response codec: length-prefixed bincode frames with the hard
+//! Request/response codecs (`/swarm-dl/have/1`, `/swarm-dl/meta/1`): length-prefixed bincode frames with the hard
 //! limits of [`swarm_protocol::wire`], read without trusting the length prefix.
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use libp2p::StreamProtocol;
+use serde::{Serialize, de::DeserializeOwned};
 use std::io;
 use swarm_protocol::wire::{
-    self, HaveRequest, HaveResponse, MAX_HAVE_REQUEST, MAX_HAVE_RESPONSE, decode_body, encode_frame, frame_len,
+    self, HaveRequest, HaveResponse, MAX_HAVE_REQUEST, MAX_HAVE_RESPONSE, MAX_META_REQUEST, MAX_META_RESPONSE,
+    MetaRequest, MetaResponse, decode_body, encode_frame, frame_len,
 };
 
 /// Reads one frame of at most `limit` bytes and decodes it.
@@ -32,36 +34,68 @@ fn invalid(e: wire::WireError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// The codec.
-#[derive(Debug, Clone, Default)]
-pub struct HaveCodec;
+/// A request/response codec of length-prefixed bincode frames, each direction with its limit.
+#[derive(Debug)]
+pub struct FrameCodec<Req, Resp> {
+    request_limit: usize,
+    response_limit: usize,
+    _types: std::marker::PhantomData<fn() -> (Req, Resp)>,
+}
 
-impl libp2p::request_response::Codec for HaveCodec {
+impl<Req, Resp> Clone for FrameCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self {
+            request_limit: self.request_limit,
+            response_limit: self.response_limit,
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> FrameCodec<Req, Resp> {
+    /// A codec refusing requests over `request_limit` and responses over `response_limit` bytes.
+    pub fn new(request_limit: usize, response_limit: usize) -> Self {
+        Self { request_limit, response_limit, _types: std::marker::PhantomData }
+    }
+}
+
+/// `/swarm-dl/have/1`.
+pub type HaveCodec = FrameCodec<HaveRequest, HaveResponse>;
+/// `/swarm-dl/meta/1`.
+pub type MetaCodec = FrameCodec<MetaRequest, MetaResponse>;
+
+/// The have codec with its limits.
+pub fn have_codec() -> HaveCodec {
+    FrameCodec::new(MAX_HAVE_REQUEST, MAX_HAVE_RESPONSE)
+}
+
+/// The meta codec with its limits.
+pub fn meta_codec() -> MetaCodec {
+    FrameCodec::new(MAX_META_REQUEST, MAX_META_RESPONSE)
+}
+
+impl<Req, Resp> libp2p::request_response::Codec for FrameCodec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
     type Protocol = StreamProtocol;
-    type Request = HaveRequest;
-    type Response = HaveResponse;
+    type Request = Req;
+    type Response = Resp;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<HaveRequest> {
-        read_frame(io, MAX_HAVE_REQUEST).await
+    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req> {
+        read_frame(io, self.request_limit).await
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<HaveResponse> {
-        read_frame(io, MAX_HAVE_RESPONSE).await
+    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp> {
+        read_frame(io, self.response_limit).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: HaveRequest,
+        req: Req,
     ) -> io::Result<()> {
         write_frame(io, &req).await
     }
@@ -70,7 +104,7 @@ impl libp2p::request_response::Codec for HaveCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: HaveResponse,
+        res: Resp,
     ) -> io::Result<()> {
         write_frame(io, &res).await
     }

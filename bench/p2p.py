@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Peer-to-peer benchmark: two swarm-dl nodes on loopback.
+
+Node A (`swarm-dl join`) holds a repo; node B downloads it with A as its only peer
+(mDNS off, A given with --peer), so every byte crosses the libp2p connection
+(TCP + noise + yamux), is checked against A's signed chunk record and written to B's cache.
+
+Scenarios:
+  p2p-1file   one 1 GiB file: B's `get` runs its own embedded node.
+  p2p-repo    a repo of 4 x 256 MiB shards plus small files: B is a `join` node too, and
+              `get` runs inside it through the control API (the way a cluster node works).
+For each run: wall time, MiB/s, CPU seconds of A and of B (user+sys), peak RSS of A and B,
+bytes B took from peers vs the Hub, and the file bytes the Hub stand-in served during the run.
+
+Usage: python3 bench/p2p.py [--size-mib 1024] [--repeat 3]
+Needs: a release build (built here).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "out")
+BIN = os.path.join(ROOT, "target", "release", "swarm-dl")
+
+
+def random_file(path, size):
+    if os.path.exists(path) and os.path.getsize(path) == size:
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        subprocess.run(["head", "-c", str(size), "/dev/urandom"], stdout=f, check=True)
+
+
+def make_repos(size_mib):
+    hub = os.path.join(OUT, f"p2p-hub-{size_mib}")
+    one = os.path.join(hub, "bench", "one-file")
+    random_file(os.path.join(one, "model.safetensors"), size_mib << 20)
+    repo = os.path.join(hub, "bench", "sharded")
+    shard = (size_mib << 20) // 4
+    for i in range(4):
+        random_file(os.path.join(repo, f"model-0000{i + 1}-of-00004.safetensors"), shard)
+    with open(os.path.join(repo, "config.json"), "w") as f:
+        f.write('{"architectures": ["Bench"]}\n')
+    with open(os.path.join(repo, "tokenizer.json"), "w") as f:
+        f.write(json.dumps({"vocab": [f"t{i}" for i in range(5000)]}))
+    return hub
+
+
+def env_for(work):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SWARM_DL"))}
+    env["HF_HOME"] = os.path.join(work, "hf-home")
+    return env
+
+
+class Proc:
+    """A long-running swarm-dl process that prints one JSON line when ready."""
+
+    def __init__(self, args, env):
+        self.p = subprocess.Popen([BIN] + args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        self.info = json.loads(self.p.stdout.readline())
+
+    def cpu(self):
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    def peak_rss_mb(self):
+        with open(f"/proc/{self.p.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self):
+        self.p.terminate()
+        self.p.wait()
+
+
+def hub_served(endpoint):
+    with urllib.request.urlopen(endpoint + "/_swarm-dl/stats") as r:
+        s = json.load(r)
+    return s["data_bytes"] + s["resolve_bytes"]
+
+
+def run_get(args, env):
+    t0 = time.monotonic()
+    p = subprocess.Popen([BIN] + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    dt = time.monotonic() - t0
+    out, err = p.stdout.read().decode(), p.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"get failed: {err[-2000:]}")
+    return dt, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, json.loads(out)
+
+
+def one_run(scenario, hub, work):
+    env = env_for(work)
+    repo = "bench/one-file" if scenario == "p2p-1file" else "bench/sharded"
+    cache_a, cache_b = os.path.join(work, "a"), os.path.join(work, "b")
+    # Seed A from the Hub alone, then let the page cache settle.
+    subprocess.run([BIN, "get", repo, "--endpoint", hub.info["endpoint"], "--cache-dir", cache_a, "--no-swarm", "--quiet"],
+                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["sync"], check=True)
+    swarm = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]
+    a = Proc(["join", "--cache-dir", cache_a, "--json"] + swarm, env)
+    b = None
+    try:
+        peer = a.info["listen"][0]
+        served0 = hub_served(hub.info["endpoint"])
+        cpu_a0 = a.cpu()
+        get = ["get", repo, "--endpoint", hub.info["endpoint"], "--cache-dir", cache_b, "--json", "--quiet"]
+        if scenario == "p2p-1file":
+            dt, cpu_b, rss_b, out = run_get(get + swarm + ["--peer", peer, "--peer-wait", "5"], env)
+        else:
+            b = Proc(["join", "--cache-dir", cache_b, "--json", "--peer", peer] + swarm, env)
+            cpu_b0 = b.cpu()
+            dt, cpu_get, _, out = run_get(get, env)
+            cpu_b = b.cpu() - cpu_b0 + cpu_get
+            rss_b = b.peak_rss_mb()
+        served = hub_served(hub.info["endpoint"]) - served0
+        return {
+            "wall_s": dt,
+            "mib_s": out["bytes"] / dt / (1 << 20),
+            "cpu_a_s": a.cpu() - cpu_a0,
+            "cpu_b_s": cpu_b,
+            "rss_a_mb": a.peak_rss_mb(),
+            "rss_b_mb": rss_b,
+            "from_peers": out["bytes_from_peers"] / out["bytes"],
+            "hub_file_bytes": served,
+        }
+    finally:
+        a.stop()
+        if b:
+            b.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "swarm-dl"], cwd=ROOT, check=True)
+    hub_dir = make_repos(args.size_mib)
+    env = env_for(tempfile.gettempdir())
+    hub = Proc(["hub", "serve", hub_dir, "--listen", "127.0.0.1:0", "--json"], env)
+    rows = []
+    try:
+        for scenario in ["p2p-1file", "p2p-repo"]:
+            runs = []
+            for _ in range(args.repeat):
+                work = tempfile.mkdtemp(prefix="swarm-dl-p2p-", dir=OUT)
+                try:
+                    runs.append(one_run(scenario, hub, work))
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+            med = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+            walls = [r["wall_s"] for r in runs]
+            rows.append((scenario, med, min(walls), max(walls), max(r["rss_a_mb"] for r in runs), max(r["rss_b_mb"] for r in runs)))
+    finally:
+        hub.stop()
+    print(f"\n{args.size_mib} MiB over loopback, {args.repeat} runs each; median run shown (wall range in brackets)\n")
+    print("| scenario | wall s (range) | MiB/s | CPU A s | CPU B s | peak RSS A MB | peak RSS B MB | from peers | Hub file bytes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for s, m, lo, hi, ra, rb in rows:
+        print(f"| {s} | {m['wall_s']:.2f} ({lo:.2f}–{hi:.2f}) | {m['mib_s']:.0f} | {m['cpu_a_s']:.2f} | {m['cpu_b_s']:.2f} "
+              f"| {ra:.0f} | {rb:.0f} | {m['from_peers']:.3f} | {m['hub_file_bytes']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+//! `/swarm-dl/meta/1`: a revision's commit and file listing, from a peer's cache, signed.
+//!
+//! The Hub is the root of trust for metadata; a listing from a peer is only as good as the
+//! peer that signed it. It is used where the Hub cannot be asked (offline runs), and said so.
+
+use crate::cache::HubCache;
+use crate::hub::{RemoteFile, RepoRef};
+use libp2p::PeerId;
+use libp2p::identity::{Keypair, PublicKey};
+use std::path::Path;
+use swarm_protocol::repo::{RepoId, RepoType, is_commit};
+use swarm_protocol::wire::{Listing, MetaFile, MetaRequest, MetaResponse, listing_signing_bytes};
+
+/// Answers from the cache at `cache_root`: the revision's commit (a ref, or the commit itself)
+/// and its recorded listing, signed with `key`. Blocking.
+pub fn answer(cache_root: &Path, key: &Keypair, req: &MetaRequest) -> MetaResponse {
+    let none = MetaResponse { listing: None };
+    let (Ok(ty), Ok(id)) = (req.repo_type.parse::<RepoType>(), RepoId::parse(&req.repo_id)) else {
+        return none;
+    };
+    let rc = HubCache::new(cache_root.to_path_buf()).repo(&RepoRef { id, ty });
+    let commit = if is_commit(&req.revision) && req.revision.len() == 40 {
+        Some(req.revision.clone())
+    } else {
+        rc.read_ref(&req.revision)
+    };
+    let Some(commit) = commit else { return none };
+    let Some(files) = rc.read_tree(&commit) else { return none };
+    let files: Vec<MetaFile> = files
+        .into_iter()
+        .map(|f| MetaFile { path: f.path, size: f.size, etag: f.etag, blob_id: f.blob_id, lfs: f.lfs })
+        .collect();
+    let signature = key.sign(&listing_signing_bytes(req, &commit, &files)).unwrap_or_default();
+    MetaResponse { listing: Some(Listing { commit, files, signer: key.public().encode_protobuf(), signature }) }
+}
+
+/// A verified listing: who signed it, the commit, the files.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The signer.
+    pub signer: PeerId,
+    /// The commit.
+    pub commit: String,
+    /// The files.
+    pub files: Vec<RemoteFile>,
+}
+
+/// Checks a response's shape and signature. `Ok(None)` when the peer does not know the revision.
+pub fn verify(req: &MetaRequest, resp: MetaResponse) -> Result<Option<Verified>, String> {
+    let Some(l) = resp.listing else { return Ok(None) };
+    l.validate().map_err(|e| e.to_string())?;
+    let key = PublicKey::try_decode_protobuf(&l.signer).map_err(|e| format!("bad signer key: {e}"))?;
+    if !key.verify(&listing_signing_bytes(req, &l.commit, &l.files), &l.signature) {
+        return Err("bad signature on the listing".into());
+    }
+    let files = l
+        .files
+        .into_iter()
+        .map(|f| RemoteFile {
+            path: f.path,
+            size: f.size,
+            etag: f.etag,
+            blob_id: f.blob_id,
+            lfs: f.lfs,
+            xet_hash: None,
+        })
+        .collect();
+    Ok(Some(Verified { signer: key.to_peer_id(), commit: l.commit, files }))
+}
