@@ -53,6 +53,40 @@ impl HubCache {
         write_if_absent(&self.root.join("CACHEDIR.TAG"), CACHEDIR_TAG.as_bytes())
     }
 
+    /// swarm-dl's own state for this cache (node identity, running-node announcement, chunk
+    /// manifests). It lives under `.locks/`, the one entry of a hub cache that
+    /// `huggingface_hub`'s `scan_cache_dir` skips: any other folder there is reported as a
+    /// corrupted repo (found by the interop test).
+    pub fn swarm_dir(&self) -> PathBuf {
+        self.root.join(".locks").join("swarm-dl")
+    }
+
+    /// The chunk manifest of a complete blob, saved when swarm-dl verified it, so that a node
+    /// can offer the blob's chunks without hashing it again.
+    pub fn manifest_path(&self, etag: &Etag) -> PathBuf {
+        self.swarm_dir().join("manifests").join(format!("{etag}.json"))
+    }
+
+    /// Saves a complete blob's chunk manifest (best effort: it only saves a re-hash).
+    pub fn save_manifest(&self, m: &swarm_protocol::manifest::ChunkManifest) {
+        let path = self.manifest_path(&m.etag);
+        let res = path
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| serde_json::to_vec(m).map_err(io::Error::other))
+            .and_then(|json| write_atomic(&path, &json));
+        if let Err(e) = res {
+            tracing::debug!(path = %path.display(), error = %e, "cannot save chunk manifest");
+        }
+    }
+
+    /// A saved manifest for `(etag, size)` with every chunk hash, if there is one.
+    pub fn load_manifest(&self, etag: &Etag, size: u64) -> Option<swarm_protocol::manifest::ChunkManifest> {
+        let m: swarm_protocol::manifest::ChunkManifest =
+            serde_json::from_slice(&fs::read(self.manifest_path(etag)).ok()?).ok()?;
+        (m.validate_for(etag, size).is_ok() && m.known() == m.chunks.len()).then_some(m)
+    }
+
     /// The folder of one repo.
     pub fn repo(&self, repo: &RepoRef) -> RepoCache {
         let folder = repo.id.folder_name(repo.ty);

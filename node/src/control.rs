@@ -119,12 +119,9 @@ pub struct NodeFile {
     pub listen: Vec<String>,
 }
 
-/// The folder where a node keeps its state for the cache at `cache_root` (identity, the
-/// announcement of a running node). It lives under `.locks/`, the one entry of a hub cache that
-/// `huggingface_hub`'s `scan_cache_dir` skips; any other folder there is reported as a corrupted
-/// repo (found by the interop test).
+/// The folder where a node keeps its state for the cache at `cache_root` ([`HubCache::swarm_dir`]).
 pub fn state_dir(cache_root: &Path) -> PathBuf {
-    cache_root.join(".locks").join("swarm-dl")
+    HubCache::new(cache_root.to_path_buf()).swarm_dir()
 }
 
 /// Where a node serving `cache_root` announces itself.

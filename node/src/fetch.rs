@@ -248,6 +248,7 @@ pub(crate) struct Ctx {
     progress: Arc<Progress>,
     max_workers: usize,
     node: Option<NodeHandle>,
+    cache: HubCache,
 }
 
 fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
@@ -340,6 +341,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         progress: progress.clone(),
         max_workers: workers,
         node: req.node.clone(),
+        cache: req.cache.clone(),
     });
     if let Some(node) = &req.node
         && !todo.is_empty()
@@ -522,7 +524,16 @@ async fn fetch_verified(
     wake.notify_one();
     verifier.await.map_err(|e| FetchError::Internal(e.to_string()))?.map_err(FetchError::Internal)?;
     let final_path = paths.final_path.clone();
-    blocking(move || pf.finish(&final_path)).await?.map_err(FetchError::from)
+    let pf2 = pf.clone();
+    blocking(move || pf2.finish(&final_path)).await?.map_err(FetchError::from)?;
+    // Multi-chunk blobs keep their chunk manifest, so a node can serve them without a re-hash.
+    if let Dest::Cache(_) = &ctx.dest
+        && ChunkLayout::for_len(f.size).count() > 1
+    {
+        let (cache, m) = (ctx.cache.clone(), pf.manifest());
+        blocking(move || cache.save_manifest(&m)).await?;
+    }
+    Ok(())
 }
 
 /// Offline, with peers: takes the revision's commit and listing from peers, trusting them (the

@@ -252,7 +252,19 @@ impl Holdings {
             return Some(c.clone());
         }
         let path = self.find_blob(etag, size)?;
-        let hashes = match hash_blob(&path, etag, size) {
+        let cache = crate::cache::HubCache::new(self.cache_root.clone());
+        let saved = cache.load_manifest(etag, size).map(|m| m.chunks.into_iter().flatten().collect::<Vec<_>>());
+        let hashed = match saved {
+            Some(h) => Ok(Some(h)),
+            None => hash_blob(&path, etag, size).inspect(|h| {
+                if let Some(h) = h {
+                    let mut m = swarm_protocol::manifest::ChunkManifest::empty(etag.clone(), size);
+                    m.chunks = h.iter().copied().map(Some).collect();
+                    cache.save_manifest(&m);
+                }
+            }),
+        };
+        let hashes = match hashed {
             Ok(Some(h)) => h,
             Ok(None) => {
                 tracing::warn!(blob = %path.display(), "cached blob does not match its name; not serving it");
