@@ -181,6 +181,9 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     if !s.banned.is_empty() {
         println!("banned    {}", s.banned.join(", "));
     }
+    if s.hub_takeovers > 0 {
+        println!("takeovers {} chunks fetched from the Hub for nodes that left or stalled", s.hub_takeovers);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -293,6 +296,8 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         req.node = Some(node.handle());
         req.peer_wait = if waits { Duration::from_secs_f64(a.peer_wait.max(0.0)) } else { Duration::ZERO };
         let r = fetch::get(&req, hub, progress.clone()).await.map(RemoteOutcome::from).map_err(|e| e.to_string());
+        // Peers may still be copying chunks only this node holds: stay while they are.
+        node.handle().linger_while_serving(Duration::from_secs(1), Duration::from_secs(15)).await;
         node.shutdown().await;
         r
     };
@@ -333,6 +338,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             "bytes": out.bytes_selected,
             "bytes_from_hub": out.bytes_from_hub,
             "bytes_from_peers": out.bytes_from_peers,
+            "chunks_taken_over": out.chunks_taken_over,
             "bytes_resumed": out.bytes_resumed,
             "elapsed_s": out.elapsed_s,
         });

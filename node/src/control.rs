@@ -72,6 +72,9 @@ pub struct RemoteOutcome {
     pub bytes_from_hub: u64,
     /// From peers.
     pub bytes_from_peers: u64,
+    /// Chunks taken over from owners that left or stalled.
+    #[serde(default)]
+    pub chunks_taken_over: u64,
     /// Resumed.
     pub bytes_resumed: u64,
     /// Seconds.
@@ -88,6 +91,7 @@ impl From<fetch::GetOutcome> for RemoteOutcome {
             bytes_selected: o.bytes_selected,
             bytes_from_hub: o.bytes_from_hub,
             bytes_from_peers: o.bytes_from_peers,
+            chunks_taken_over: o.chunks_taken_over,
             bytes_resumed: o.bytes_resumed,
             elapsed_s: o.elapsed.as_secs_f64(),
         }

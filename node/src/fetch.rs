@@ -79,6 +79,8 @@ pub struct GetOutcome {
     pub bytes_from_hub: u64,
     /// Bytes received from peers in this run.
     pub bytes_from_peers: u64,
+    /// Chunks taken over from owners that left or stalled.
+    pub chunks_taken_over: u64,
     /// Bytes kept from an interrupted earlier run.
     pub bytes_resumed: u64,
     /// Wall time.
@@ -343,6 +345,9 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         node: req.node.clone(),
         cache: req.cache.clone(),
     });
+    // Say what this node is about to download before waiting for peers, so that nodes starting
+    // together count each other in when they share out the Hub work.
+    let _wanted = req.node.as_ref().map(|node| Wanted::new(node, &todo));
     if let Some(node) = &req.node
         && !todo.is_empty()
     {
@@ -376,6 +381,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         bytes_selected,
         bytes_from_hub: progress.from_hub.load(Relaxed),
         bytes_from_peers: progress.from_peers.load(Relaxed),
+        chunks_taken_over: progress.takeovers.load(Relaxed),
         bytes_resumed: progress.bytes_resumed.load(Relaxed),
         elapsed: started.elapsed(),
     })
@@ -536,6 +542,26 @@ async fn fetch_verified(
     Ok(())
 }
 
+/// Files announced as about to be downloaded, withdrawn when the `get` ends.
+struct Wanted {
+    node: NodeHandle,
+    etags: Vec<swarm_protocol::hash::Etag>,
+}
+
+impl Wanted {
+    fn new(node: &NodeHandle, files: &[RemoteFile]) -> Self {
+        let etags: Vec<_> = files.iter().map(|f| f.etag.clone()).collect();
+        node.holdings().want(etags.iter().cloned());
+        Self { node: node.clone(), etags }
+    }
+}
+
+impl Drop for Wanted {
+    fn drop(&mut self) {
+        self.node.holdings().unwant(self.etags.drain(..));
+    }
+}
+
 /// Offline, with peers: takes the revision's commit and listing from peers, trusting them (the
 /// Hub cannot be asked), and says so. Where peers disagree, the commit most of them name wins.
 async fn listing_from_peers(
@@ -622,6 +648,7 @@ fn offline(req: &GetRequest, selection: &Selection) -> Result<GetOutcome, FetchE
         bytes_selected: bytes,
         bytes_from_hub: 0,
         bytes_from_peers: 0,
+        chunks_taken_over: 0,
         bytes_resumed: 0,
         elapsed: started.elapsed(),
     })

@@ -8,8 +8,18 @@
 //! - A chunk that some usable peer holds is fetched from a peer, never from the Hub: rarest
 //!   chunks first, each from the holder with the fewest requests in flight, at most
 //!   [`Limits::per_peer`] at a time per peer.
-//! - Only chunks no usable peer holds go to the Hub, at most [`Limits::hub`] at a time, and
+//! - Chunks no usable peer holds go to the Hub, but only by their **owner** (DESIGN §3): when
+//!   several nodes download the file at once, each such chunk belongs to one of them, chosen by
+//!   rendezvous hashing of (node, file, chunk) over the interested nodes this node sees
+//!   (itself included). The owner fetches it from the Hub; everyone else waits for it to appear
+//!   at the owner and takes it from there, chunk by chunk. Alone, a node owns everything.
+//!   Hub requests are at most [`Limits::hub`] at a time (shared out among interested nodes), and
 //!   only if the Hub is allowed (offline runs finish from peers or not at all).
+//! - An owner that leaves loses its chunks at once (they hash to the others); one whose
+//!   availability has not grown for [`Limits::stall_after`] while it owes chunks is passed over
+//!   until it grows again. Chunks fetched from the Hub that another node owned are counted as
+//!   take-overs: the only way (besides two views of the membership disagreeing for a moment)
+//!   that a chunk crosses the uplink twice.
 //! - A peer that sent bytes not matching their record is banned: none of its chunks are asked
 //!   for again. A peer that fails otherwise (gone, busy, no longer holds it) loses the bit for
 //!   that chunk, and after [`Limits::max_peer_failures`] failures in a row, its place.
@@ -18,6 +28,7 @@
 
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 use swarm_protocol::wire::Bitmap;
 
 /// Where a chunk comes from.
@@ -47,6 +58,8 @@ pub enum Event {
         peer: PeerId,
         /// Chunks it holds, verified, with records we accept.
         have: Bitmap,
+        /// Whether it is downloading the file too (a candidate owner).
+        downloading: bool,
     },
     /// A peer left (disconnected, or banned elsewhere).
     PeerGone(PeerId),
@@ -91,12 +104,59 @@ pub struct Limits {
     pub hub: u32,
     /// Failures in a row after which a peer is dropped for this file.
     pub max_peer_failures: u32,
+    /// How long an owner may go without a new chunk before its chunks are taken over.
+    pub stall_after: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { per_peer: 4, hub: 16, max_peer_failures: 3 }
+        Self { per_peer: 4, hub: 16, max_peer_failures: 3, stall_after: Duration::from_secs(20) }
     }
+}
+
+impl Limits {
+    /// The stall timeout for chunks of `chunk_size` bytes: 10 s plus the chunk at 512 KiB/s.
+    pub fn stall_for(chunk_size: u64) -> Duration {
+        Duration::from_secs(10) + Duration::from_millis(chunk_size / 512)
+    }
+}
+
+/// Rendezvous-hash score of `node` for chunk `index` of the file with `salt`: the highest
+/// score owns the chunk. Every node computes the same numbers.
+pub fn score(node: &PeerId, salt: u64, index: u32) -> u64 {
+    splitmix(node_hash(node) ^ salt ^ (u64::from(index)).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// A 64-bit salt for a file (from its ETag), so that different files spread differently.
+pub fn salt_of(etag: &str) -> u64 {
+    fnv1a(etag.as_bytes())
+}
+
+fn node_hash(node: &PeerId) -> u64 {
+    fnv1a(&node.to_bytes())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    splitmix(h)
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interest {
+    held: u32,
+    last_growth: Duration,
+    stalled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,18 +182,75 @@ pub struct FileScheduler {
     hub_in_flight: u32,
     hub_allowed: bool,
     limits: Limits,
+    me: PeerId,
+    salt: u64,
+    /// Peers downloading this file now, and how their availability grows.
+    interested: HashMap<PeerId, Interest>,
+    /// Every peer seen downloading this file (for counting take-overs).
+    ever_interested: HashSet<PeerId>,
+    takeovers: u32,
 }
 
 impl FileScheduler {
-    /// A schedule for a file of `count` chunks, of which `done` are already held.
-    pub fn new(count: u32, done: impl IntoIterator<Item = u32>, hub_allowed: bool, limits: Limits) -> Self {
+    /// A schedule for this node (`me`) of a file of `count` chunks with rendezvous `salt`, of
+    /// which `done` are already held.
+    pub fn new(
+        me: PeerId,
+        salt: u64,
+        count: u32,
+        done: impl IntoIterator<Item = u32>,
+        hub_allowed: bool,
+        limits: Limits,
+    ) -> Self {
         let mut chunks = vec![Chunk::Missing; count as usize];
         for i in done {
             if let Some(c) = chunks.get_mut(i as usize) {
                 *c = Chunk::Done;
             }
         }
-        Self { chunks, peers: HashMap::new(), banned: HashSet::new(), hub_in_flight: 0, hub_allowed, limits }
+        Self {
+            chunks,
+            peers: HashMap::new(),
+            banned: HashSet::new(),
+            hub_in_flight: 0,
+            hub_allowed,
+            limits,
+            me,
+            salt,
+            interested: HashMap::new(),
+            ever_interested: HashSet::new(),
+            takeovers: 0,
+        }
+    }
+
+    /// Chunks this node fetched from the Hub that another node owned (it left or stalled).
+    pub fn takeovers(&self) -> u32 {
+        self.takeovers
+    }
+
+    /// Peers downloading the file now, as this node sees them.
+    pub fn interested(&self) -> usize {
+        self.interested.len()
+    }
+
+    /// Who fetches chunk `index` from the Hub, among this node and the interested peers not
+    /// passed over as stalled.
+    pub fn owner(&self, index: u32) -> PeerId {
+        let live = self.interested.iter().filter(|(_, i)| !i.stalled).map(|(p, _)| p);
+        best(&self.me, live, self.salt, index)
+    }
+
+    fn natural_owner(&self, index: u32) -> PeerId {
+        let all = self.ever_interested.iter().filter(|p| !self.banned.contains(p));
+        best(&self.me, all, self.salt, index)
+    }
+
+    /// Hub requests allowed at once. Alone: all of [`Limits::hub`]. Together with others: a
+    /// few, so that owned chunks complete one after another and reach the other nodes early
+    /// (pipelining), and a node that dies leaves little half-fetched.
+    fn hub_limit(&self) -> u32 {
+        let n = 1 + self.interested.values().filter(|i| !i.stalled).count() as u32;
+        if n == 1 { self.limits.hub } else { (self.limits.hub / (2 * n)).clamp(2, self.limits.hub.max(2)) }
     }
 
     /// Peers not to use (banned before this file started).
@@ -170,21 +287,40 @@ impl FileScheduler {
         self.peers.keys()
     }
 
+    /// Every peer this schedule counts on: holders and nodes downloading the file.
+    pub fn known_peers(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self.peers.keys().chain(self.interested.keys()).copied().collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// Applies an event and returns what to do now.
-    pub fn handle(&mut self, event: Event) -> Vec<Action> {
-        let mut out = self.observe(event);
-        out.extend(self.assign());
+    pub fn handle(&mut self, event: Event, now: Duration) -> Vec<Action> {
+        let mut out = self.observe(event, now);
+        out.extend(self.assign(now));
         out
     }
 
     /// Applies an event without starting anything: for a batch of events (the answers of every
     /// peer) that must all be known before chunks are placed, or a chunk only one peer was
     /// heard from would go to the Hub. Follow with [`Self::assign`].
-    pub fn observe(&mut self, event: Event) -> Vec<Action> {
+    pub fn observe(&mut self, event: Event, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Have { peer, have } => {
+            Event::Have { peer, have, downloading } => {
                 if !self.banned.contains(&peer) {
+                    let held = have.count_ones();
+                    if downloading {
+                        self.ever_interested.insert(peer);
+                        let i =
+                            self.interested.entry(peer).or_insert(Interest { held, last_growth: now, stalled: false });
+                        if held > i.held {
+                            *i = Interest { held, last_growth: now, stalled: false };
+                        }
+                    } else {
+                        self.interested.remove(&peer);
+                    }
                     let in_flight = self.peers.get(&peer).map_or(0, |p| p.in_flight);
                     self.peers.insert(peer, Peer { have, in_flight, failures: 0 });
                 }
@@ -249,12 +385,28 @@ impl FileScheduler {
 
     fn drop_peer(&mut self, peer: &PeerId) {
         self.peers.remove(peer);
+        self.interested.remove(peer);
         // Its requests in flight will report back as failures; nothing else to undo.
     }
 
     /// Starts as many fetches as the limits allow: rarest peer-held chunks first, then the Hub
     /// for chunks no peer holds. Idempotent: call it whenever capacity may have freed.
-    pub fn assign(&mut self) -> Vec<Action> {
+    pub fn assign(&mut self, now: Duration) -> Vec<Action> {
+        // Owners that owe chunks and have not grown for too long are passed over.
+        let stall_after = self.limits.stall_after;
+        let mut stalled = Vec::new();
+        for (p, i) in &self.interested {
+            if !i.stalled && now.saturating_sub(i.last_growth) > stall_after {
+                stalled.push(*p);
+            }
+        }
+        for p in stalled {
+            let owes = (0..self.chunks.len() as u32)
+                .any(|c| self.chunks[c as usize] == Chunk::Missing && self.owner(c) == p && !self.held_by_any(c));
+            if owes && let Some(i) = self.interested.get_mut(&p) {
+                i.stalled = true;
+            }
+        }
         let mut out = Vec::new();
         let mut holders: Vec<(u32, u32)> = Vec::new(); // (holder count, index)
         let mut hub_only = Vec::new();
@@ -281,9 +433,16 @@ impl FileScheduler {
             }
         }
         if self.hub_allowed {
+            let limit = self.hub_limit();
             for i in hub_only {
-                if self.hub_in_flight >= self.limits.hub {
+                if self.hub_in_flight >= limit {
                     break;
+                }
+                if self.owner(i) != self.me {
+                    continue; // its owner fetches it; it will come from there
+                }
+                if self.natural_owner(i) != self.me {
+                    self.takeovers += 1;
                 }
                 self.hub_in_flight += 1;
                 self.chunks[i as usize] = Chunk::InFlight(Source::Hub);
@@ -292,6 +451,24 @@ impl FileScheduler {
         }
         out
     }
+}
+
+impl FileScheduler {
+    fn held_by_any(&self, index: u32) -> bool {
+        self.peers.values().any(|p| p.have.get(index))
+    }
+}
+
+/// The highest-scoring of `first` and `others` (ties, vanishingly rare, go to the larger id).
+fn best<'a>(first: &'a PeerId, others: impl Iterator<Item = &'a PeerId>, salt: u64, index: u32) -> PeerId {
+    let mut top = (score(first, salt, index), first);
+    for n in others {
+        let s = score(n, salt, index);
+        if s > top.0 || (s == top.0 && n.to_bytes() > top.1.to_bytes()) {
+            top = (s, n);
+        }
+    }
+    *top.1
 }
 
 trait BitmapExt {
@@ -309,6 +486,12 @@ impl BitmapExt for Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const T0: Duration = Duration::ZERO;
+
+    fn me() -> PeerId {
+        PeerId::from_bytes(&[0, 2, 0, 0]).unwrap_or_else(|_| PeerId::random())
+    }
 
     fn bits(count: u32, set: &[u32]) -> Bitmap {
         let mut b = Bitmap::new(count);
@@ -330,23 +513,30 @@ mod tests {
 
     #[test]
     fn alone_everything_goes_to_the_hub_within_its_limit() {
-        let mut s = FileScheduler::new(10, [3], true, Limits { hub: 4, ..Limits::default() });
-        let a = fetches(&s.assign());
+        let mut s = FileScheduler::new(me(), 7, 10, [3], true, Limits { hub: 4, ..Limits::default() });
+        let a = fetches(&s.assign(T0));
         assert_eq!(a, vec![(0, Source::Hub), (1, Source::Hub), (2, Source::Hub), (4, Source::Hub)]);
-        let a = fetches(&s.handle(Event::Done { index: 1, source: Source::Hub }));
+        let a = fetches(&s.handle(Event::Done { index: 1, source: Source::Hub }, T0));
         assert_eq!(a, vec![(5, Source::Hub)]);
     }
 
     #[test]
     fn chunks_a_peer_holds_never_go_to_the_hub() {
         let (a, b) = (PeerId::random(), PeerId::random());
-        let mut s = FileScheduler::new(6, [], true, Limits { per_peer: 2, hub: 8, max_peer_failures: 3 });
-        let first = fetches(&s.handle(Event::Have { peer: a, have: bits(6, &[0, 1, 2, 3]) }));
+        let mut s = FileScheduler::new(
+            me(),
+            7,
+            6,
+            [],
+            true,
+            Limits { per_peer: 2, hub: 8, max_peer_failures: 3, ..Limits::default() },
+        );
+        let first = fetches(&s.handle(Event::Have { peer: a, have: bits(6, &[0, 1, 2, 3]), downloading: false }, T0));
         // Two from a (its limit); 4 and 5 nobody holds: Hub.
         assert_eq!(first.iter().filter(|(_, s)| *s == Source::Peer(a)).count(), 2);
         assert_eq!(first.iter().filter(|(_, s)| *s == Source::Hub).map(|(i, _)| *i).collect::<Vec<_>>(), vec![4, 5]);
         // b holds 2 and 3 as well: the rest spreads to b, rarest (only-a) chunks were taken first.
-        let second = fetches(&s.handle(Event::Have { peer: b, have: bits(6, &[2, 3]) }));
+        let second = fetches(&s.handle(Event::Have { peer: b, have: bits(6, &[2, 3]), downloading: false }, T0));
         assert_eq!(second, vec![(2, Source::Peer(b)), (3, Source::Peer(b))]);
         assert_eq!(s.in_flight(), 6);
     }
@@ -354,11 +544,18 @@ mod tests {
     #[test]
     fn rarest_first_and_least_loaded_holder() {
         let (a, b) = (PeerId::random(), PeerId::random());
-        let mut s = FileScheduler::new(2, [], false, Limits { per_peer: 1, hub: 0, max_peer_failures: 3 });
+        let mut s = FileScheduler::new(
+            me(),
+            7,
+            2,
+            [],
+            false,
+            Limits { per_peer: 1, hub: 0, max_peer_failures: 3, ..Limits::default() },
+        );
         s.peers.insert(a, Peer { have: bits(2, &[0, 1]), in_flight: 0, failures: 0 });
         s.peers.insert(b, Peer { have: bits(2, &[0]), in_flight: 0, failures: 0 });
         // Chunk 1 has one holder, chunk 0 two: 1 goes first (to a), then 0 to b, the idle one.
-        assert_eq!(fetches(&s.assign()), vec![(1, Source::Peer(a)), (0, Source::Peer(b))]);
+        assert_eq!(fetches(&s.assign(T0)), vec![(1, Source::Peer(a)), (0, Source::Peer(b))]);
     }
 
     #[test]
@@ -367,10 +564,17 @@ mod tests {
         // an empty answer from one peer sent every chunk to the Hub although the next peer held
         // them all (seen in `swarm-dl demo`: 128 MiB of 200 from the Hub).
         let (empty, full) = (PeerId::random(), PeerId::random());
-        let mut s = FileScheduler::new(4, [], true, Limits { per_peer: 2, hub: 8, max_peer_failures: 3 });
-        assert!(s.observe(Event::Have { peer: empty, have: bits(4, &[]) }).is_empty());
-        assert!(s.observe(Event::Have { peer: full, have: bits(4, &[0, 1, 2, 3]) }).is_empty());
-        let a = fetches(&s.assign());
+        let mut s = FileScheduler::new(
+            me(),
+            7,
+            4,
+            [],
+            true,
+            Limits { per_peer: 2, hub: 8, max_peer_failures: 3, ..Limits::default() },
+        );
+        assert!(s.observe(Event::Have { peer: empty, have: bits(4, &[]), downloading: false }, T0).is_empty());
+        assert!(s.observe(Event::Have { peer: full, have: bits(4, &[0, 1, 2, 3]), downloading: false }, T0).is_empty());
+        let a = fetches(&s.assign(T0));
         assert_eq!(a.len(), 2);
         assert!(a.iter().all(|(_, src)| *src == Source::Peer(full)));
     }
@@ -378,39 +582,105 @@ mod tests {
     #[test]
     fn bad_data_bans_and_refetches_elsewhere() {
         let a = PeerId::random();
-        let mut s = FileScheduler::new(1, [], true, Limits::default());
+        let mut s = FileScheduler::new(me(), 7, 1, [], true, Limits::default());
         s.peers.insert(a, Peer { have: bits(1, &[0]), in_flight: 0, failures: 0 });
-        assert_eq!(fetches(&s.assign()), vec![(0, Source::Peer(a))]);
-        let out = s.handle(Event::Failed { index: 0, peer: a, fault: Fault::BadData });
+        assert_eq!(fetches(&s.assign(T0)), vec![(0, Source::Peer(a))]);
+        let out = s.handle(Event::Failed { index: 0, peer: a, fault: Fault::BadData }, T0);
         assert!(out.contains(&Action::Ban(a)));
         assert_eq!(fetches(&out), vec![(0, Source::Hub)]);
         // A banned peer's later availability is ignored.
-        assert!(fetches(&s.handle(Event::Have { peer: a, have: bits(1, &[0]) })).is_empty());
+        assert!(fetches(&s.handle(Event::Have { peer: a, have: bits(1, &[0]), downloading: false }, T0)).is_empty());
         assert!(s.peers().all(|p| *p != a));
     }
 
     #[test]
     fn a_peer_that_keeps_failing_is_dropped_and_offline_gets_stuck() {
         let a = PeerId::random();
-        let mut s = FileScheduler::new(4, [], false, Limits { per_peer: 1, hub: 0, max_peer_failures: 2 });
+        let mut s = FileScheduler::new(
+            me(),
+            7,
+            4,
+            [],
+            false,
+            Limits { per_peer: 1, hub: 0, max_peer_failures: 2, ..Limits::default() },
+        );
         assert_eq!(
-            fetches(&s.handle(Event::Have { peer: a, have: bits(4, &[0, 1, 2, 3]) })),
+            fetches(&s.handle(Event::Have { peer: a, have: bits(4, &[0, 1, 2, 3]), downloading: false }, T0)),
             vec![(0, Source::Peer(a))]
         );
         assert_eq!(
-            fetches(&s.handle(Event::Failed { index: 0, peer: a, fault: Fault::Unavailable })),
+            fetches(&s.handle(Event::Failed { index: 0, peer: a, fault: Fault::Unavailable }, T0)),
             vec![(1, Source::Peer(a))]
         );
-        assert!(fetches(&s.handle(Event::Failed { index: 1, peer: a, fault: Fault::Unavailable })).is_empty());
+        assert!(fetches(&s.handle(Event::Failed { index: 1, peer: a, fault: Fault::Unavailable }, T0)).is_empty());
         assert!(s.is_stuck());
     }
 
     #[test]
     fn done_chunks_are_not_fetched_and_completion_is_seen() {
-        let mut s = FileScheduler::new(2, [0], true, Limits::default());
-        assert_eq!(fetches(&s.assign()), vec![(1, Source::Hub)]);
+        let mut s = FileScheduler::new(me(), 7, 2, [0], true, Limits::default());
+        assert_eq!(fetches(&s.assign(T0)), vec![(1, Source::Hub)]);
         assert!(!s.is_complete());
-        assert!(fetches(&s.handle(Event::Done { index: 1, source: Source::Hub })).is_empty());
+        assert!(fetches(&s.handle(Event::Done { index: 1, source: Source::Hub }, T0)).is_empty());
         assert!(s.is_complete() && !s.is_stuck());
+    }
+
+    fn hub_chunks(actions: &[Action]) -> Vec<u32> {
+        fetches(actions).into_iter().filter(|(_, src)| *src == Source::Hub).map(|(i, _)| i).collect()
+    }
+
+    fn wide() -> Limits {
+        Limits { hub: 1000, ..Limits::default() }
+    }
+
+    #[test]
+    fn nodes_downloading_together_split_the_hub_work_exactly() {
+        let nodes: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let mut seen = vec![0u32; 64];
+        for me in &nodes {
+            let mut s = FileScheduler::new(*me, 99, 64, [], true, wide());
+            for p in nodes.iter().filter(|p| *p != me) {
+                s.observe(Event::Have { peer: *p, have: bits(64, &[]), downloading: true }, T0);
+            }
+            for i in hub_chunks(&s.assign(T0)) {
+                seen[i as usize] += 1;
+                assert_eq!(s.owner(i), *me);
+            }
+            assert_eq!(s.takeovers(), 0);
+        }
+        assert!(seen.iter().all(|n| *n == 1), "every chunk fetched from the Hub exactly once: {seen:?}");
+    }
+
+    #[test]
+    fn a_chunk_owned_elsewhere_comes_from_its_owner_once_it_has_it() {
+        let (me, other) = (me(), PeerId::random());
+        let mut s = FileScheduler::new(me, 1, 16, [], true, wide());
+        let mine = hub_chunks(&s.handle(Event::Have { peer: other, have: bits(16, &[]), downloading: true }, T0));
+        let theirs: Vec<u32> = (0..16).filter(|i| !mine.contains(i)).collect();
+        assert!(!theirs.is_empty() && !mine.is_empty());
+        let got = fetches(&s.handle(Event::Have { peer: other, have: bits(16, &theirs[..1]), downloading: true }, T0));
+        assert_eq!(got, vec![(theirs[0], Source::Peer(other))]);
+    }
+
+    #[test]
+    fn a_departed_owner_loses_its_chunks_at_once_and_they_count_as_takeovers() {
+        let (me, other) = (me(), PeerId::random());
+        let mut s = FileScheduler::new(me, 1, 32, [], true, wide());
+        let mine = hub_chunks(&s.handle(Event::Have { peer: other, have: bits(32, &[]), downloading: true }, T0));
+        let rest = hub_chunks(&s.handle(Event::PeerGone(other), T0));
+        assert_eq!(mine.len() + rest.len(), 32);
+        assert_eq!(s.takeovers() as usize, rest.len());
+    }
+
+    #[test]
+    fn a_stalled_owner_is_passed_over_after_the_timeout_and_not_before() {
+        let (me, other) = (me(), PeerId::random());
+        let limits = Limits { stall_after: Duration::from_secs(10), ..wide() };
+        let mut s = FileScheduler::new(me, 1, 32, [], true, limits);
+        let mine = hub_chunks(&s.handle(Event::Have { peer: other, have: bits(32, &[]), downloading: true }, T0));
+        assert!(hub_chunks(&s.assign(Duration::from_secs(9))).is_empty(), "patience first");
+        let rest = hub_chunks(&s.assign(Duration::from_secs(11)));
+        assert_eq!(mine.len() + rest.len(), 32);
+        assert_eq!(s.takeovers() as usize, rest.len());
     }
 }

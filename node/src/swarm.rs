@@ -193,6 +193,9 @@ pub struct NodeStatus {
     pub rate_out: u64,
     /// Peers banned now.
     pub banned: Vec<String>,
+    /// Chunks this node fetched from the Hub though another node owned them (it left or
+    /// stalled): the only chunks that may have crossed the uplink twice.
+    pub hub_takeovers: u64,
 }
 
 /// Peers caught lying, and until when.
@@ -247,6 +250,7 @@ struct Shared {
     peers_changed: Notify,
     rate_in: AtomicU64,
     rate_out: AtomicU64,
+    takeovers: AtomicU64,
 }
 
 /// A cloneable handle to a running node.
@@ -365,6 +369,7 @@ impl Node {
             peers_changed: Notify::new(),
             rate_in: AtomicU64::new(0),
             rate_out: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
         let mut bound = 0;
@@ -452,6 +457,27 @@ impl NodeHandle {
         self.shared.transfer.forget(&peer);
     }
 
+    /// Waits until nothing has been served for `quiet` (peers are done copying from this node),
+    /// or `max` passes. A node that leaves the moment its own download ends would take with it
+    /// chunks that only it holds yet.
+    pub async fn linger_while_serving(&self, quiet: Duration, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        let mut last = self.shared.transfer.counters.bytes_out.load(Relaxed);
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(quiet).await;
+            let now = self.shared.transfer.counters.bytes_out.load(Relaxed);
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+
+    /// Counts chunks taken over from owners that left or stalled.
+    pub fn count_takeovers(&self, n: u64) {
+        self.shared.takeovers.fetch_add(n, Relaxed);
+    }
+
     /// Whether a peer is banned.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
         self.shared.bans.is_banned(peer)
@@ -493,7 +519,12 @@ impl NodeHandle {
     /// Asks `peer` what it holds of a file, and checks its answer: structure, then every
     /// signature. Records signed by banned nodes are dropped. An answer that fails a check is an
     /// error (the caller bans the peer); a peer that cannot answer is `Ok(None)`.
-    pub async fn have(&self, peer: PeerId, req: HaveRequest) -> Result<Option<Vec<(u32, Option<Record>)>>, String> {
+    #[allow(clippy::type_complexity)]
+    pub async fn have(
+        &self,
+        peer: PeerId,
+        req: HaveRequest,
+    ) -> Result<Option<(Vec<(u32, Option<Record>)>, bool)>, String> {
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.cmd.send(Command::Have { peer, req: req.clone(), reply: tx }).await;
         if sent.is_err() {
@@ -507,11 +538,10 @@ impl NodeHandle {
             }
             Err(_) => return Ok(None),
         };
-        let (etag, size) = (req.etag.clone(), req.size);
+        let downloading = resp.downloading;
         tokio::task::spawn_blocking(move || check_have(&req, resp)).await.map_err(|e| e.to_string())?.map(|mut v| {
             v.retain(|(_, r)| r.as_ref().is_none_or(|r| !self.is_banned(&r.signer.peer)));
-            let _ = (etag, size);
-            Some(v)
+            Some((v, downloading))
         })
     }
 
@@ -583,6 +613,7 @@ impl NodeHandle {
             rate_in: self.shared.rate_in.load(Relaxed),
             rate_out: self.shared.rate_out.load(Relaxed),
             banned: self.shared.bans.current().iter().map(|p| p.to_string()).collect(),
+            hub_takeovers: self.shared.takeovers.load(Relaxed),
         }
     }
 }

@@ -139,6 +139,9 @@ pub struct HaveResponse {
     pub signers: Vec<Vec<u8>>,
     /// Records for held chunks the asker did not list as known.
     pub records: Vec<ChunkRecord>,
+    /// Whether the answering node is downloading this file itself (so it takes a share of the
+    /// chunks nobody holds yet).
+    pub downloading: bool,
 }
 
 impl HaveRequest {
@@ -155,7 +158,7 @@ impl HaveRequest {
 impl HaveResponse {
     /// A response saying "nothing".
     pub fn none() -> Self {
-        Self { have: Bitmap::default(), signers: Vec::new(), records: Vec::new() }
+        Self { have: Bitmap::default(), signers: Vec::new(), records: Vec::new(), downloading: false }
     }
 
     /// Checks the response against the request it answers: bitmap size, record indices (held,
@@ -437,7 +440,12 @@ mod tests {
         let mut have = Bitmap::new(3);
         have.set(0);
         let rec = |index, signer| ChunkRecord { index, sha256: Sha256([1; 32]), signer, signature: vec![1; 64] };
-        let ok = HaveResponse { have: have.clone(), signers: vec![vec![1; 36]], records: vec![rec(0, 0)] };
+        let ok = HaveResponse {
+            have: have.clone(),
+            signers: vec![vec![1; 36]],
+            records: vec![rec(0, 0)],
+            downloading: true,
+        };
         ok.validate(&req).expect("valid");
         let not_held = HaveResponse { records: vec![rec(1, 0)], ..ok.clone() };
         assert!(not_held.validate(&req).is_err());
@@ -467,6 +475,7 @@ mod tests {
                 have: Bitmap(bits),
                 signers: vec![vec![9; 36]],
                 records: (0..recs as u32).map(|i| ChunkRecord { index: i, sha256: Sha256([i as u8; 32]), signer: 0, signature: vec![3; 64] }).collect(),
+                downloading: recs % 2 == 0,
             };
             prop_assert_eq!(decode_frame::<HaveResponse>(&encode_frame(&resp), MAX_HAVE_RESPONSE)?, resp);
         }

@@ -87,6 +87,20 @@ impl Testbed {
         ])
     }
 
+    /// Cuts host `i` off the other node hosts (not off the Hub, host 0), or heals it: blackhole
+    /// routes on both sides, so established connections stall the way a failed switch makes them.
+    pub fn partition_from_nodes(&self, i: usize, cut: bool) -> Result<(), String> {
+        let verb = if cut { "add" } else { "del" };
+        for j in 1..self.hosts {
+            if j == i {
+                continue;
+            }
+            ip(&["-n", &self.ns(i), "route", verb, "blackhole", &format!("{}/32", self.addr(j))])?;
+            ip(&["-n", &self.ns(j), "route", verb, "blackhole", &format!("{}/32", self.addr(i))])?;
+        }
+        Ok(())
+    }
+
     /// Cuts host `i` off the LAN (its bridge port goes down), or heals it.
     pub fn set_connected(&self, i: usize, up: bool) -> Result<(), String> {
         ip(&["-n", &self.lan(), "link", "set", &format!("p{i}"), if up { "up" } else { "down" }])

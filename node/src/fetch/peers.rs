@@ -28,6 +28,8 @@ use tokio::task::JoinSet;
 
 /// How often availability is asked again while a file is incomplete.
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// The same, while other nodes download the file at the same time.
+pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
 /// How long an offline download waits for some peer to hold a missing chunk.
 pub const OFFLINE_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for the DHT's answer (and for connections to the holders it names).
@@ -66,8 +68,12 @@ pub(crate) async fn fetch_chunks(
     let partial = node.holdings().add_partial(&f.etag, f.size, pf.clone());
     let missing = pf.missing();
     let done = (0..count).filter(|i| !missing.contains(i));
-    let limits = Limits { hub: ctx.max_workers as u32, ..Limits::default() };
-    let mut sched = FileScheduler::new(count, done, source.is_some(), limits);
+    let limits =
+        Limits { hub: ctx.max_workers as u32, stall_after: Limits::stall_for(layout.chunk_size), ..Limits::default() };
+    let started = tokio::time::Instant::now();
+    let now = || started.elapsed();
+    let salt = crate::scheduler::salt_of(f.etag.as_str());
+    let mut sched = FileScheduler::new(node.peer_id(), salt, count, done, source.is_some(), limits);
     let mut stuck_since: Option<tokio::time::Instant> = None;
     if suspects.len() != count as usize {
         *suspects = vec![None; count as usize];
@@ -76,8 +82,7 @@ pub(crate) async fn fetch_chunks(
         if hub_only { std::mem::replace(suspects, vec![None; count as usize]) } else { Vec::new() };
     let mut records: HashMap<PeerId, Vec<Option<Record>>> = HashMap::new();
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
-    let mut refresh = tokio::time::interval(REFRESH);
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_refresh = tokio::time::Instant::now();
     if !hub_only {
         // Holders announced in the DHT are found (and connected) before the first placement,
         // or everything they hold would already be on its way from the Hub.
@@ -90,7 +95,7 @@ pub(crate) async fn fetch_chunks(
         }
     }
 
-    let mut actions = if hub_only { sched.assign() } else { Vec::new() };
+    let mut actions = if hub_only { sched.assign(now()) } else { Vec::new() };
     let result = loop {
         let mut queue: std::collections::VecDeque<Action> = std::mem::take(&mut actions).into();
         while let Some(a) = queue.pop_front() {
@@ -110,7 +115,7 @@ pub(crate) async fn fetch_chunks(
                 }
                 Action::Fetch { index, source: Source::Peer(peer) } => {
                     let Some(record) = records.get(&peer).and_then(|v| v.get(index as usize)).cloned().flatten() else {
-                        queue.extend(sched.handle(Event::Failed { index, peer, fault: Fault::Unavailable }));
+                        queue.extend(sched.handle(Event::Failed { index, peer, fault: Fault::Unavailable }, now()));
                         continue;
                     };
                     let (ctx, pf, fp, wake, partial, node, f) =
@@ -127,7 +132,7 @@ pub(crate) async fn fetch_chunks(
             break Ok(());
         }
         // Offline, no peer holding what is missing: wait a while for one to appear, then say so.
-        if sched.is_stuck() && tasks.is_empty() {
+        if source.is_none() && sched.is_stuck() && tasks.is_empty() {
             let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() > OFFLINE_PATIENCE {
                 break Err(FetchError::Offline(format!(
@@ -153,24 +158,33 @@ pub(crate) async fn fetch_chunks(
                         if let Source::Peer(p) = source {
                             suspects[out.index as usize] = records.get(&p).and_then(|v| v.get(out.index as usize)).cloned().flatten().map(|r| (p, r));
                         }
-                        actions = sched.handle(Event::Done { index: out.index, source });
+                        actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
                     (_, Err(PeerFetchError::Local(e))) => break Err(e),
                     (Source::Peer(peer), Err(PeerFetchError::Unavailable(why))) => {
                         let fault = if why == BAD_DATA { Fault::BadData } else { Fault::Unavailable };
                         tracing::debug!(%peer, chunk = out.index, %why, "peer fetch failed");
-                        actions = sched.handle(Event::Failed { index: out.index, peer, fault });
+                        actions = sched.handle(Event::Failed { index: out.index, peer, fault }, now());
                     }
                     (Source::Hub, Err(PeerFetchError::Unavailable(why))) => break Err(FetchError::Internal(why)),
                 }
             }
-            _ = refresh.tick(), if !hub_only => {
-                actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched).await;
-                actions.extend(sched.assign());
+            _ = tokio::time::sleep_until(next_refresh), if !hub_only => {
+                // Faster while others download the same file: their chunks are ours to take as
+                // soon as they land.
+                next_refresh = tokio::time::Instant::now() + if sched.interested() > 0 { REFRESH_SHARED } else { REFRESH };
+                actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
+                actions.extend(sched.assign(now()));
             }
         }
     };
     tasks.abort_all();
+    let takeovers = u64::from(sched.takeovers());
+    if takeovers > 0 {
+        tracing::info!(file = %f.path, chunks = takeovers, "took over chunks of nodes that left or stalled");
+        ctx.progress.takeovers.fetch_add(takeovers, std::sync::atomic::Ordering::Relaxed);
+        node.count_takeovers(takeovers);
+    }
     if result.is_err() {
         node.holdings().finish_partial(&f.etag, None);
     }
@@ -187,6 +201,7 @@ async fn ask_peers(
     peers: &[PeerId],
     records: &mut HashMap<PeerId, Vec<Option<Record>>>,
     sched: &mut FileScheduler,
+    now: Duration,
 ) -> Vec<Action> {
     let asks = peers.iter().filter(|p| !node.is_banned(p)).map(|&peer| {
         let mut known = Bitmap::new(count);
@@ -202,9 +217,15 @@ async fn ask_peers(
     });
     let answers = futures::future::join_all(asks).await;
     let mut actions = Vec::new();
+    // Peers that disconnected are not asked; forget them here, or a node that left would keep
+    // owning chunks (and count as a holder) until its stall timeout.
+    for gone in sched.known_peers().into_iter().filter(|p| !peers.contains(p)) {
+        records.remove(&gone);
+        actions.extend(sched.observe(Event::PeerGone(gone), now));
+    }
     for (peer, answer) in answers {
         match answer {
-            Ok(Some(list)) => {
+            Ok(Some((list, downloading))) => {
                 let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
                 let mut have = Bitmap::new(count);
                 for (i, r) in list {
@@ -218,13 +239,13 @@ async fn ask_peers(
                     }
                 }
                 tracing::debug!(%peer, file = %f.path, held = have.count_ones(), "peer availability");
-                actions.extend(sched.observe(Event::Have { peer, have }));
+                actions.extend(sched.observe(Event::Have { peer, have, downloading }, now));
             }
-            Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer))),
+            Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer), now)),
             Err(why) => {
                 node.ban(peer, &format!("sent an invalid availability answer: {why}"));
                 records.remove(&peer);
-                actions.extend(sched.observe(Event::PeerGone(peer)));
+                actions.extend(sched.observe(Event::PeerGone(peer), now));
             }
         }
     }

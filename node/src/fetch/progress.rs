@@ -36,6 +36,9 @@ pub struct Progress {
     pub from_hub: AtomicU64,
     /// Bytes received from peers in this run.
     pub from_peers: AtomicU64,
+    /// Chunks fetched from the Hub that another node owned (it left or stalled): the chunks
+    /// that may have crossed the uplink twice.
+    pub takeovers: AtomicU64,
 }
 
 impl Progress {

@@ -135,6 +135,9 @@ pub struct Holdings {
     /// same new blob must not hash it twice.
     hashing: Mutex<()>,
     fault: Option<ServeFault>,
+    /// Files this node is about to download (counted per `get`), announced as `downloading`
+    /// before their first chunk is placed, so that nodes starting together see each other.
+    wanted: Mutex<HashMap<Etag, u32>>,
 }
 
 /// Most complete-blob manifests kept in memory (each is ~100 bytes per chunk).
@@ -153,6 +156,7 @@ impl Holdings {
             complete: Mutex::default(),
             hashing: Mutex::new(()),
             fault,
+            wanted: Mutex::default(),
         }
     }
 
@@ -198,6 +202,27 @@ impl Holdings {
             map.remove(&k);
         }
         map.insert(etag.clone(), Arc::new(c));
+    }
+
+    /// Announces that this node is about to download these files.
+    pub fn want(&self, etags: impl IntoIterator<Item = Etag>) {
+        let mut w = lock(&self.wanted);
+        for e in etags {
+            *w.entry(e).or_default() += 1;
+        }
+    }
+
+    /// Withdraws what [`Self::want`] announced.
+    pub fn unwant(&self, etags: impl IntoIterator<Item = Etag>) {
+        let mut w = lock(&self.wanted);
+        for e in etags {
+            if let Some(n) = w.get_mut(&e) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(&e);
+                }
+            }
+        }
     }
 
     /// Files being downloaded: (etag, size, chunks held, chunk count).
@@ -286,14 +311,17 @@ impl Holdings {
             return HaveResponse::none();
         };
         let partial = lock(&self.partial).get(&req.etag).filter(|p| p.size == req.size).cloned();
+        let downloading = partial.is_some() || lock(&self.wanted).contains_key(&req.etag);
         let records: Vec<Option<Record>> = match partial {
             Some(p) => lock(&p.records).clone(),
             None => match self.complete(&req.etag, req.size) {
                 Some(c) => c.records.iter().cloned().map(Some).collect(),
-                None => return HaveResponse::none(),
+                None => {
+                    return HaveResponse { downloading, ..HaveResponse::none() };
+                }
             },
         };
-        let mut resp = HaveResponse { have: Bitmap::new(count), signers: Vec::new(), records: Vec::new() };
+        let mut resp = HaveResponse { have: Bitmap::new(count), signers: Vec::new(), records: Vec::new(), downloading };
         let mut signer_index: HashMap<PeerId, u16> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
             let Some(r) = r else { continue };

@@ -1,0 +1,166 @@
+//! Cooperative downloads on the multi-host testbed: a Hub host behind a shaped uplink and node
+//! hosts on a LAN, each running the real binary, finding each other by mDNS. What crosses the
+//! uplink is read from the Hub stand-in's own counters. Root only (CI runs as root).
+
+use std::path::PathBuf;
+use std::time::Duration;
+use swarm_tests::fixture::{PlainRepo, assert_snapshot, only_snapshot};
+use swarm_tests::netns::{self, Testbed};
+use swarm_tests::require;
+use swarm_tests::run::{prefixed, stderr, stdout};
+use tokio::io::AsyncBufReadExt as _;
+
+const UPLINK: &str = "200mbit";
+
+struct Cluster {
+    tb: Testbed,
+    tmp: tempfile::TempDir,
+    endpoint: String,
+    repo: PlainRepo,
+    repo_bytes: u64,
+    _hub: tokio::process::Child,
+}
+
+impl Cluster {
+    async fn new(nodes: usize, big: u64) -> Self {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let repo = PlainRepo::new(&tmp.path().join("hub"), "", "org/model")
+            .file("config.json", br#"{"hidden": 8}"#)
+            .random("model.safetensors", 41, big);
+        let repo_bytes = big + 13;
+        let tb = Testbed::new(nodes).expect("testbed");
+        tb.shape(0, UPLINK).expect("shape the uplink");
+        let a = tb.addr(0);
+        let mut c = prefixed(&tb.exec(0), tmp.path(), false);
+        c.args(["hub", "serve"]).arg(tmp.path().join("hub")).arg("--json");
+        c.args(["--listen", &format!("{a}:8080"), "--data-listen", &format!("{a}:8081")]);
+        c.stdout(std::process::Stdio::piped());
+        let mut hub = c.spawn().expect("hub serve");
+        let mut lines = tokio::io::BufReader::new(hub.stdout.take().expect("stdout")).lines();
+        let line =
+            tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("ready").expect("read");
+        let v: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
+        let endpoint = v["endpoint"].as_str().expect("endpoint").to_owned();
+        Self { tb, tmp, endpoint, repo, repo_bytes, _hub: hub }
+    }
+
+    fn cache(&self, i: usize) -> PathBuf {
+        self.tmp.path().join(format!("node{i}"))
+    }
+
+    /// Starts `swarm-dl get` on node host `i` (mDNS discovery, waiting up to 2 s for peers).
+    fn get(&self, i: usize) -> tokio::process::Child {
+        let mut c = prefixed(&self.tb.exec(i), self.tmp.path(), true);
+        c.args(["get", "org/model", "--json", "--quiet", "--peer-wait", "2", "--endpoint", &self.endpoint]);
+        c.arg("--cache-dir").arg(self.cache(i));
+        c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        c.spawn().expect("spawn get")
+    }
+
+    /// File bytes the Hub has served so far (its data listener plus small files).
+    fn hub_bytes(&self) -> u64 {
+        let url = format!("{}/_swarm-dl/stats", self.endpoint);
+        let code = format!(
+            "import json,urllib.request;s=json.load(urllib.request.urlopen({url:?}));print(s['data_bytes']+s['resolve_bytes'])"
+        );
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.tb.ns(1), "python3", "-c", &code])
+            .output()
+            .expect("stats");
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("stats: {}", String::from_utf8_lossy(&o.stderr)))
+    }
+
+    async fn wait_for_hub_bytes(&self, at_least: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while self.hub_bytes() < at_least {
+            assert!(tokio::time::Instant::now() < deadline, "the Hub never served {at_least} bytes");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn check(&self, i: usize, o: &std::process::Output) -> serde_json::Value {
+        assert!(o.status.success(), "node {i}: {}", stderr(o));
+        assert_snapshot(&only_snapshot(&self.cache(i).join("models--org--model")), &self.repo.files);
+        serde_json::from_str(&stdout(o)).expect("json")
+    }
+}
+
+async fn finish(child: tokio::process::Child) -> std::process::Output {
+    tokio::time::timeout(Duration::from_secs(300), child.wait_with_output()).await.expect("finishes").expect("wait")
+}
+
+fn root_or_skip() -> bool {
+    netns::available()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_starting_together_pull_each_byte_from_the_hub_once() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    let c = Cluster::new(4, 64 << 20).await;
+    let gets: Vec<_> = (1..=4).map(|i| c.get(i)).collect();
+    let mut outs = Vec::new();
+    for g in gets {
+        outs.push(finish(g).await);
+    }
+    let mut from_peers = 0;
+    for (i, o) in outs.iter().enumerate() {
+        from_peers += c.check(i + 1, o)["bytes_from_peers"].as_u64().expect("peers");
+    }
+    let served = c.hub_bytes();
+    assert!(
+        served as f64 <= 1.05 * c.repo_bytes as f64,
+        "the Hub served {served} bytes for 4 downloads of {} ({:.2}x)",
+        c.repo_bytes,
+        served as f64 / c.repo_bytes as f64
+    );
+    assert!(from_peers >= 3 * c.repo_bytes * 9 / 10, "the rest came from peers: {from_peers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_node_dies_halfway_the_others_take_its_share() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    let c = Cluster::new(4, 64 << 20).await;
+    let mut gets: Vec<_> = (1..=4).map(|i| c.get(i)).collect();
+    c.wait_for_hub_bytes(c.repo_bytes / 2).await;
+    let mut victim = gets.remove(0);
+    victim.kill().await.expect("kill");
+    for (i, g) in gets.into_iter().enumerate() {
+        let o = finish(g).await;
+        c.check(i + 2, &o);
+    }
+    let served = c.hub_bytes();
+    assert!(served as f64 <= 1.3 * c.repo_bytes as f64, "the Hub served {served} for {}", c.repo_bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_halfway_gets_everything_mostly_from_peers() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    let c = Cluster::new(4, 64 << 20).await;
+    let gets: Vec<_> = (1..=3).map(|i| c.get(i)).collect();
+    c.wait_for_hub_bytes(c.repo_bytes / 2).await;
+    let late = c.get(4);
+    for (i, g) in gets.into_iter().enumerate() {
+        c.check(i + 1, &finish(g).await);
+    }
+    let out = c.check(4, &finish(late).await);
+    let peers = out["bytes_from_peers"].as_u64().expect("peers");
+    assert!(peers * 2 > c.repo_bytes, "mostly from peers: {out}");
+    assert!(c.hub_bytes() as f64 <= 1.3 * c.repo_bytes as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_peers_but_not_the_hub_still_finishes_correctly() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    let c = Cluster::new(3, 48 << 20).await;
+    let gets: Vec<_> = (1..=3).map(|i| c.get(i)).collect();
+    c.wait_for_hub_bytes(c.repo_bytes / 4).await;
+    c.tb.partition_from_nodes(1, true).expect("cut");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.tb.partition_from_nodes(1, false).expect("heal");
+    for (i, g) in gets.into_iter().enumerate() {
+        c.check(i + 1, &finish(g).await);
+    }
+}
