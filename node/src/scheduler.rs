@@ -60,6 +60,8 @@ pub enum Event {
         have: Bitmap,
         /// Whether it is downloading the file too (a candidate owner).
         downloading: bool,
+        /// Chunks it is fetching from the Hub right now (nobody else should).
+        claimed: Bitmap,
     },
     /// A peer left (disconnected, or banned elsewhere).
     PeerGone(PeerId),
@@ -169,6 +171,7 @@ enum Chunk {
 #[derive(Debug)]
 struct Peer {
     have: Bitmap,
+    claimed: Bitmap,
     in_flight: u32,
     failures: u32,
 }
@@ -308,7 +311,7 @@ impl FileScheduler {
     pub fn observe(&mut self, event: Event, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Have { peer, have, downloading } => {
+            Event::Have { peer, have, downloading, claimed } => {
                 if !self.banned.contains(&peer) {
                     let held = have.count_ones();
                     if downloading {
@@ -322,7 +325,7 @@ impl FileScheduler {
                         self.interested.remove(&peer);
                     }
                     let in_flight = self.peers.get(&peer).map_or(0, |p| p.in_flight);
-                    self.peers.insert(peer, Peer { have, in_flight, failures: 0 });
+                    self.peers.insert(peer, Peer { have, claimed, in_flight, failures: 0 });
                 }
             }
             Event::PeerGone(peer) => self.drop_peer(&peer),
@@ -401,8 +404,11 @@ impl FileScheduler {
             }
         }
         for p in stalled {
-            let owes = (0..self.chunks.len() as u32)
-                .any(|c| self.chunks[c as usize] == Chunk::Missing && self.owner(c) == p && !self.held_by_any(c));
+            let owes = (0..self.chunks.len() as u32).any(|c| {
+                self.chunks[c as usize] == Chunk::Missing
+                    && !self.held_by_any(c)
+                    && (self.owner(c) == p || self.peers.get(&p).is_some_and(|q| q.claimed.get(c)))
+            });
             if owes && let Some(i) = self.interested.get_mut(&p) {
                 i.stalled = true;
             }
@@ -438,8 +444,8 @@ impl FileScheduler {
                 if self.hub_in_flight >= limit {
                     break;
                 }
-                if self.owner(i) != self.me {
-                    continue; // its owner fetches it; it will come from there
+                if self.owner(i) != self.me || self.claimed_by_live_peer(i) {
+                    continue; // its owner (or whoever already fetches it) will have it soon
                 }
                 if self.natural_owner(i) != self.me {
                     self.takeovers += 1;
@@ -456,6 +462,11 @@ impl FileScheduler {
 impl FileScheduler {
     fn held_by_any(&self, index: u32) -> bool {
         self.peers.values().any(|p| p.have.get(index))
+    }
+
+    /// A peer fetches it from the Hub now, and is not stalled.
+    fn claimed_by_live_peer(&self, index: u32) -> bool {
+        self.peers.iter().any(|(id, p)| p.claimed.get(index) && self.interested.get(id).is_none_or(|i| !i.stalled))
     }
 }
 
@@ -531,12 +542,18 @@ mod tests {
             true,
             Limits { per_peer: 2, hub: 8, max_peer_failures: 3, ..Limits::default() },
         );
-        let first = fetches(&s.handle(Event::Have { peer: a, have: bits(6, &[0, 1, 2, 3]), downloading: false }, T0));
+        let first = fetches(&s.handle(
+            Event::Have { peer: a, have: bits(6, &[0, 1, 2, 3]), downloading: false, claimed: Bitmap::default() },
+            T0,
+        ));
         // Two from a (its limit); 4 and 5 nobody holds: Hub.
         assert_eq!(first.iter().filter(|(_, s)| *s == Source::Peer(a)).count(), 2);
         assert_eq!(first.iter().filter(|(_, s)| *s == Source::Hub).map(|(i, _)| *i).collect::<Vec<_>>(), vec![4, 5]);
         // b holds 2 and 3 as well: the rest spreads to b, rarest (only-a) chunks were taken first.
-        let second = fetches(&s.handle(Event::Have { peer: b, have: bits(6, &[2, 3]), downloading: false }, T0));
+        let second = fetches(&s.handle(
+            Event::Have { peer: b, have: bits(6, &[2, 3]), downloading: false, claimed: Bitmap::default() },
+            T0,
+        ));
         assert_eq!(second, vec![(2, Source::Peer(b)), (3, Source::Peer(b))]);
         assert_eq!(s.in_flight(), 6);
     }
@@ -552,8 +569,8 @@ mod tests {
             false,
             Limits { per_peer: 1, hub: 0, max_peer_failures: 3, ..Limits::default() },
         );
-        s.peers.insert(a, Peer { have: bits(2, &[0, 1]), in_flight: 0, failures: 0 });
-        s.peers.insert(b, Peer { have: bits(2, &[0]), in_flight: 0, failures: 0 });
+        s.peers.insert(a, Peer { have: bits(2, &[0, 1]), claimed: Bitmap::default(), in_flight: 0, failures: 0 });
+        s.peers.insert(b, Peer { have: bits(2, &[0]), claimed: Bitmap::default(), in_flight: 0, failures: 0 });
         // Chunk 1 has one holder, chunk 0 two: 1 goes first (to a), then 0 to b, the idle one.
         assert_eq!(fetches(&s.assign(T0)), vec![(1, Source::Peer(a)), (0, Source::Peer(b))]);
     }
@@ -572,8 +589,25 @@ mod tests {
             true,
             Limits { per_peer: 2, hub: 8, max_peer_failures: 3, ..Limits::default() },
         );
-        assert!(s.observe(Event::Have { peer: empty, have: bits(4, &[]), downloading: false }, T0).is_empty());
-        assert!(s.observe(Event::Have { peer: full, have: bits(4, &[0, 1, 2, 3]), downloading: false }, T0).is_empty());
+        assert!(
+            s.observe(
+                Event::Have { peer: empty, have: bits(4, &[]), downloading: false, claimed: Bitmap::default() },
+                T0
+            )
+            .is_empty()
+        );
+        assert!(
+            s.observe(
+                Event::Have {
+                    peer: full,
+                    have: bits(4, &[0, 1, 2, 3]),
+                    downloading: false,
+                    claimed: Bitmap::default()
+                },
+                T0
+            )
+            .is_empty()
+        );
         let a = fetches(&s.assign(T0));
         assert_eq!(a.len(), 2);
         assert!(a.iter().all(|(_, src)| *src == Source::Peer(full)));
@@ -583,13 +617,19 @@ mod tests {
     fn bad_data_bans_and_refetches_elsewhere() {
         let a = PeerId::random();
         let mut s = FileScheduler::new(me(), 7, 1, [], true, Limits::default());
-        s.peers.insert(a, Peer { have: bits(1, &[0]), in_flight: 0, failures: 0 });
+        s.peers.insert(a, Peer { have: bits(1, &[0]), claimed: Bitmap::default(), in_flight: 0, failures: 0 });
         assert_eq!(fetches(&s.assign(T0)), vec![(0, Source::Peer(a))]);
         let out = s.handle(Event::Failed { index: 0, peer: a, fault: Fault::BadData }, T0);
         assert!(out.contains(&Action::Ban(a)));
         assert_eq!(fetches(&out), vec![(0, Source::Hub)]);
         // A banned peer's later availability is ignored.
-        assert!(fetches(&s.handle(Event::Have { peer: a, have: bits(1, &[0]), downloading: false }, T0)).is_empty());
+        assert!(
+            fetches(&s.handle(
+                Event::Have { peer: a, have: bits(1, &[0]), downloading: false, claimed: Bitmap::default() },
+                T0
+            ))
+            .is_empty()
+        );
         assert!(s.peers().all(|p| *p != a));
     }
 
@@ -605,7 +645,10 @@ mod tests {
             Limits { per_peer: 1, hub: 0, max_peer_failures: 2, ..Limits::default() },
         );
         assert_eq!(
-            fetches(&s.handle(Event::Have { peer: a, have: bits(4, &[0, 1, 2, 3]), downloading: false }, T0)),
+            fetches(&s.handle(
+                Event::Have { peer: a, have: bits(4, &[0, 1, 2, 3]), downloading: false, claimed: Bitmap::default() },
+                T0
+            )),
             vec![(0, Source::Peer(a))]
         );
         assert_eq!(
@@ -640,7 +683,10 @@ mod tests {
         for me in &nodes {
             let mut s = FileScheduler::new(*me, 99, 64, [], true, wide());
             for p in nodes.iter().filter(|p| *p != me) {
-                s.observe(Event::Have { peer: *p, have: bits(64, &[]), downloading: true }, T0);
+                s.observe(
+                    Event::Have { peer: *p, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() },
+                    T0,
+                );
             }
             for i in hub_chunks(&s.assign(T0)) {
                 seen[i as usize] += 1;
@@ -655,10 +701,16 @@ mod tests {
     fn a_chunk_owned_elsewhere_comes_from_its_owner_once_it_has_it() {
         let (me, other) = (me(), PeerId::random());
         let mut s = FileScheduler::new(me, 1, 16, [], true, wide());
-        let mine = hub_chunks(&s.handle(Event::Have { peer: other, have: bits(16, &[]), downloading: true }, T0));
+        let mine = hub_chunks(&s.handle(
+            Event::Have { peer: other, have: bits(16, &[]), downloading: true, claimed: Bitmap::default() },
+            T0,
+        ));
         let theirs: Vec<u32> = (0..16).filter(|i| !mine.contains(i)).collect();
         assert!(!theirs.is_empty() && !mine.is_empty());
-        let got = fetches(&s.handle(Event::Have { peer: other, have: bits(16, &theirs[..1]), downloading: true }, T0));
+        let got = fetches(&s.handle(
+            Event::Have { peer: other, have: bits(16, &theirs[..1]), downloading: true, claimed: Bitmap::default() },
+            T0,
+        ));
         assert_eq!(got, vec![(theirs[0], Source::Peer(other))]);
     }
 
@@ -666,7 +718,10 @@ mod tests {
     fn a_departed_owner_loses_its_chunks_at_once_and_they_count_as_takeovers() {
         let (me, other) = (me(), PeerId::random());
         let mut s = FileScheduler::new(me, 1, 32, [], true, wide());
-        let mine = hub_chunks(&s.handle(Event::Have { peer: other, have: bits(32, &[]), downloading: true }, T0));
+        let mine = hub_chunks(&s.handle(
+            Event::Have { peer: other, have: bits(32, &[]), downloading: true, claimed: Bitmap::default() },
+            T0,
+        ));
         let rest = hub_chunks(&s.handle(Event::PeerGone(other), T0));
         assert_eq!(mine.len() + rest.len(), 32);
         assert_eq!(s.takeovers() as usize, rest.len());
@@ -677,10 +732,27 @@ mod tests {
         let (me, other) = (me(), PeerId::random());
         let limits = Limits { stall_after: Duration::from_secs(10), ..wide() };
         let mut s = FileScheduler::new(me, 1, 32, [], true, limits);
-        let mine = hub_chunks(&s.handle(Event::Have { peer: other, have: bits(32, &[]), downloading: true }, T0));
+        let mine = hub_chunks(&s.handle(
+            Event::Have { peer: other, have: bits(32, &[]), downloading: true, claimed: Bitmap::default() },
+            T0,
+        ));
         assert!(hub_chunks(&s.assign(Duration::from_secs(9))).is_empty(), "patience first");
         let rest = hub_chunks(&s.assign(Duration::from_secs(11)));
         assert_eq!(mine.len() + rest.len(), 32);
         assert_eq!(s.takeovers() as usize, rest.len());
+    }
+
+    #[test]
+    fn a_chunk_another_node_already_fetches_is_waited_for_not_fetched_twice() {
+        // Two nodes whose views of who downloads differed for a moment: the other one started
+        // chunk 0 from the Hub first. Seeing its claim, this node waits for it.
+        let (me, other) = (me(), PeerId::random());
+        let mut s = FileScheduler::new(me, 1, 4, [], true, wide());
+        let claimed = bits(4, &[0, 1, 2, 3]);
+        let hub =
+            hub_chunks(&s.handle(Event::Have { peer: other, have: bits(4, &[]), downloading: true, claimed }, T0));
+        assert!(hub.is_empty(), "{hub:?}");
+        // It leaves: its claims go with it.
+        assert_eq!(hub_chunks(&s.handle(Event::PeerGone(other), T0)).len(), 4);
     }
 }

@@ -524,7 +524,7 @@ impl NodeHandle {
         &self,
         peer: PeerId,
         req: HaveRequest,
-    ) -> Result<Option<(Vec<(u32, Option<Record>)>, bool)>, String> {
+    ) -> Result<Option<(Vec<(u32, Option<Record>)>, bool, wire::Bitmap)>, String> {
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.cmd.send(Command::Have { peer, req: req.clone(), reply: tx }).await;
         if sent.is_err() {
@@ -538,10 +538,10 @@ impl NodeHandle {
             }
             Err(_) => return Ok(None),
         };
-        let downloading = resp.downloading;
+        let (downloading, fetching) = (resp.downloading, resp.fetching.clone());
         tokio::task::spawn_blocking(move || check_have(&req, resp)).await.map_err(|e| e.to_string())?.map(|mut v| {
             v.retain(|(_, r)| r.as_ref().is_none_or(|r| !self.is_banned(&r.signer.peer)));
-            Some((v, downloading))
+            Some((v, downloading, fetching))
         })
     }
 

@@ -142,6 +142,9 @@ pub struct HaveResponse {
     /// Whether the answering node is downloading this file itself (so it takes a share of the
     /// chunks nobody holds yet).
     pub downloading: bool,
+    /// Chunks it is fetching from the Hub right now: the asker waits for them rather than
+    /// fetching them too.
+    pub fetching: Bitmap,
 }
 
 impl HaveRequest {
@@ -158,7 +161,13 @@ impl HaveRequest {
 impl HaveResponse {
     /// A response saying "nothing".
     pub fn none() -> Self {
-        Self { have: Bitmap::default(), signers: Vec::new(), records: Vec::new(), downloading: false }
+        Self {
+            have: Bitmap::default(),
+            signers: Vec::new(),
+            records: Vec::new(),
+            downloading: false,
+            fetching: Bitmap::default(),
+        }
     }
 
     /// Checks the response against the request it answers: bitmap size, record indices (held,
@@ -166,6 +175,9 @@ impl HaveResponse {
     /// caller, which owns the crypto.
     pub fn validate(&self, req: &HaveRequest) -> Result<(), WireError> {
         let count = req.validate()?;
+        if !self.fetching.0.is_empty() && !self.fetching.fits(count) {
+            return Err(WireError::Invalid(format!("fetching bitmap does not fit {count} chunks")));
+        }
         if self.have.0.is_empty() && self.records.is_empty() {
             return Ok(());
         }
@@ -476,6 +488,7 @@ mod tests {
                 signers: vec![vec![9; 36]],
                 records: (0..recs as u32).map(|i| ChunkRecord { index: i, sha256: Sha256([i as u8; 32]), signer: 0, signature: vec![3; 64] }).collect(),
                 downloading: recs % 2 == 0,
+                fetching: Bitmap(vec![recs as u8]),
             };
             prop_assert_eq!(decode_frame::<HaveResponse>(&encode_frame(&resp), MAX_HAVE_RESPONSE)?, resp);
         }

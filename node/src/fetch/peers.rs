@@ -225,7 +225,7 @@ async fn ask_peers(
     }
     for (peer, answer) in answers {
         match answer {
-            Ok(Some((list, downloading))) => {
+            Ok(Some((list, downloading, claimed))) => {
                 let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
                 let mut have = Bitmap::new(count);
                 for (i, r) in list {
@@ -239,7 +239,7 @@ async fn ask_peers(
                     }
                 }
                 tracing::debug!(%peer, file = %f.path, held = have.count_ones(), "peer availability");
-                actions.extend(sched.observe(Event::Have { peer, have, downloading }, now));
+                actions.extend(sched.observe(Event::Have { peer, have, downloading, claimed }, now));
             }
             Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer), now)),
             Err(why) => {
@@ -264,6 +264,15 @@ async fn hub_chunk(
     index: u32,
     check: Option<(PeerId, Record)>,
 ) -> Result<(), FetchError> {
+    // Announced while in flight, so that a node deciding now waits for it instead of fetching it.
+    struct Claim<'a>(&'a Partial, u32);
+    impl Drop for Claim<'_> {
+        fn drop(&mut self) {
+            self.0.set_fetching(self.1, false);
+        }
+    }
+    partial.set_fetching(index, true);
+    let _claim = Claim(partial, index);
     let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
     let range = ChunkLayout::for_len(f.size)
         .range(index)

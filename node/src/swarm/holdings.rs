@@ -70,6 +70,7 @@ pub struct Partial {
     /// Its bytes.
     pub pf: Arc<PartialFile>,
     records: Mutex<Vec<Option<Record>>>,
+    fetching: Mutex<Bitmap>,
 }
 
 impl Partial {
@@ -77,6 +78,16 @@ impl Partial {
     pub fn add(&self, index: u32, record: Record) {
         if let Some(slot) = lock(&self.records).get_mut(index as usize) {
             *slot = Some(record);
+        }
+    }
+
+    /// Marks chunk `index` as being fetched from the Hub now (or no longer).
+    pub fn set_fetching(&self, index: u32, on: bool) {
+        let mut f = lock(&self.fetching);
+        if on {
+            f.set(index);
+        } else if let Some(b) = f.0.get_mut((index / 8) as usize) {
+            *b &= !(1 << (index % 8));
         }
     }
 
@@ -176,7 +187,12 @@ impl Holdings {
     /// Starts offering a file being downloaded.
     pub fn add_partial(&self, etag: &Etag, size: u64, pf: Arc<PartialFile>) -> Arc<Partial> {
         let count = ChunkLayout::for_len(size).count() as usize;
-        let p = Arc::new(Partial { size, pf, records: Mutex::new(vec![None; count]) });
+        let p = Arc::new(Partial {
+            size,
+            pf,
+            records: Mutex::new(vec![None; count]),
+            fetching: Mutex::new(Bitmap::new(count as u32)),
+        });
         lock(&self.partial).insert(etag.clone(), p.clone());
         p
     }
@@ -312,6 +328,7 @@ impl Holdings {
         };
         let partial = lock(&self.partial).get(&req.etag).filter(|p| p.size == req.size).cloned();
         let downloading = partial.is_some() || lock(&self.wanted).contains_key(&req.etag);
+        let fetching = partial.as_ref().map(|p| lock(&p.fetching).clone()).unwrap_or_default();
         let records: Vec<Option<Record>> = match partial {
             Some(p) => lock(&p.records).clone(),
             None => match self.complete(&req.etag, req.size) {
@@ -321,7 +338,8 @@ impl Holdings {
                 }
             },
         };
-        let mut resp = HaveResponse { have: Bitmap::new(count), signers: Vec::new(), records: Vec::new(), downloading };
+        let mut resp =
+            HaveResponse { have: Bitmap::new(count), signers: Vec::new(), records: Vec::new(), downloading, fetching };
         let mut signer_index: HashMap<PeerId, u16> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
             let Some(r) = r else { continue };
