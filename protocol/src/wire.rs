@@ -457,6 +457,7 @@ mod tests {
             signers: vec![vec![1; 36]],
             records: vec![rec(0, 0)],
             downloading: true,
+            fetching: Bitmap::new(3),
         };
         ok.validate(&req).expect("valid");
         let not_held = HaveResponse { records: vec![rec(1, 0)], ..ok.clone() };
