@@ -272,14 +272,24 @@ fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
 pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progress>) -> Result<GetOutcome, FetchError> {
     let started = Instant::now();
     let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
+    let mut shared_age: Option<u64> = None;
     let (commit, listing, dest) = match &hub {
         Some(hub) => {
-            let commit = if is_commit(&req.revision) {
-                req.revision.clone()
-            } else {
-                hub.resolve_commit(&req.repo, &req.revision).await?
+            let shared = match &req.node {
+                Some(node) if node.is_private() => listing_from_members(req, node).await,
+                _ => None,
+            };
+            let commit = match &shared {
+                Some((commit, _, _)) => commit.clone(),
+                None if is_commit(&req.revision) => req.revision.clone(),
+                None => hub.resolve_commit(&req.repo, &req.revision).await?,
             };
             let dest = dest_for(req)?;
+            if let Some((_, files, _)) = &shared
+                && dest.read_tree(&commit).is_none()
+            {
+                dest.write_tree(&commit, files).map_err(local_io(&dest.root(&commit)))?;
+            }
             let listing = match dest.read_tree(&commit) {
                 Some(files) => files,
                 None => {
@@ -288,6 +298,9 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
                     files
                 }
             };
+            if let Some((_, _, age)) = &shared {
+                shared_age = Some(*age);
+            }
             (commit, listing, dest)
         }
         None => match (offline(req, &selection), &req.node) {
@@ -301,9 +314,15 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         },
     };
     let rc = req.cache.repo(&req.repo);
-    if req.revision != commit
-        && let Err(e) = rc.write_ref(&req.revision, &commit)
-    {
+    let wrote_ref = if req.revision != commit { Some(rc.write_ref(&req.revision, &commit)) } else { None };
+    if let (Some(Ok(())), Some(age)) = (&wrote_ref, shared_age) {
+        // A ref learnt from a member keeps the member's age, so that it is not passed on as
+        // fresher than it is.
+        let when = std::time::SystemTime::now() - Duration::from_secs(age);
+        let _ =
+            std::fs::File::options().write(true).open(rc.ref_path(&req.revision)).and_then(|f| f.set_modified(when));
+    }
+    if let Some(Err(e)) = wrote_ref {
         match &dest {
             Dest::Cache(_) => return Err(local_io(&rc.ref_path(&req.revision))(e)),
             Dest::Local { .. } => tracing::warn!(error = %e, "cannot record the revision in the hub cache"),
@@ -559,6 +578,47 @@ impl Wanted {
 impl Drop for Wanted {
     fn drop(&mut self) {
         self.node.holdings().unwant(self.etags.drain(..));
+    }
+}
+
+/// How old a member's answer for a branch or tag may be to be used instead of the Hub's.
+pub const SHARED_METADATA_FRESH: Duration = Duration::from_secs(600);
+
+/// In a private swarm: the revision's commit and listing from a member that got them from the
+/// Hub, so that nodes starting together ask the Hub once. One member per (repo, revision) is
+/// its metadata owner (rendezvous hashing over this node and its peers): it asks the Hub, the
+/// others ask it, for a few seconds, then the Hub themselves.
+async fn listing_from_members(req: &GetRequest, node: &NodeHandle) -> Option<(String, Vec<RemoteFile>, u64)> {
+    node.wait_for_peers(req.peer_wait).await;
+    let peers = node.peers();
+    if peers.is_empty() {
+        return None;
+    }
+    let key = crate::scheduler::salt_of(&format!("{}/{}@{}", req.repo.ty, req.repo.id, req.revision));
+    let me = node.peer_id();
+    let owner = peers.iter().chain([&me]).max_by_key(|p| crate::scheduler::score(p, key, 0)).copied();
+    let ask = swarm_protocol::wire::MetaRequest {
+        repo_type: req.repo.ty.as_str().to_owned(),
+        repo_id: req.repo.id.as_str().to_owned(),
+        revision: req.revision.clone(),
+    };
+    let patience = if owner == Some(me) { Duration::ZERO } else { Duration::from_secs(5) };
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let fresh = node
+            .listings(&ask)
+            .await
+            .into_iter()
+            .filter(|a| is_commit(&req.revision) || Duration::from_secs(a.age_secs) <= SHARED_METADATA_FRESH)
+            .min_by_key(|a| a.age_secs);
+        if let Some(a) = fresh {
+            tracing::info!(commit = %a.commit, signer = %a.signer, age_s = a.age_secs, "file list from a swarm member");
+            return Some((a.commit, a.files, a.age_secs));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -430,6 +430,11 @@ impl NodeHandle {
         self.shared.peer_id
     }
 
+    /// True in a private swarm (a swarm key): its members trust each other's metadata.
+    pub fn is_private(&self) -> bool {
+        !self.shared.open
+    }
+
     /// Where it listens (with `/p2p/<id>`), as bound.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         let id = self.shared.peer_id;
@@ -462,14 +467,11 @@ impl NodeHandle {
     /// chunks that only it holds yet.
     pub async fn linger_while_serving(&self, quiet: Duration, max: Duration) {
         let deadline = tokio::time::Instant::now() + max;
-        let mut last = self.shared.transfer.counters.bytes_out.load(Relaxed);
         while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(quiet).await;
-            let now = self.shared.transfer.counters.bytes_out.load(Relaxed);
-            if now == last {
-                return;
+            match self.shared.transfer.counters.since_last_out() {
+                Some(ago) if ago < quiet => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return,
             }
-            last = now;
         }
     }
 

@@ -272,6 +272,9 @@ pub struct MetaFile {
 pub struct Listing {
     /// The commit the revision pointed to.
     pub commit: String,
+    /// How long ago the signer learnt that from the Hub, seconds (0 for a commit revision,
+    /// which never moves).
+    pub age_secs: u64,
     /// Its files.
     pub files: Vec<MetaFile>,
     /// The signer's public key (libp2p protobuf encoding).
@@ -306,9 +309,9 @@ impl Listing {
     }
 }
 
-/// The bytes a node signs to vouch for a listing: a domain tag, the request, the commit and
+/// The bytes a node signs to vouch for a listing: a domain tag, the request, the commit, its age and
 /// every file's path, size, ETag, blob id and LFS fields, length-prefixed.
-pub fn listing_signing_bytes(req: &MetaRequest, commit: &str, files: &[MetaFile]) -> Vec<u8> {
+pub fn listing_signing_bytes(req: &MetaRequest, commit: &str, age_secs: u64, files: &[MetaFile]) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, b: &[u8]) {
         out.extend_from_slice(&(b.len() as u64).to_be_bytes());
         out.extend_from_slice(b);
@@ -318,6 +321,7 @@ pub fn listing_signing_bytes(req: &MetaRequest, commit: &str, files: &[MetaFile]
         field(&mut out, s.as_bytes());
     }
     field(&mut out, commit.as_bytes());
+    out.extend_from_slice(&age_secs.to_be_bytes());
     out.extend_from_slice(&(files.len() as u64).to_be_bytes());
     for f in files {
         field(&mut out, f.path.as_bytes());

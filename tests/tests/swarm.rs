@@ -314,3 +314,36 @@ async fn offline_a_node_finishes_from_peers_alone_trusting_their_metadata_and_sa
     let err = stderr(&o);
     assert!(err.contains("no reachable peer knows this revision"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_private_swarm_metadata_comes_from_a_member_and_the_hub_is_not_asked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 9 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let key = tmp.path().join("swarm.key");
+    let o = swarm(tmp.path(), &["keygen", &key.display().to_string()], &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cache_a = tmp.path().join("a");
+    seed(tmp.path(), &hub, &cache_a).await;
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &["--swarm-key", &key.display().to_string()]).await;
+
+    let api = || hub.stats().api_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let (api0, bytes0) = (api(), hub.stats().file_bytes());
+    let cache_b = tmp.path().join("b");
+    let out = json(
+        &swarm_get(tmp.path(), &hub, &cache_b, &["--peer", a.addr(), "--swarm-key", &key.display().to_string()]).await,
+    );
+    assert_eq!(out["bytes_from_peers"], out["bytes"], "{out}");
+    assert_eq!(api() - api0, 0, "the revision and file list came from the member");
+    assert_eq!(hub.stats().file_bytes() - bytes0, 0);
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+    // An open swarm does not trust peers' metadata: each node asks the Hub itself.
+    let cache_c = tmp.path().join("c");
+    let open_seed = tmp.path().join("open");
+    seed(tmp.path(), &hub, &open_seed).await;
+    let open = JoinNode::loopback(tmp.path(), &open_seed, &[]).await;
+    let api2 = api();
+    let out = json(&swarm_get(tmp.path(), &hub, &cache_c, &["--peer", open.addr()]).await);
+    assert_eq!(out["bytes_from_peers"], out["bytes"], "{out}");
+    assert!(api() > api2, "open swarm: metadata from the Hub");
+}

@@ -1,7 +1,9 @@
 //! `/swarm-dl/meta/1`: a revision's commit and file listing, from a peer's cache, signed.
 //!
 //! The Hub is the root of trust for metadata; a listing from a peer is only as good as the
-//! peer that signed it. It is used where the Hub cannot be asked (offline runs), and said so.
+//! peer that signed it. It is used where the Hub cannot be asked (offline runs, said so), and
+//! in a private swarm, whose members trust each other, so that the Hub sees about one metadata
+//! request per repo and revision per swarm rather than one per node (DESIGN §3).
 
 use crate::cache::HubCache;
 use crate::hub::{RemoteFile, RepoRef};
@@ -19,10 +21,15 @@ pub fn answer(cache_root: &Path, key: &Keypair, req: &MetaRequest) -> MetaRespon
         return none;
     };
     let rc = HubCache::new(cache_root.to_path_buf()).repo(&RepoRef { id, ty });
-    let commit = if is_commit(&req.revision) && req.revision.len() == 40 {
-        Some(req.revision.clone())
+    let (commit, age_secs) = if is_commit(&req.revision) && req.revision.len() == 40 {
+        (Some(req.revision.clone()), 0)
     } else {
-        rc.read_ref(&req.revision)
+        let age = std::fs::metadata(rc.ref_path(&req.revision))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(u64::MAX, |d| d.as_secs());
+        (rc.read_ref(&req.revision), age)
     };
     let Some(commit) = commit else { return none };
     let Some(files) = rc.read_tree(&commit) else { return none };
@@ -30,8 +37,10 @@ pub fn answer(cache_root: &Path, key: &Keypair, req: &MetaRequest) -> MetaRespon
         .into_iter()
         .map(|f| MetaFile { path: f.path, size: f.size, etag: f.etag, blob_id: f.blob_id, lfs: f.lfs })
         .collect();
-    let signature = key.sign(&listing_signing_bytes(req, &commit, &files)).unwrap_or_default();
-    MetaResponse { listing: Some(Listing { commit, files, signer: key.public().encode_protobuf(), signature }) }
+    let signature = key.sign(&listing_signing_bytes(req, &commit, age_secs, &files)).unwrap_or_default();
+    MetaResponse {
+        listing: Some(Listing { commit, age_secs, files, signer: key.public().encode_protobuf(), signature }),
+    }
 }
 
 /// A verified listing: who signed it, the commit, the files.
@@ -41,6 +50,8 @@ pub struct Verified {
     pub signer: PeerId,
     /// The commit.
     pub commit: String,
+    /// How long ago the signer resolved the revision, seconds.
+    pub age_secs: u64,
     /// The files.
     pub files: Vec<RemoteFile>,
 }
@@ -50,7 +61,7 @@ pub fn verify(req: &MetaRequest, resp: MetaResponse) -> Result<Option<Verified>,
     let Some(l) = resp.listing else { return Ok(None) };
     l.validate().map_err(|e| e.to_string())?;
     let key = PublicKey::try_decode_protobuf(&l.signer).map_err(|e| format!("bad signer key: {e}"))?;
-    if !key.verify(&listing_signing_bytes(req, &l.commit, &l.files), &l.signature) {
+    if !key.verify(&listing_signing_bytes(req, &l.commit, l.age_secs, &l.files), &l.signature) {
         return Err("bad signature on the listing".into());
     }
     let files = l
@@ -65,5 +76,5 @@ pub fn verify(req: &MetaRequest, resp: MetaResponse) -> Result<Option<Verified>,
             xet_hash: None,
         })
         .collect();
-    Ok(Some(Verified { signer: key.to_peer_id(), commit: l.commit, files }))
+    Ok(Some(Verified { signer: key.to_peer_id(), commit: l.commit, age_secs: l.age_secs, files }))
 }

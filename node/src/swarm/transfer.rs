@@ -60,16 +60,30 @@ pub struct Counters {
     pub bytes_in: AtomicU64,
     /// Bytes sent to peers.
     pub bytes_out: AtomicU64,
+    /// When bytes were last sent, milliseconds after `epoch`.
+    last_out_ms: AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl Counters {
     fn add(&self, peer: PeerId, bytes_in: u64, bytes_out: u64) {
         self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
+        if bytes_out > 0 {
+            let epoch = self.epoch.get_or_init(std::time::Instant::now);
+            self.last_out_ms.store(epoch.elapsed().as_millis() as u64 + 1, Relaxed);
+        }
         let mut m = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
         let e = m.entry(peer).or_default();
         e.0 += bytes_in;
         e.1 += bytes_out;
+    }
+
+    /// How long ago bytes were last sent to a peer (`None`: never).
+    pub fn since_last_out(&self) -> Option<Duration> {
+        let ms = self.last_out_ms.load(Relaxed);
+        let epoch = self.epoch.get()?;
+        (ms > 0).then(|| epoch.elapsed().saturating_sub(Duration::from_millis(ms - 1)))
     }
 
     /// (bytes in, bytes out) exchanged with `peer`.

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Cluster benchmark: N nodes pull one repo through a shaped uplink (root; network namespaces).
+
+A Hub host runs `swarm-dl hub serve` behind an uplink shaped with tc (a token bucket on its
+egress); N node hosts sit on a LAN bridge. For each N, all nodes start at once and we measure
+the makespan (first start -> last finish), the file bytes the Hub served relative to the repo
+size, and the Hub API requests; first with `swarm-dl get` (mDNS discovery, peers first,
+cooperative Hub fetching), then with N parallel `huggingface_hub.snapshot_download` as the
+baseline. The bound is repo size / uplink rate.
+
+Usage: sudo python3 bench/cluster.py [--size-mib 512] [--uplink-mbit 400] [--nodes 1,2,4,8]
+Needs: root, iproute2 (ip, tc), a release build (built here), .venv with huggingface_hub
+(scripts/test makes it).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "out")
+BIN = os.path.join(ROOT, "target", "release", "swarm-dl")
+PY = os.path.join(ROOT, ".venv", "bin", "python")
+REPO = "bench/cluster-model"
+PREFIX = f"sdb{os.getpid() % 10000}"
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True)
+
+
+def ns(i):
+    return f"{PREFIX}-h{i}"
+
+
+def addr(i):
+    return f"10.78.0.{i + 1}"
+
+
+class Testbed:
+    """Host 0 is the Hub; hosts 1..n are nodes; all on one bridge in a namespace of its own."""
+
+    def __init__(self, n, uplink_mbit):
+        self.hosts = n + 1
+        self.lan = f"{PREFIX}-lan"
+        ip("netns", "add", self.lan)
+        ip("-n", self.lan, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.lan, "link", "set", "br0", "up")
+        for i in range(self.hosts):
+            ip("netns", "add", ns(i))
+            ip("link", "add", "eth0", "netns", ns(i), "type", "veth", "peer", "name", f"p{i}", "netns", self.lan)
+            ip("-n", self.lan, "link", "set", f"p{i}", "master", "br0", "up")
+            ip("-n", ns(i), "addr", "add", f"{addr(i)}/24", "dev", "eth0")
+            ip("-n", ns(i), "link", "set", "eth0", "up")
+            ip("-n", ns(i), "link", "set", "lo", "up")
+            ip("-n", ns(i), "route", "add", "default", "dev", "eth0")
+        subprocess.run(["ip", "netns", "exec", ns(0), "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
+                        "rate", f"{uplink_mbit}mbit", "burst", "256kb", "latency", "100ms"], check=True)
+
+    def close(self):
+        for n in [ns(i) for i in range(self.hosts)] + [self.lan]:
+            pids = subprocess.run(["ip", "netns", "pids", n], capture_output=True, text=True).stdout.split()
+            for p in pids:
+                subprocess.run(["kill", "-9", p])
+            subprocess.run(["ip", "netns", "del", n])
+
+
+def make_repo(size_mib):
+    hub = os.path.join(OUT, f"cluster-hub-{size_mib}")
+    d = os.path.join(hub, REPO)
+    os.makedirs(d, exist_ok=True)
+    shard = (size_mib << 20) // 2
+    for k in range(2):
+        f = os.path.join(d, f"model-0000{k + 1}-of-00002.safetensors")
+        if not (os.path.exists(f) and os.path.getsize(f) == shard):
+            with open(f, "wb") as out:
+                subprocess.run(["head", "-c", str(shard), "/dev/urandom"], stdout=out, check=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        f.write('{"architectures": ["Bench"]}\n')
+    size = sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
+    return hub, size
+
+
+def stats(endpoint):
+    code = f"import json,urllib.request;print(urllib.request.urlopen({endpoint + '/_swarm-dl/stats'!r}).read().decode())"
+    out = subprocess.run(["ip", "netns", "exec", ns(1), "python3", "-c", code], capture_output=True, text=True, check=True)
+    s = json.loads(out.stdout)
+    return s["data_bytes"] + s["resolve_bytes"], s["api_requests"]
+
+
+def clean_env(home):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SWARM_DL"))}
+    env.update(HF_HOME=os.path.join(home, "hf-home"), HOME=home)
+    return env
+
+
+def run_round(tool, n, hub_dir, size, uplink_mbit, work):
+    tb = Testbed(n, uplink_mbit)
+    try:
+        hub = subprocess.Popen(["ip", "netns", "exec", ns(0), BIN, "hub", "serve", hub_dir, "--json",
+                                "--listen", f"{addr(0)}:8080", "--data-listen", f"{addr(0)}:8081"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        endpoint = json.loads(hub.stdout.readline())["endpoint"]
+        procs = []
+        t0 = time.monotonic()
+        for i in range(1, n + 1):
+            home = os.path.join(work, f"{tool}-{n}-{i}")
+            os.makedirs(home, exist_ok=True)
+            env = clean_env(home)
+            cache = os.path.join(home, "cache")
+            if tool == "swarm-dl":
+                cmd = [BIN, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json", "--peer-wait", "2"]
+            else:
+                env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+                           HF_HUB_DISABLE_TELEMETRY="1")
+                cmd = [PY, "-c", f"from huggingface_hub import snapshot_download as s; print(s({REPO!r}, cache_dir={cache!r}))"]
+            procs.append(subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        ends = []
+        for p in procs:
+            out, err = p.communicate()
+            ends.append(time.monotonic())
+            if p.returncode != 0:
+                sys.exit(f"{tool} failed on a node: {err[-1500:]}")
+        served, api = stats(endpoint)
+        hub.terminate()
+        return {"makespan": max(ends) - t0, "hub_ratio": served / size, "api": api}
+    finally:
+        tb.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=512)
+    ap.add_argument("--uplink-mbit", type=int, default=400)
+    ap.add_argument("--nodes", default="1,2,4,8")
+    ap.add_argument("--skip-baseline", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("the cluster benchmark builds network namespaces: run it as root")
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "swarm-dl"], cwd=ROOT, check=True)
+    hub_dir, size = make_repo(args.size_mib)
+    bound = size * 8 / (args.uplink_mbit * 1e6)
+    work = tempfile.mkdtemp(prefix="swarm-dl-cluster-", dir=OUT)
+    rows = []
+    try:
+        for n in [int(x) for x in args.nodes.split(",")]:
+            for tool in ["swarm-dl"] + ([] if args.skip_baseline else ["huggingface_hub"]):
+                r = run_round(tool, n, hub_dir, size, args.uplink_mbit, work)
+                rows.append((n, tool, r))
+                print(f"N={n} {tool}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
+                      f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nrepo {size / 2**20:.0f} MiB, uplink {args.uplink_mbit} Mbit/s: bound = repo / uplink = {bound:.1f} s\n")
+    print("| N | tool | makespan s | makespan / bound | Hub bytes / repo | Hub API requests |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for n, tool, r in rows:
+        print(f"| {n} | {tool} | {r['makespan']:.1f} | {r['makespan'] / bound:.2f} | {r['hub_ratio']:.3f} | {r['api']} |")
+
+
+if __name__ == "__main__":
+    main()
