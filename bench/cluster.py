@@ -4,8 +4,8 @@
 A Hub host runs `swarm-dl hub serve` behind an uplink shaped with tc (a token bucket on its
 egress); N node hosts sit on a LAN bridge. For each N, all nodes start at once and we measure
 the makespan (first start -> last finish), the file bytes the Hub served relative to the repo
-size, and the Hub API requests; first with `swarm-dl get` (mDNS discovery, peers first,
-cooperative Hub fetching), then with N parallel `huggingface_hub.snapshot_download` as the
+size, and the Hub API requests; first with `swarm-dl get` in a private swarm (mDNS discovery,
+peers first, cooperative Hub fetching, shared metadata), then with N parallel `huggingface_hub.snapshot_download` as the
 baseline. The bound is repo size / uplink rate.
 
 Usage: sudo python3 bench/cluster.py [--size-mib 512] [--uplink-mbit 400] [--nodes 1,2,4,8]
@@ -98,7 +98,7 @@ def clean_env(home):
     return env
 
 
-def run_round(tool, n, hub_dir, size, uplink_mbit, work):
+def run_round(tool, n, hub_dir, size, uplink_mbit, work, key_file):
     tb = Testbed(n, uplink_mbit)
     try:
         hub = subprocess.Popen(["ip", "netns", "exec", ns(0), BIN, "hub", "serve", hub_dir, "--json",
@@ -113,7 +113,8 @@ def run_round(tool, n, hub_dir, size, uplink_mbit, work):
             env = clean_env(home)
             cache = os.path.join(home, "cache")
             if tool == "swarm-dl":
-                cmd = [BIN, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json", "--peer-wait", "2"]
+                cmd = [BIN, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json",
+                       "--swarm-key", key_file]
             else:
                 env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                            HF_HUB_DISABLE_TELEMETRY="1")
@@ -146,11 +147,14 @@ def main():
     hub_dir, size = make_repo(args.size_mib)
     bound = size * 8 / (args.uplink_mbit * 1e6)
     work = tempfile.mkdtemp(prefix="swarm-dl-cluster-", dir=OUT)
+    # A private swarm, so that members share metadata (the Hub's API count shows it).
+    key_file = os.path.join(work, "swarm.key")
+    subprocess.run([BIN, "keygen", key_file], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
         for n in [int(x) for x in args.nodes.split(",")]:
             for tool in ["swarm-dl"] + ([] if args.skip_baseline else ["huggingface_hub"]):
-                r = run_round(tool, n, hub_dir, size, args.uplink_mbit, work)
+                r = run_round(tool, n, hub_dir, size, args.uplink_mbit, work, key_file)
                 rows.append((n, tool, r))
                 print(f"N={n} {tool}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
                       f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests", flush=True)
