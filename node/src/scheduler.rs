@@ -65,6 +65,16 @@ pub enum Event {
     },
     /// A peer left (disconnected, or banned elsewhere).
     PeerGone(PeerId),
+    /// Membership news from beyond this node's neighbours (gossip, a DHT): a node downloading
+    /// the file, and how many chunks it holds, without its availability. It can own chunks.
+    Member {
+        /// Who.
+        peer: PeerId,
+        /// Whether it downloads the file.
+        downloading: bool,
+        /// Chunks it holds (for stall detection).
+        held: u32,
+    },
     /// A chunk arrived and was verified.
     Done {
         /// Which.
@@ -126,7 +136,11 @@ impl Limits {
 /// Rendezvous-hash score of `node` for chunk `index` of the file with `salt`: the highest
 /// score owns the chunk. Every node computes the same numbers.
 pub fn score(node: &PeerId, salt: u64, index: u32) -> u64 {
-    splitmix(node_hash(node) ^ salt ^ (u64::from(index)).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    score_hashed(node_hash(node), salt, index)
+}
+
+fn score_hashed(node_hash: u64, salt: u64, index: u32) -> u64 {
+    splitmix(node_hash ^ salt ^ (u64::from(index)).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// A 64-bit salt for a file (from its ETag), so that different files spread differently.
@@ -159,6 +173,8 @@ struct Interest {
     held: u32,
     last_growth: Duration,
     stalled: bool,
+    /// [`node_hash`] of the peer, computed once.
+    hash: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +208,14 @@ pub struct FileScheduler {
     /// Every peer seen downloading this file (for counting take-overs).
     ever_interested: HashSet<PeerId>,
     takeovers: u32,
+    me_hash: u64,
+    /// Owner of each chunk under the current membership, with its score; kept current as
+    /// members come (compared with the cached owner) and go (only their chunks are forgotten).
+    owner_cache: Vec<Option<(u64, PeerId)>>,
+    /// Interested peers not passed over (kept with the membership).
+    live_interested: u32,
+    /// When owners were last checked for stalls (at most once a second: it walks the members).
+    last_stall_check: Option<Duration>,
 }
 
 impl FileScheduler {
@@ -223,6 +247,10 @@ impl FileScheduler {
             interested: HashMap::new(),
             ever_interested: HashSet::new(),
             takeovers: 0,
+            me_hash: node_hash(&me),
+            owner_cache: vec![None; count as usize],
+            live_interested: 0,
+            last_stall_check: None,
         }
     }
 
@@ -239,20 +267,82 @@ impl FileScheduler {
     /// Who fetches chunk `index` from the Hub, among this node and the interested peers not
     /// passed over as stalled.
     pub fn owner(&self, index: u32) -> PeerId {
-        let live = self.interested.iter().filter(|(_, i)| !i.stalled).map(|(p, _)| p);
-        best(&self.me, live, self.salt, index)
+        if let Some(Some((_, o))) = self.owner_cache.get(index as usize) {
+            return *o;
+        }
+        let live = self.interested.iter().filter(|(_, i)| !i.stalled).map(|(p, i)| (i.hash, p));
+        best(self.me_hash, &self.me, live, self.salt, index)
+    }
+
+    fn owner_cached(&mut self, index: u32) -> PeerId {
+        let o = self.owner(index);
+        let h = if o == self.me { self.me_hash } else { self.interested.get(&o).map_or(0, |i| i.hash) };
+        if let Some(slot) = self.owner_cache.get_mut(index as usize) {
+            *slot = Some((score_hashed(h, self.salt, index), o));
+        }
+        o
+    }
+
+    /// A candidate owner arrived: it takes the chunks where it outscores the cached owner.
+    fn member_joined(&mut self, peer: PeerId, hash: u64) {
+        let salt = self.salt;
+        for (i, slot) in self.owner_cache.iter_mut().enumerate() {
+            if let Some((s, _)) = slot
+                && score_hashed(hash, salt, i as u32) > *s
+            {
+                *slot = Some((score_hashed(hash, salt, i as u32), peer));
+            }
+        }
+    }
+
+    /// A candidate owner left (or was passed over): its chunks are worked out again.
+    fn member_left(&mut self, peer: &PeerId) {
+        for slot in self.owner_cache.iter_mut() {
+            if slot.is_some_and(|(_, o)| o == *peer) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Records that `peer` downloads the file and holds `held` chunks.
+    fn interest(&mut self, peer: PeerId, held: u32, now: Duration) {
+        self.ever_interested.insert(peer);
+        let mut changed = false;
+        let mut revived = false;
+        let i = self.interested.entry(peer).or_insert_with(|| {
+            changed = true;
+            Interest { held, last_growth: now, stalled: false, hash: node_hash(&peer) }
+        });
+        if held > i.held {
+            revived = i.stalled;
+            *i = Interest { held, last_growth: now, stalled: false, hash: i.hash };
+        }
+        if changed || revived {
+            self.live_interested += 1;
+            let hash = self.interested.get(&peer).map_or(0, |i| i.hash);
+            self.member_joined(peer, hash);
+        }
+    }
+
+    fn uninterest(&mut self, peer: &PeerId) {
+        if let Some(i) = self.interested.remove(peer)
+            && !i.stalled
+        {
+            self.live_interested -= 1;
+            self.member_left(peer);
+        }
     }
 
     fn natural_owner(&self, index: u32) -> PeerId {
-        let all = self.ever_interested.iter().filter(|p| !self.banned.contains(p));
-        best(&self.me, all, self.salt, index)
+        let all = self.ever_interested.iter().filter(|p| !self.banned.contains(p)).map(|p| (node_hash(p), p));
+        best(self.me_hash, &self.me, all, self.salt, index)
     }
 
     /// Hub requests allowed at once. Alone: all of [`Limits::hub`]. Together with others: a
     /// few, so that owned chunks complete one after another and reach the other nodes early
     /// (pipelining), and a node that dies leaves little half-fetched.
     fn hub_limit(&self) -> u32 {
-        let n = 1 + self.interested.values().filter(|i| !i.stalled).count() as u32;
+        let n = 1 + self.live_interested;
         if n == 1 { self.limits.hub } else { (self.limits.hub / (2 * n)).clamp(2, self.limits.hub.max(2)) }
     }
 
@@ -315,20 +405,23 @@ impl FileScheduler {
                 if !self.banned.contains(&peer) {
                     let held = have.count_ones();
                     if downloading {
-                        self.ever_interested.insert(peer);
-                        let i =
-                            self.interested.entry(peer).or_insert(Interest { held, last_growth: now, stalled: false });
-                        if held > i.held {
-                            *i = Interest { held, last_growth: now, stalled: false };
-                        }
+                        self.interest(peer, held, now);
                     } else {
-                        self.interested.remove(&peer);
+                        self.uninterest(&peer);
                     }
                     let in_flight = self.peers.get(&peer).map_or(0, |p| p.in_flight);
                     self.peers.insert(peer, Peer { have, claimed, in_flight, failures: 0 });
                 }
             }
             Event::PeerGone(peer) => self.drop_peer(&peer),
+            Event::Member { peer, downloading, held } => {
+                if self.banned.contains(&peer) {
+                } else if downloading {
+                    self.interest(peer, held, now);
+                } else {
+                    self.uninterest(&peer);
+                }
+            }
             Event::Done { index, source } => {
                 self.release(index, source);
                 if let Some(c) = self.chunks.get_mut(index as usize) {
@@ -388,7 +481,7 @@ impl FileScheduler {
 
     fn drop_peer(&mut self, peer: &PeerId) {
         self.peers.remove(peer);
-        self.interested.remove(peer);
+        self.uninterest(peer);
         // Its requests in flight will report back as failures; nothing else to undo.
     }
 
@@ -398,9 +491,12 @@ impl FileScheduler {
         // Owners that owe chunks and have not grown for too long are passed over.
         let stall_after = self.limits.stall_after;
         let mut stalled = Vec::new();
-        for (p, i) in &self.interested {
-            if !i.stalled && now.saturating_sub(i.last_growth) > stall_after {
-                stalled.push(*p);
+        if self.last_stall_check.is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1)) {
+            self.last_stall_check = Some(now);
+            for (p, i) in &self.interested {
+                if !i.stalled && now.saturating_sub(i.last_growth) > stall_after {
+                    stalled.push(*p);
+                }
             }
         }
         for p in stalled {
@@ -411,6 +507,8 @@ impl FileScheduler {
             });
             if owes && let Some(i) = self.interested.get_mut(&p) {
                 i.stalled = true;
+                self.live_interested -= 1;
+                self.member_left(&p);
             }
         }
         let mut out = Vec::new();
@@ -444,7 +542,7 @@ impl FileScheduler {
                 if self.hub_in_flight >= limit {
                     break;
                 }
-                if self.owner(i) != self.me || self.claimed_by_live_peer(i) {
+                if self.owner_cached(i) != self.me || self.claimed_by_live_peer(i) {
                     continue; // its owner (or whoever already fetches it) will have it soon
                 }
                 if self.natural_owner(i) != self.me {
@@ -471,10 +569,16 @@ impl FileScheduler {
 }
 
 /// The highest-scoring of `first` and `others` (ties, vanishingly rare, go to the larger id).
-fn best<'a>(first: &'a PeerId, others: impl Iterator<Item = &'a PeerId>, salt: u64, index: u32) -> PeerId {
-    let mut top = (score(first, salt, index), first);
-    for n in others {
-        let s = score(n, salt, index);
+fn best<'a>(
+    first_hash: u64,
+    first: &'a PeerId,
+    others: impl Iterator<Item = (u64, &'a PeerId)>,
+    salt: u64,
+    index: u32,
+) -> PeerId {
+    let mut top = (score_hashed(first_hash, salt, index), first);
+    for (h, n) in others {
+        let s = score_hashed(h, salt, index);
         if s > top.0 || (s == top.0 && n.to_bytes() > top.1.to_bytes()) {
             top = (s, n);
         }

@@ -1,0 +1,280 @@
+//! The scheduler at scale: 100 and 1,000 simulated nodes with churn, in simulated time.
+//!
+//! Every node runs the real [`FileScheduler`] (the pure state machine `swarm-dl` drives over
+//! sockets). The world around it is simulated: a Hub uplink shared equally by the transfers on
+//! it, a LAN where each node sends and receives at a fixed rate shared by its transfers, a few
+//! random neighbours per node whose availability it sees (as `Have` answers), and the whole
+//! membership as gossip (`Member` events). Nodes die and join mid-download. The test prints Hub
+//! bytes / repo and makespan / bound (bound = repo size / uplink) and holds them to loose,
+//! honest limits, so that regressions that show only at scale are caught.
+
+use std::time::Duration;
+use swarm_node::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
+use swarm_node::swarm::libp2p::PeerId;
+use swarm_protocol::wire::Bitmap;
+
+const CHUNK: f64 = 4.0 * 1048576.0;
+const UPLINK: f64 = 50e6; // 400 Mbit/s
+const LAN: f64 = 125e6; // 1 Gbit/s per node, each way
+const DT: f64 = 0.05;
+const NEIGHBOURS: usize = 8;
+
+struct Node {
+    id: PeerId,
+    sched: FileScheduler,
+    have: Bitmap,
+    claimed: Bitmap,
+    alive: bool,
+    finished_at: Option<f64>,
+    neighbours: Vec<usize>,
+}
+
+struct Transfer {
+    dst: usize,
+    src: Option<usize>,
+    index: u32,
+    left: f64,
+}
+
+struct World {
+    nodes: Vec<Node>,
+    index: std::collections::HashMap<PeerId, usize>,
+    transfers: Vec<Transfer>,
+    chunks: u32,
+    salt: u64,
+    hub_bytes: f64,
+    rng: u64,
+}
+
+impl World {
+    fn rand(&mut self, n: usize) -> usize {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % n as u64) as usize
+    }
+
+    fn add_node(&mut self, now: f64) {
+        let id = PeerId::random();
+        let limits = Limits { hub: 16, stall_after: Duration::from_secs(3600), ..Limits::default() };
+        let mut sched = FileScheduler::new(id, self.salt, self.chunks, [], true, limits);
+        let at = Duration::from_secs_f64(now);
+        for other in self.nodes.iter_mut().filter(|n| n.alive && n.finished_at.is_none()) {
+            sched.observe(Event::Member { peer: other.id, downloading: true, held: other.have.count_ones() }, at);
+            other.sched.observe(Event::Member { peer: id, downloading: true, held: 0 }, at);
+        }
+        let me = self.nodes.len();
+        let alive: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].alive).collect();
+        let mut neighbours = Vec::new();
+        for _ in 0..NEIGHBOURS.min(alive.len()) {
+            let j = alive[self.rand(alive.len())];
+            if !neighbours.contains(&j) {
+                neighbours.push(j);
+                self.nodes[j].neighbours.push(me);
+            }
+        }
+        let (have, claimed) = (Bitmap::new(self.chunks), Bitmap::new(self.chunks));
+        self.index.insert(id, self.nodes.len());
+        self.nodes.push(Node { id, sched, have, claimed, alive: true, finished_at: None, neighbours });
+    }
+
+    fn kill(&mut self, victim: usize, now: f64) {
+        let at = Duration::from_secs_f64(now);
+        self.nodes[victim].alive = false;
+        let id = self.nodes[victim].id;
+        let mut failed = Vec::new();
+        self.transfers.retain(|t| {
+            if t.src == Some(victim) {
+                failed.push((t.dst, t.index));
+            }
+            t.src != Some(victim) && t.dst != victim
+        });
+        for (dst, index) in failed {
+            let _ = self.nodes[dst].sched.observe(Event::Failed { index, peer: id, fault: Fault::Unavailable }, at);
+        }
+        for n in self.nodes.iter_mut().filter(|n| n.alive) {
+            let _ = n.sched.observe(Event::PeerGone(id), at);
+        }
+    }
+
+    fn start(&mut self, dst: usize, actions: Vec<Action>) {
+        for a in actions {
+            if let Action::Fetch { index, source } = a {
+                let src = match source {
+                    Source::Hub => {
+                        self.nodes[dst].claimed.set(index);
+                        None
+                    }
+                    Source::Peer(p) => self.index.get(&p).copied(),
+                };
+                if matches!(source, Source::Peer(_)) && src.is_none_or(|s| !self.nodes[s].alive) {
+                    continue;
+                }
+                self.transfers.push(Transfer { dst, src, index, left: CHUNK });
+            }
+        }
+    }
+
+    fn tick(&mut self, now: f64) {
+        let at = Duration::from_secs_f64(now);
+        // Availability from neighbours, then placement, for every node still downloading.
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive || self.nodes[i].finished_at.is_some() {
+                continue;
+            }
+            let news: Vec<Event> = self.nodes[i]
+                .neighbours
+                .iter()
+                .filter(|&&j| self.nodes[j].alive)
+                .map(|&j| {
+                    let n = &self.nodes[j];
+                    Event::Have {
+                        peer: n.id,
+                        have: n.have.clone(),
+                        downloading: n.finished_at.is_none(),
+                        claimed: n.claimed.clone(),
+                    }
+                })
+                .collect();
+            for e in news {
+                let _ = self.nodes[i].sched.observe(e, at);
+            }
+            let actions = self.nodes[i].sched.assign(at);
+            self.start(i, actions);
+        }
+        // Move bytes.
+        let hub_flows = self.transfers.iter().filter(|t| t.src.is_none()).count().max(1) as f64;
+        let mut up = vec![0usize; self.nodes.len()];
+        let mut down = vec![0usize; self.nodes.len()];
+        for t in &self.transfers {
+            down[t.dst] += 1;
+            if let Some(s) = t.src {
+                up[s] += 1;
+            }
+        }
+        let mut done = Vec::new();
+        for (k, t) in self.transfers.iter_mut().enumerate() {
+            let rate = match t.src {
+                None => (UPLINK / hub_flows).min(LAN / down[t.dst] as f64),
+                Some(s) => (LAN / up[s] as f64).min(LAN / down[t.dst] as f64),
+            };
+            let moved = (rate * DT).min(t.left);
+            t.left -= moved;
+            if t.src.is_none() {
+                self.hub_bytes += moved;
+            }
+            if t.left <= 0.0 {
+                done.push(k);
+            }
+        }
+        for k in done.into_iter().rev() {
+            let t = self.transfers.swap_remove(k);
+            let source = t.src.map_or(Source::Hub, |s| Source::Peer(self.nodes[s].id));
+            let n = &mut self.nodes[t.dst];
+            n.have.set(t.index);
+            if t.src.is_none() {
+                let b = &mut n.claimed.0[(t.index / 8) as usize];
+                *b &= !(1 << (t.index % 8));
+            }
+            let actions = n.sched.handle(Event::Done { index: t.index, source }, at);
+            if n.sched.is_complete() && n.finished_at.is_none() {
+                n.finished_at = Some(now);
+                let id = n.id;
+                for o in self.nodes.iter_mut().filter(|o| o.alive) {
+                    let _ = o.sched.observe(Event::Member { peer: id, downloading: false, held: 0 }, at);
+                }
+            } else {
+                self.start(t.dst, actions);
+            }
+        }
+    }
+}
+
+struct Outcome {
+    hub_ratio: f64,
+    makespan: f64,
+    bound: f64,
+    finished: usize,
+    alive: usize,
+}
+
+fn simulate(nodes: usize, chunks: u32, deaths: usize, joins: usize, seed: u64) -> Outcome {
+    let mut w = World {
+        nodes: Vec::new(),
+        index: Default::default(),
+        transfers: Vec::new(),
+        chunks,
+        salt: 77,
+        hub_bytes: 0.0,
+        rng: seed | 1,
+    };
+    for _ in 0..nodes {
+        w.add_node(0.0);
+    }
+    let repo = chunks as f64 * CHUNK;
+    let bound = repo / UPLINK;
+    let mut now = 0.0;
+    let (mut killed, mut joined) = (0, 0);
+    while now < 20.0 * bound {
+        // Churn through the first part of the download: deaths and late joiners, spread out.
+        let phase = now / bound;
+        if killed < deaths && phase > 0.2 + 0.6 * killed as f64 / deaths.max(1) as f64 {
+            let alive: Vec<usize> = (0..w.nodes.len()).filter(|&i| w.nodes[i].alive).collect();
+            let v = alive[w.rand(alive.len())];
+            w.kill(v, now);
+            killed += 1;
+        }
+        if joined < joins && phase > 0.3 + 0.6 * joined as f64 / joins.max(1) as f64 {
+            w.add_node(now);
+            joined += 1;
+        }
+        w.tick(now);
+        now += DT;
+        if killed == deaths && joined == joins && w.nodes.iter().all(|n| !n.alive || n.finished_at.is_some()) {
+            break;
+        }
+    }
+    let alive = w.nodes.iter().filter(|n| n.alive).count();
+    let finished = w.nodes.iter().filter(|n| n.alive && n.finished_at.is_some()).count();
+    let makespan = w.nodes.iter().filter(|n| n.alive).filter_map(|n| n.finished_at).fold(0.0, f64::max);
+    Outcome { hub_ratio: w.hub_bytes / repo, makespan, bound, finished, alive }
+}
+
+fn report(label: &str, o: &Outcome) {
+    println!(
+        "{label}: {}/{} live nodes finished; Hub bytes / repo {:.3}; makespan {:.2} s = {:.2} x bound ({:.2} s)",
+        o.finished,
+        o.alive,
+        o.hub_ratio,
+        o.makespan,
+        o.makespan / o.bound,
+        o.bound
+    );
+}
+
+#[test]
+fn one_hundred_nodes_with_churn() {
+    let o = simulate(100, 64, 10, 5, 0x5eed);
+    report("100 nodes, 10 die, 5 join", &o);
+    assert_eq!(o.finished, o.alive, "every live node finishes");
+    assert!(o.hub_ratio <= 1.5, "Hub bytes {:.3} x repo", o.hub_ratio);
+    assert!(o.makespan <= 3.0 * o.bound, "makespan {:.2} x bound", o.makespan / o.bound);
+}
+
+#[test]
+fn one_hundred_nodes_without_churn_pull_the_repo_once() {
+    let o = simulate(100, 64, 0, 0, 0xbeef);
+    report("100 nodes, no churn", &o);
+    assert_eq!(o.finished, o.alive);
+    assert!(o.hub_ratio <= 1.02, "Hub bytes {:.3} x repo", o.hub_ratio);
+    assert!(o.makespan <= 2.0 * o.bound, "makespan {:.2} x bound", o.makespan / o.bound);
+}
+
+#[test]
+fn a_thousand_nodes_with_churn() {
+    let o = simulate(1000, 32, 50, 20, 0xfeed);
+    report("1000 nodes, 50 die, 20 join", &o);
+    assert_eq!(o.finished, o.alive, "every live node finishes");
+    assert!(o.hub_ratio <= 1.5, "Hub bytes {:.3} x repo", o.hub_ratio);
+    assert!(o.makespan <= 4.0 * o.bound, "makespan {:.2} x bound", o.makespan / o.bound);
+}
