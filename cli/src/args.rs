@@ -69,7 +69,7 @@ pub struct JoinArgs {
     /// Control API address (loopback; `get` and `status` find it through the cache dir).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub http: SocketAddr,
-    /// Cap the total download rate of this node's downloads (same units as for get).
+    /// Cap what all the downloads this node runs pull together, Hub and peers (same units as get).
     #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", value_name = "RATE")]
     pub max_download_rate: Option<String>,
     /// Print the node's addresses as one JSON line when ready.

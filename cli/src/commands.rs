@@ -78,7 +78,8 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let max_download_rate = a.max_download_rate.as_deref().map(settings::parse_rate).transpose()?;
-    let cfg = node_config(cache.root(), &a.swarm, key)?;
+    let mut cfg = node_config(cache.root(), &a.swarm, key)?;
+    cfg.max_download_rate = max_download_rate;
     if cfg.swarm_key.is_none() {
         eprintln!(
             "note: no --swarm-key, so this swarm is open: any swarm-dl node that can reach this one may fetch its files (make a key with `swarm-dl keygen FILE`)"
@@ -86,7 +87,7 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     }
     let node = Node::start(cfg).await?;
     let handle = node.handle();
-    let control = ControlServer::start(a.http, handle.clone(), cache.clone(), max_download_rate)
+    let control = ControlServer::start(a.http, handle.clone(), cache.clone())
         .await
         .with_context(|| format!("cannot serve the control API on {}", a.http))?;
     let listen: Vec<String> = handle.listen_addrs().iter().map(|m| m.to_string()).collect();

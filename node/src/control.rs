@@ -51,7 +51,8 @@ pub struct RemoteGet {
     pub read_timeout_ms: u64,
     /// Requests in flight.
     pub max_workers: usize,
-    /// Total download rate cap (bytes/s); the node's own cap applies when unset.
+    /// Total download rate cap (bytes/s); the node's own cap (shared by its downloads) applies
+    /// when unset.
     pub max_download_rate: Option<u64>,
 }
 
@@ -137,7 +138,6 @@ pub fn node_file(cache_root: &Path) -> PathBuf {
 struct AppState {
     node: NodeHandle,
     cache: HubCache,
-    max_download_rate: Option<u64>,
 }
 
 /// A running control API.
@@ -150,19 +150,14 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Serves the control API of `node` on `addr` and announces it in the cache dir.
-    pub async fn start(
-        addr: SocketAddr,
-        node: NodeHandle,
-        cache: HubCache,
-        max_download_rate: Option<u64>,
-    ) -> std::io::Result<Self> {
+    pub async fn start(addr: SocketAddr, node: NodeHandle, cache: HubCache) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let file = node_file(cache.root());
         let app = axum::Router::new()
             .route("/v1/status", get(status))
             .route("/v1/get", post(remote_get))
-            .with_state(AppState { node: node.clone(), cache, max_download_rate });
+            .with_state(AppState { node: node.clone(), cache });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -257,7 +252,7 @@ async fn run_get(s: &AppState, g: RemoteGet, progress: Arc<Progress>) -> Result<
         cache: s.cache.clone(),
         local_dir: g.local_dir.map(LocalDir::new),
         max_workers: g.max_workers,
-        max_download_rate: g.max_download_rate.or(s.max_download_rate),
+        max_download_rate: g.max_download_rate,
         node: Some(s.node.clone()),
         peer_wait: Duration::ZERO,
     };

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub key: Keypair,
     /// Cap on bytes per second served to peers.
     pub max_upload_rate: Option<u64>,
+    /// Cap on bytes per second pulled (Hub and peers) by all the downloads this node runs that
+    /// set no cap of their own.
+    pub max_download_rate: Option<u64>,
     /// How long a peer caught lying stays banned.
     pub ban_time: Duration,
     /// Misbehave on purpose (tests of hostile peers only).
@@ -76,6 +79,7 @@ impl NodeConfig {
             mdns: true,
             key,
             max_upload_rate: None,
+            max_download_rate: None,
             ban_time: Duration::from_secs(3600),
             fault: None,
         }
@@ -251,6 +255,7 @@ struct Shared {
     rate_in: AtomicU64,
     rate_out: AtomicU64,
     takeovers: AtomicU64,
+    download: Option<Arc<crate::fetch::throttle::Throttle>>,
 }
 
 /// A cloneable handle to a running node.
@@ -370,6 +375,7 @@ impl Node {
             rate_in: AtomicU64::new(0),
             rate_out: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
+            download: cfg.max_download_rate.map(|r| Arc::new(crate::fetch::throttle::Throttle::new(Some(r)))),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
         let mut bound = 0;
@@ -428,6 +434,11 @@ impl NodeHandle {
     /// This node's id.
     pub fn peer_id(&self) -> PeerId {
         self.shared.peer_id
+    }
+
+    /// The node-wide download cap, shared by every download that sets none of its own.
+    pub fn download_throttle(&self) -> Option<Arc<crate::fetch::throttle::Throttle>> {
+        self.shared.download.clone()
     }
 
     /// True in a private swarm (a swarm key): its members trust each other's metadata.
