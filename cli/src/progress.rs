@@ -44,9 +44,11 @@ impl Display {
                 total.set_length(progress.bytes_total.load(Relaxed));
                 total.set_position(progress.bytes_done.load(Relaxed));
                 total.set_message(format!(
-                    "files {}/{}",
+                    "files {}/{} · Hub {} · peers {}",
                     progress.files_done.load(Relaxed),
-                    progress.files_total.load(Relaxed)
+                    progress.files_total.load(Relaxed),
+                    indicatif::HumanBytes(progress.from_hub.load(Relaxed)),
+                    indicatif::HumanBytes(progress.from_peers.load(Relaxed)),
                 ));
                 let active = progress.active_files();
                 bars.retain(|path, bar| {
