@@ -821,55 +821,38 @@ impl EventLoop {
             }
             BehaviourEvent::Have(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let (holdings, cmd) = (self.shared.holdings.clone(), self.shared.cmd.clone());
-                    let banned = self.shared.bans.is_banned(&peer);
-                    tokio::spawn(async move {
-                        let resp = if banned {
-                            HaveResponse::none()
-                        } else {
-                            tokio::task::spawn_blocking(move || holdings.answer(&request))
-                                .await
-                                .unwrap_or_else(|_| HaveResponse::none())
-                        };
-                        let _ = cmd.send(Command::Respond { channel, resp }).await;
-                    });
+                    let holdings = self.shared.holdings.clone();
+                    self.answer_later(
+                        peer,
+                        HaveResponse::none(),
+                        move || holdings.answer(&request),
+                        |resp| Command::Respond { channel, resp },
+                    );
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(tx) = self.pending_have.remove(&request_id) {
-                        let _ = tx.send(Ok(response));
-                    }
+                    reply(&mut self.pending_have, request_id, Ok(response));
                 }
             },
             BehaviourEvent::Have(request_response::Event::OutboundFailure { request_id, error, .. }) => {
-                if let Some(tx) = self.pending_have.remove(&request_id) {
-                    let _ = tx.send(Err(error.to_string()));
-                }
+                reply(&mut self.pending_have, request_id, Err(error.to_string()));
             }
             BehaviourEvent::Meta(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let (root, key, cmd) = (self.cache_root.clone(), self.key.clone(), self.shared.cmd.clone());
-                    let banned = self.shared.bans.is_banned(&peer);
-                    tokio::spawn(async move {
-                        let resp = if banned {
-                            MetaResponse { listing: None }
-                        } else {
-                            tokio::task::spawn_blocking(move || meta::answer(&root, &key, &request))
-                                .await
-                                .unwrap_or(MetaResponse { listing: None })
-                        };
-                        let _ = cmd.send(Command::MetaRespond { channel, resp }).await;
-                    });
+                    let (root, key) = (self.cache_root.clone(), self.key.clone());
+                    let none = MetaResponse { listing: None };
+                    self.answer_later(
+                        peer,
+                        none,
+                        move || meta::answer(&root, &key, &request),
+                        |resp| Command::MetaRespond { channel, resp },
+                    );
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(tx) = self.pending_meta.remove(&request_id) {
-                        let _ = tx.send(Ok(response));
-                    }
+                    reply(&mut self.pending_meta, request_id, Ok(response));
                 }
             },
             BehaviourEvent::Meta(request_response::Event::OutboundFailure { request_id, error, .. }) => {
-                if let Some(tx) = self.pending_meta.remove(&request_id) {
-                    let _ = tx.send(Err(error.to_string()));
-                }
+                reply(&mut self.pending_meta, request_id, Err(error.to_string()));
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
@@ -895,6 +878,37 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+impl EventLoop {
+    /// Answers an inbound request off the event loop: `answer` runs on a blocking thread (it may
+    /// read or hash files), and its response comes back as the command `respond` makes. A
+    /// banned peer gets `refusal`.
+    fn answer_later<R: Send + 'static>(
+        &self,
+        peer: PeerId,
+        refusal: R,
+        answer: impl FnOnce() -> R + Send + 'static,
+        respond: impl FnOnce(R) -> Command + Send + 'static,
+    ) {
+        let cmd = self.shared.cmd.clone();
+        let banned = self.shared.bans.is_banned(&peer);
+        tokio::spawn(async move {
+            let resp = if banned { refusal } else { tokio::task::spawn_blocking(answer).await.unwrap_or(refusal) };
+            let _ = cmd.send(respond(resp)).await;
+        });
+    }
+}
+
+/// Hands an outbound request's outcome to whoever waits for it.
+fn reply<T>(
+    pending: &mut HashMap<OutboundRequestId, oneshot::Sender<Result<T, String>>>,
+    id: OutboundRequestId,
+    r: Result<T, String>,
+) {
+    if let Some(tx) = pending.remove(&id) {
+        let _ = tx.send(r);
     }
 }
 
