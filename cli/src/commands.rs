@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use swarm_node::cache::local_dir::LocalDir;
 use swarm_node::cache::{HubCache, scan};
-use swarm_node::control::{ControlClient, ControlError, ControlServer, RemoteGet, RemoteOutcome};
+use swarm_node::control::{ControlClient, ControlError, ControlServer, RemoteGet};
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
 use swarm_node::http::{HubServer, HubServerConfig};
@@ -258,10 +258,10 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             // the cache cannot answer.
             match fetch::get(&req, None, progress.clone()).await {
                 Err(fetch::FetchError::Offline(why)) if !a.no_swarm => tracing::info!(%why, "asking peers"),
-                other => return other.map(RemoteOutcome::from).map_err(|e| e.to_string()),
+                other => return other.map_err(|e| e.to_string()),
             }
         } else if a.no_swarm {
-            return fetch::get(&req, hub, progress.clone()).await.map(RemoteOutcome::from).map_err(|e| e.to_string());
+            return fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
         } else if let Some(client) = ControlClient::find(&cache_root).await {
             tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
             let local_dir = req
@@ -296,7 +296,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         let node = Node::start(cfg).await.map_err(|e| e.to_string())?;
         req.node = Some(node.handle());
         req.peer_wait = if waits { Duration::from_secs_f64(a.peer_wait.max(0.0)) } else { Duration::ZERO };
-        let r = fetch::get(&req, hub, progress.clone()).await.map(RemoteOutcome::from).map_err(|e| e.to_string());
+        let r = fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
         // Peers may still be copying chunks only this node holds: stay while they are.
         node.handle().linger_while_serving(Duration::from_secs(1), Duration::from_secs(15)).await;
         node.shutdown().await;
@@ -341,14 +341,14 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             "bytes_from_peers": out.bytes_from_peers,
             "chunks_taken_over": out.chunks_taken_over,
             "bytes_resumed": out.bytes_resumed,
-            "elapsed_s": out.elapsed_s,
+            "elapsed_s": out.elapsed.as_secs_f64(),
         });
         println!("{v}");
     } else {
         println!("{}", result_path.display());
     }
     if !a.quiet {
-        let secs = out.elapsed_s.max(1e-3);
+        let secs = out.elapsed.as_secs_f64().max(1e-3);
         let moved = out.bytes_from_hub + out.bytes_from_peers;
         eprintln!(
             "swarm-dl: {} files ({}) in {:.1}s at {}/s: {} from the Hub, {} from peers, {} resumed, {} already present",

@@ -56,49 +56,6 @@ pub struct RemoteGet {
     pub max_download_rate: Option<u64>,
 }
 
-/// The outcome of a remote download (mirrors [`fetch::GetOutcome`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemoteOutcome {
-    /// Commit.
-    pub commit: String,
-    /// Snapshot or local dir.
-    pub path: PathBuf,
-    /// Files selected.
-    pub files: usize,
-    /// Files fetched.
-    pub files_fetched: usize,
-    /// Bytes selected.
-    pub bytes_selected: u64,
-    /// From the Hub.
-    pub bytes_from_hub: u64,
-    /// From peers.
-    pub bytes_from_peers: u64,
-    /// Chunks taken over from owners that left or stalled.
-    #[serde(default)]
-    pub chunks_taken_over: u64,
-    /// Resumed.
-    pub bytes_resumed: u64,
-    /// Seconds.
-    pub elapsed_s: f64,
-}
-
-impl From<fetch::GetOutcome> for RemoteOutcome {
-    fn from(o: fetch::GetOutcome) -> Self {
-        Self {
-            commit: o.commit,
-            path: o.path,
-            files: o.files,
-            files_fetched: o.files_fetched,
-            bytes_selected: o.bytes_selected,
-            bytes_from_hub: o.bytes_from_hub,
-            bytes_from_peers: o.bytes_from_peers,
-            chunks_taken_over: o.chunks_taken_over,
-            bytes_resumed: o.bytes_resumed,
-            elapsed_s: o.elapsed.as_secs_f64(),
-        }
-    }
-}
-
 /// One line of a `/v1/get` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -106,7 +63,7 @@ pub enum Line {
     /// Counters now.
     Progress(Snapshot),
     /// Finished.
-    Done(RemoteOutcome),
+    Done(fetch::GetOutcome),
     /// Failed: one sentence.
     Error(String),
 }
@@ -207,7 +164,7 @@ async fn remote_get(State(s): State<AppState>, axum::Json(g): axum::Json<RemoteG
         let last = loop {
             tokio::select! {
                 r = &mut run => break match r {
-                    Ok(o) => Line::Done(o.into()),
+                    Ok(o) => Line::Done(o),
                     Err(e) => Line::Error(e),
                 },
                 _ = tick.tick() => {
@@ -343,7 +300,7 @@ impl ControlClient {
     }
 
     /// Runs a download in the node, mirroring its progress into `progress`.
-    pub async fn get(&self, g: &RemoteGet, progress: &Progress) -> Result<RemoteOutcome, ControlError> {
+    pub async fn get(&self, g: &RemoteGet, progress: &Progress) -> Result<fetch::GetOutcome, ControlError> {
         let mut r = self
             .http
             .post(format!("{}/v1/get", self.base))

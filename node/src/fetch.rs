@@ -62,8 +62,8 @@ pub struct GetRequest {
     pub peer_wait: Duration,
 }
 
-/// What a successful `get` did.
-#[derive(Debug, Clone)]
+/// What a successful `get` did (also sent, as JSON, from a `join` node to the `get` it ran for).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GetOutcome {
     /// The commit downloaded.
     pub commit: String,

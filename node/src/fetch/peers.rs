@@ -161,12 +161,13 @@ pub(crate) async fn fetch_chunks(
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
                     (_, Err(PeerFetchError::Local(e))) => break Err(e),
-                    (Source::Peer(peer), Err(PeerFetchError::Unavailable(why))) => {
-                        let fault = if why == BAD_DATA { Fault::BadData } else { Fault::Unavailable };
+                    (Source::Peer(peer), Err(e @ (PeerFetchError::Unavailable(_) | PeerFetchError::BadData))) => {
+                        let fault = if matches!(e, PeerFetchError::BadData) { Fault::BadData } else { Fault::Unavailable };
+                        let why = e.to_string();
                         tracing::debug!(%peer, chunk = out.index, %why, "peer fetch failed");
                         actions = sched.handle(Event::Failed { index: out.index, peer, fault }, now());
                     }
-                    (Source::Hub, Err(PeerFetchError::Unavailable(why))) => break Err(FetchError::Internal(why)),
+                    (Source::Hub, Err(e)) => break Err(FetchError::Internal(e.to_string())),
                 }
             }
             _ = tokio::time::sleep_until(next_refresh), if !hub_only => {
@@ -190,8 +191,6 @@ pub(crate) async fn fetch_chunks(
     }
     result
 }
-
-const BAD_DATA: &str = "bytes do not match the peer's record";
 
 /// Asks peers what they hold, merges their records, and feeds the scheduler.
 async fn ask_peers(
@@ -325,7 +324,7 @@ async fn peer_chunk(
             .await?;
         let hash = w.finish().await?;
         if hash != record.sha256 {
-            return Err(PeerFetchError::Unavailable(BAD_DATA.into()));
+            return Err(PeerFetchError::BadData);
         }
         let p = pf.clone();
         blocking(move || p.chunk_done(index, hash)).await?.map_err(FetchError::from)?;

@@ -98,6 +98,9 @@ pub enum PeerFetchError {
     /// The peer could not deliver: ask someone else.
     #[error("{0}")]
     Unavailable(String),
+    /// The peer's bytes do not match the record it gave for them: ban it.
+    #[error("bytes do not match the peer's record")]
+    BadData,
     /// Writing here failed: stop.
     #[error(transparent)]
     Local(#[from] FetchError),
