@@ -297,8 +297,8 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         req.node = Some(node.handle());
         req.peer_wait = if waits { Duration::from_secs_f64(a.peer_wait.max(0.0)) } else { Duration::ZERO };
         let r = fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
-        // Peers may still be copying chunks only this node holds: stay while they are.
-        node.handle().linger_while_serving(Duration::from_secs(1), Duration::from_secs(15)).await;
+        // Peers still downloading may need chunks only this node holds: stay while they are.
+        node.handle().linger_while_needed(Duration::from_secs(15)).await;
         node.shutdown().await;
         r
     };

@@ -271,12 +271,14 @@ fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
 /// answers from what is on disk.
 pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progress>) -> Result<GetOutcome, FetchError> {
     let started = Instant::now();
+    // One wait for peers in all, however many steps wait for them.
+    let peers_until = tokio::time::Instant::now() + req.peer_wait;
     let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
     let mut shared_age: Option<u64> = None;
     let (commit, listing, dest) = match &hub {
         Some(hub) => {
             let shared = match &req.node {
-                Some(node) if node.is_private() => listing_from_members(req, node).await,
+                Some(node) if node.is_private() => listing_from_members(req, node, peers_until).await,
                 _ => None,
             };
             let commit = match &shared {
@@ -373,7 +375,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
     if let Some(node) = &req.node
         && !todo.is_empty()
     {
-        let n = node.wait_for_peers(req.peer_wait).await;
+        let n = node.wait_for_peers(peers_until).await;
         tracing::info!(peers = n, "swarm peers at start");
     }
     // After a failure no new file starts, but files in flight run to their end: whatever can
@@ -591,8 +593,12 @@ pub const SHARED_METADATA_FRESH: Duration = Duration::from_secs(600);
 /// Hub, so that nodes starting together ask the Hub once. One member per (repo, revision) is
 /// its metadata owner (rendezvous hashing over this node and its peers): it asks the Hub, the
 /// others ask it, for a few seconds, then the Hub themselves.
-async fn listing_from_members(req: &GetRequest, node: &NodeHandle) -> Option<(String, Vec<RemoteFile>, u64)> {
-    node.wait_for_peers(req.peer_wait).await;
+async fn listing_from_members(
+    req: &GetRequest,
+    node: &NodeHandle,
+    peers_until: tokio::time::Instant,
+) -> Option<(String, Vec<RemoteFile>, u64)> {
+    node.wait_for_peers(peers_until).await;
     let peers = node.peers();
     if peers.is_empty() {
         return None;
@@ -632,7 +638,7 @@ async fn listing_from_peers(
     node: &NodeHandle,
     why_not_local: String,
 ) -> Result<(String, Vec<RemoteFile>), FetchError> {
-    node.wait_for_peers(req.peer_wait.max(Duration::from_secs(2))).await;
+    node.wait_for_peers(tokio::time::Instant::now() + req.peer_wait.max(Duration::from_secs(2))).await;
     let ask = swarm_protocol::wire::MetaRequest {
         repo_type: req.repo.ty.as_str().to_owned(),
         repo_id: req.repo.id.as_str().to_owned(),

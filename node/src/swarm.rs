@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::hash::Etag;
 use swarm_protocol::wire::{self, HaveRequest, HaveResponse, MetaRequest, MetaResponse};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -252,11 +253,18 @@ struct Shared {
     listen: Mutex<Vec<Multiaddr>>,
     connected: Mutex<HashMap<PeerId, Multiaddr>>,
     peers_changed: Notify,
+    /// When a peer last connected.
+    peers_changed_at: Mutex<Instant>,
     rate_in: AtomicU64,
     rate_out: AtomicU64,
     takeovers: AtomicU64,
     download: Option<Arc<crate::fetch::throttle::Throttle>>,
 }
+
+/// How long the set of peers must stay the same, once one is connected, before a node that has
+/// just started takes it as its view of the swarm: the nodes one mDNS answer names connect within
+/// milliseconds of each other, and nodes that start together must agree on who owns what.
+pub const PEERS_SETTLE: Duration = Duration::from_millis(100);
 
 /// A cloneable handle to a running node.
 #[derive(Clone)]
@@ -372,6 +380,7 @@ impl Node {
             listen: Mutex::default(),
             connected: Mutex::default(),
             peers_changed: Notify::new(),
+            peers_changed_at: Mutex::new(Instant::now()),
             rate_in: AtomicU64::new(0),
             rate_out: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
@@ -473,17 +482,38 @@ impl NodeHandle {
         self.shared.transfer.forget(&peer);
     }
 
-    /// Waits until nothing has been served for `quiet` (peers are done copying from this node),
-    /// or `max` passes. A node that leaves the moment its own download ends would take with it
-    /// chunks that only it holds yet.
-    pub async fn linger_while_serving(&self, quiet: Duration, max: Duration) {
+    /// Stays up, at most `max`, while a connected peer is still downloading a file this node
+    /// completed: this node may hold chunks nobody else has yet, and leaving the moment its own
+    /// download ends would send the peer to the Hub for them. If this node completed nothing
+    /// (the files were in the cache), it stays until nothing has been served for a second.
+    pub async fn linger_while_needed(&self, max: Duration) {
         let deadline = tokio::time::Instant::now() + max;
+        let files = self.shared.holdings.completed();
         while tokio::time::Instant::now() < deadline {
-            match self.shared.transfer.counters.since_last_out() {
-                Some(ago) if ago < quiet => tokio::time::sleep(Duration::from_millis(100)).await,
-                _ => return,
+            let needed = if files.is_empty() {
+                self.shared.transfer.counters.since_last_out().is_some_and(|ago| ago < Duration::from_secs(1))
+            } else {
+                tokio::time::timeout_at(deadline, self.peers_downloading(&files)).await.unwrap_or(false)
+            };
+            if !needed {
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether some connected peer says it is downloading one of `files`.
+    async fn peers_downloading(&self, files: &[(Etag, u64)]) -> bool {
+        let peers = self.peers();
+        let asks = peers.iter().flat_map(|&peer| files.iter().map(move |f| (peer, f))).map(|(peer, (etag, size))| {
+            let count = ChunkLayout::for_len(*size).count();
+            // Every record is "known": the answer carries the bitmap and flags, no signatures.
+            let mut known = wire::Bitmap::new(count);
+            (0..count).for_each(|i| known.set(i));
+            let req = HaveRequest { etag: etag.clone(), size: *size, known };
+            async move { matches!(self.have(peer, req).await, Ok(Some((_, true, _)))) }
+        });
+        futures::future::join_all(asks).await.into_iter().any(|downloading| downloading)
     }
 
     /// Counts chunks taken over from owners that left or stalled.
@@ -496,16 +526,18 @@ impl NodeHandle {
         self.shared.bans.is_banned(peer)
     }
 
-    /// Waits until at least one peer is connected, or `timeout` passes. Returns the peer count.
-    pub async fn wait_for_peers(&self, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// Waits until at least one peer is connected and no other has connected for
+    /// [`PEERS_SETTLE`], or until `until`. Returns the peer count.
+    pub async fn wait_for_peers(&self, until: tokio::time::Instant) -> usize {
         loop {
-            let n = self.peers().len();
             let changed = self.shared.peers_changed.notified();
-            if n > 0 {
+            let n = self.peers().len();
+            let quiet_for = lock(&self.shared.peers_changed_at).elapsed();
+            if n > 0 && quiet_for >= PEERS_SETTLE {
                 return n;
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let wake = if n > 0 { until.min(tokio::time::Instant::now() + (PEERS_SETTLE - quiet_for)) } else { until };
+            if tokio::time::timeout_at(wake, changed).await.is_err() && tokio::time::Instant::now() >= until {
                 return self.peers().len();
             }
         }
@@ -643,7 +675,7 @@ fn check_have(req: &HaveRequest, resp: HaveResponse) -> Result<Vec<(u32, Option<
         .iter()
         .map(|s| Signer::decode(s).map(Arc::new).ok_or_else(|| "undecodable signer key".to_string()))
         .collect::<Result<_, _>>()?;
-    let count = swarm_protocol::chunk::ChunkLayout::for_len(req.size).count();
+    let count = ChunkLayout::for_len(req.size).count();
     let mut out: Vec<(u32, Option<Record>)> = Vec::new();
     let mut by_index: HashMap<u32, Record> = HashMap::new();
     for r in resp.records {
@@ -700,7 +732,9 @@ impl EventLoop {
             if known.is_none() && lock(&self.shared.connected).values().any(|a| same_host_port(a, &addr)) {
                 continue;
             }
-            if let Err(e) = self.swarm.dial(addr.clone()) {
+            if let Err(e) =
+                self.swarm.dial(DialOpts::unknown_peer_id().address(addr.clone()).allocate_new_port().build())
+            {
                 tracing::debug!(%addr, error = %e, "cannot dial peer");
             }
         }
@@ -777,7 +811,9 @@ impl EventLoop {
                 if endpoint.is_dialer() {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
                 }
-                lock(&self.shared.connected).insert(peer_id, addr);
+                if lock(&self.shared.connected).insert(peer_id, addr).is_none() {
+                    *lock(&self.shared.peers_changed_at) = Instant::now();
+                }
                 self.shared.peers_changed.notify_waiters();
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
@@ -802,9 +838,14 @@ impl EventLoop {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    // A new local port: with the listener's port reused, two nodes that discover
+                    // each other in the same instant dial the same 4-tuple, TCP merges the two
+                    // SYNs into one connection on which both sides play the initiator, and the
+                    // handshake fails (it cost 0.5 s, the next mDNS probe, on every start).
                     let opts = DialOpts::peer_id(peer)
                         .addresses(vec![addr])
                         .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                        .allocate_new_port()
                         .build();
                     let _ = self.swarm.dial(opts);
                 }
@@ -870,7 +911,7 @@ impl EventLoop {
                 {
                     for p in &found {
                         if !self.swarm.is_connected(p) {
-                            let _ = self.swarm.dial(*p);
+                            let _ = self.swarm.dial(DialOpts::peer_id(*p).allocate_new_port().build());
                         }
                     }
                     let _ = tx.send(found.into_iter().collect());

@@ -149,10 +149,14 @@ pub struct Holdings {
     /// Files this node is about to download (counted per `get`), announced as `downloading`
     /// before their first chunk is placed, so that nodes starting together see each other.
     wanted: Mutex<HashMap<Etag, u32>>,
+    /// The files this node completed most recently (etag, size), newest last.
+    completed: Mutex<std::collections::VecDeque<(Etag, u64)>>,
 }
 
 /// Most complete-blob manifests kept in memory (each is ~100 bytes per chunk).
 const MAX_COMPLETE: usize = 4096;
+/// Most recently completed files remembered (for [`Holdings::completed`]).
+const MAX_COMPLETED: usize = 1024;
 
 impl Holdings {
     /// Holdings of the cache at `cache_root`, signed with `key`.
@@ -168,6 +172,7 @@ impl Holdings {
             hashing: Mutex::new(()),
             fault,
             wanted: Mutex::default(),
+            completed: Mutex::default(),
         }
     }
 
@@ -207,7 +212,17 @@ impl Holdings {
             let records =
                 records.into_iter().enumerate().map(|(i, r)| self.sign(etag, p.size, i as u32, r.sha256)).collect();
             self.insert_complete(etag, Complete { path: path.to_path_buf(), records });
+            let mut done = lock(&self.completed);
+            if done.len() >= MAX_COMPLETED {
+                done.pop_front();
+            }
+            done.push_back((etag.clone(), p.size));
         }
+    }
+
+    /// The files this node downloaded and completed (at most the last [`MAX_COMPLETED`]).
+    pub fn completed(&self) -> Vec<(Etag, u64)> {
+        lock(&self.completed).iter().cloned().collect()
     }
 
     fn insert_complete(&self, etag: &Etag, c: Complete) {
