@@ -185,6 +185,9 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     if s.hub_takeovers > 0 {
         println!("takeovers {} chunks fetched from the Hub for nodes that left or stalled", s.hub_takeovers);
     }
+    if s.endgame_duplicates > 0 {
+        println!("endgame   {} chunks asked of a second source because the first was slow", s.endgame_duplicates);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -340,6 +343,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             "bytes_from_hub": out.bytes_from_hub,
             "bytes_from_peers": out.bytes_from_peers,
             "chunks_taken_over": out.chunks_taken_over,
+            "chunks_duplicated": out.chunks_duplicated,
             "bytes_resumed": out.bytes_resumed,
             "elapsed_s": out.elapsed.as_secs_f64(),
         });

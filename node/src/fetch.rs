@@ -81,6 +81,9 @@ pub struct GetOutcome {
     pub bytes_from_peers: u64,
     /// Chunks taken over from owners that left or stalled.
     pub chunks_taken_over: u64,
+    /// Chunks asked of a second source in the endgame (the first was slow).
+    #[serde(default)]
+    pub chunks_duplicated: u64,
     /// Bytes kept from an interrupted earlier run.
     pub bytes_resumed: u64,
     /// Wall time.
@@ -406,6 +409,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         bytes_from_hub: progress.from_hub.load(Relaxed),
         bytes_from_peers: progress.from_peers.load(Relaxed),
         chunks_taken_over: progress.takeovers.load(Relaxed),
+        chunks_duplicated: progress.duplicates.load(Relaxed),
         bytes_resumed: progress.bytes_resumed.load(Relaxed),
         elapsed: started.elapsed(),
     })
@@ -518,7 +522,7 @@ async fn fetch_verified(
                     let mut w = ChunkWriter::new(pf.clone(), i, range);
                     source.fetch(&mut w, &ctx.throttle, &ctx.progress, fp).await?;
                     let hash = w.finish().await?;
-                    blocking(move || pf.chunk_done(i, hash)).await??;
+                    w.commit(hash).await?;
                     wake.notify_one();
                     Ok::<(), FetchError>(())
                 }
@@ -718,6 +722,7 @@ fn offline(req: &GetRequest, selection: &Selection) -> Result<GetOutcome, FetchE
         bytes_from_hub: 0,
         bytes_from_peers: 0,
         chunks_taken_over: 0,
+        chunks_duplicated: 0,
         bytes_resumed: 0,
         elapsed: started.elapsed(),
     })

@@ -23,8 +23,13 @@
 //! - A peer that sent bytes not matching their record is banned: none of its chunks are asked
 //!   for again. A peer that fails otherwise (gone, busy, no longer holds it) loses the bit for
 //!   that chunk, and after [`Limits::max_peer_failures`] failures in a row, its place.
-//! - One source per chunk at a time: two writers into one chunk's bytes could let a bad copy
-//!   overwrite a verified one.
+//! - One source per chunk at a time, until the endgame: when nothing is left to start (every
+//!   chunk not done is in flight, or waits for another owner's Hub fetch), a chunk in flight for
+//!   three times as long as a peer chunk usually takes is asked of a second source too: another
+//!   peer that holds it, or, once the first source has been slow for [`Limits::stall_after`],
+//!   the Hub. The first verified copy wins and the other is cancelled. The second copy is
+//!   received into memory and written only if it wins (the store refuses the loser's writes), so
+//!   two writers never share a chunk's bytes. Endgame duplicates are counted.
 
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
@@ -98,6 +103,21 @@ pub enum Event {
 pub enum Action {
     /// Fetch chunk `index` from `source`.
     Fetch {
+        /// Which.
+        index: u32,
+        /// From where.
+        source: Source,
+    },
+    /// Endgame: fetch chunk `index` from `source` too, into memory; it is written only if it
+    /// arrives (verified) before the copy already in flight.
+    Duplicate {
+        /// Which.
+        index: u32,
+        /// From where.
+        source: Source,
+    },
+    /// Stop fetching chunk `index` from `source`: another copy won.
+    Cancel {
         /// Which.
         index: u32,
         /// From where.
@@ -180,9 +200,19 @@ struct Interest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     Missing,
-    InFlight(Source),
+    /// Being fetched from `source` since `since`; in the endgame, also from `dup`.
+    InFlight {
+        source: Source,
+        since: Duration,
+        dup: Option<Source>,
+    },
     Done,
 }
+
+/// An endgame duplicate is never asked before a chunk has been in flight this long.
+pub const ENDGAME_MIN_AGE: Duration = Duration::from_millis(250);
+/// Nor, before any peer chunk has arrived to tell how long one takes, before this long.
+pub const ENDGAME_FIRST_AGE: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Peer {
@@ -216,6 +246,10 @@ pub struct FileScheduler {
     live_interested: u32,
     /// When owners were last checked for stalls (at most once a second: it walks the members).
     last_stall_check: Option<Duration>,
+    /// How long a chunk from a peer usually takes (a moving average).
+    typical_peer_chunk: Option<Duration>,
+    /// Endgame duplicates asked for.
+    duplicates: u32,
 }
 
 impl FileScheduler {
@@ -251,7 +285,14 @@ impl FileScheduler {
             owner_cache: vec![None; count as usize],
             live_interested: 0,
             last_stall_check: None,
+            typical_peer_chunk: None,
+            duplicates: 0,
         }
+    }
+
+    /// Endgame duplicates asked for (second sources for a chunk already in flight).
+    pub fn duplicates(&self) -> u32 {
+        self.duplicates
     }
 
     /// Chunks this node fetched from the Hub that another node owned (it left or stalled).
@@ -367,7 +408,7 @@ impl FileScheduler {
 
     /// Requests in flight.
     pub fn in_flight(&self) -> u32 {
-        self.chunks.iter().filter(|c| matches!(c, Chunk::InFlight(_))).count() as u32
+        self.chunks.iter().filter(|c| matches!(c, Chunk::InFlight { .. })).count() as u32
     }
 
     /// Chunks not yet done.
@@ -423,7 +464,18 @@ impl FileScheduler {
                 }
             }
             Event::Done { index, source } => {
-                self.release(index, source);
+                if let Some(Chunk::InFlight { source: first, since, dup }) = self.chunks.get(index as usize).copied() {
+                    for s in [Some(first), dup].into_iter().flatten() {
+                        self.free_slot(s);
+                        if s != source {
+                            out.push(Action::Cancel { index, source: s });
+                        }
+                    }
+                    if matches!(source, Source::Peer(_)) && source == first && dup.is_none() {
+                        let took = now.saturating_sub(since);
+                        self.typical_peer_chunk = Some(self.typical_peer_chunk.map_or(took, |t| (t * 7 + took) / 8));
+                    }
+                }
                 if let Some(c) = self.chunks.get_mut(index as usize) {
                     *c = Chunk::Done;
                 }
@@ -434,11 +486,17 @@ impl FileScheduler {
                 }
             }
             Event::Failed { index, peer, fault } => {
-                self.release(index, Source::Peer(peer));
-                if let Some(c) = self.chunks.get_mut(index as usize)
-                    && *c == Chunk::InFlight(Source::Peer(peer))
+                let failed = Source::Peer(peer);
+                if let Some(Chunk::InFlight { source, since, dup }) = self.chunks.get(index as usize).copied()
+                    && (source == failed || dup == Some(failed))
                 {
-                    *c = Chunk::Missing;
+                    self.free_slot(failed);
+                    // The other copy, if any, carries on alone.
+                    let other = if source == failed { dup } else { Some(source) };
+                    self.chunks[index as usize] = match other {
+                        Some(source) => Chunk::InFlight { source, since, dup: None },
+                        None => Chunk::Missing,
+                    };
                 }
                 match fault {
                     Fault::BadData => {
@@ -465,10 +523,8 @@ impl FileScheduler {
         out
     }
 
-    fn release(&mut self, index: u32, source: Source) {
-        if self.chunks.get(index as usize) != Some(&Chunk::InFlight(source)) {
-            return;
-        }
+    /// Frees the request slot a fetch from `source` held.
+    fn free_slot(&mut self, source: Source) {
         match source {
             Source::Hub => self.hub_in_flight = self.hub_in_flight.saturating_sub(1),
             Source::Peer(p) => {
@@ -532,7 +588,7 @@ impl FileScheduler {
             if let Some((id, p)) = best {
                 p.in_flight += 1;
                 let source = Source::Peer(*id);
-                self.chunks[i as usize] = Chunk::InFlight(source);
+                self.chunks[i as usize] = Chunk::InFlight { source, since: now, dup: None };
                 out.push(Action::Fetch { index: i, source });
             }
         }
@@ -549,9 +605,67 @@ impl FileScheduler {
                     self.takeovers += 1;
                 }
                 self.hub_in_flight += 1;
-                self.chunks[i as usize] = Chunk::InFlight(Source::Hub);
+                self.chunks[i as usize] = Chunk::InFlight { source: Source::Hub, since: now, dup: None };
                 out.push(Action::Fetch { index: i, source: Source::Hub });
             }
+        }
+        if !self.work_left() {
+            out.extend(self.endgame(now));
+        }
+        out
+    }
+
+    /// Whether some chunk not in flight could be started now or as soon as a slot frees: one a
+    /// peer holds, or one this node is to fetch from the Hub.
+    fn work_left(&mut self) -> bool {
+        (0..self.chunks.len() as u32).any(|i| {
+            self.chunks[i as usize] == Chunk::Missing
+                && (self.held_by_any(i)
+                    || (self.hub_allowed && self.owner_cached(i) == self.me && !self.claimed_by_live_peer(i)))
+        })
+    }
+
+    /// Endgame: asks a second source for each chunk in flight for much longer than usual.
+    fn endgame(&mut self, now: Duration) -> Vec<Action> {
+        let mut out = Vec::new();
+        let after = self.typical_peer_chunk.map_or(ENDGAME_FIRST_AGE, |t| (t * 3).max(ENDGAME_MIN_AGE));
+        for i in 0..self.chunks.len() as u32 {
+            let Chunk::InFlight { source, since, dup: None } = self.chunks[i as usize] else {
+                continue;
+            };
+            let age = now.saturating_sub(since);
+            if age < after {
+                continue;
+            }
+            let per_peer = self.limits.per_peer;
+            let other_peer = self
+                .peers
+                .iter()
+                .filter(|(id, p)| Source::Peer(**id) != source && p.have.get(i) && p.in_flight < per_peer)
+                .min_by_key(|(id, p)| (p.in_flight, **id))
+                .map(|(id, _)| *id);
+            let dup = match other_peer {
+                Some(p) => Source::Peer(p),
+                None if matches!(source, Source::Peer(_))
+                    && self.hub_allowed
+                    && age >= self.limits.stall_after
+                    && self.hub_in_flight < self.hub_limit() =>
+                {
+                    Source::Hub
+                }
+                None => continue,
+            };
+            match dup {
+                Source::Hub => self.hub_in_flight += 1,
+                Source::Peer(p) => {
+                    if let Some(peer) = self.peers.get_mut(&p) {
+                        peer.in_flight += 1;
+                    }
+                }
+            }
+            self.chunks[i as usize] = Chunk::InFlight { source, since, dup: Some(dup) };
+            self.duplicates += 1;
+            out.push(Action::Duplicate { index: i, source: dup });
         }
         out
     }
@@ -621,9 +735,23 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Fetch { index, source } => Some((*index, *source)),
-                Action::Ban(_) => None,
+                _ => None,
             })
             .collect()
+    }
+
+    fn duplicates(actions: &[Action]) -> Vec<(u32, Source)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Duplicate { index, source } => Some((*index, *source)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     #[test]
@@ -858,5 +986,69 @@ mod tests {
         assert!(hub.is_empty(), "{hub:?}");
         // It leaves: its claims go with it.
         assert_eq!(hub_chunks(&s.handle(Event::PeerGone(other), T0)).len(), 4);
+    }
+
+    #[test]
+    fn endgame_asks_a_second_holder_for_a_slow_chunk_and_the_first_copy_cancels_the_other() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let limits = Limits { per_peer: 2, hub: 8, ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 4, [], true, limits);
+        let held =
+            |p| Event::Have { peer: p, have: bits(4, &[0, 1, 2, 3]), downloading: false, claimed: Bitmap::default() };
+        s.observe(held(a), T0);
+        s.observe(held(b), T0);
+        let placed = fetches(&s.assign(T0));
+        assert_eq!(placed.len(), 4);
+        let from =
+            |p: PeerId| placed.iter().filter(|(_, s)| *s == Source::Peer(p)).map(|(i, _)| *i).collect::<Vec<_>>();
+        let (at_a, at_b) = (from(a), from(b));
+        // a is quick (100 ms a chunk); b's two chunks hang.
+        for &i in &at_a {
+            assert!(duplicates(&s.handle(Event::Done { index: i, source: Source::Peer(a) }, ms(100))).is_empty());
+        }
+        // Not yet three times the usual time: no duplicate.
+        assert!(duplicates(&s.assign(ms(250))).is_empty());
+        let dups = duplicates(&s.assign(ms(400)));
+        assert_eq!(dups, at_b.iter().map(|&i| (i, Source::Peer(a))).collect::<Vec<_>>());
+        assert_eq!(s.duplicates(), 2);
+        // Never a third copy.
+        assert!(duplicates(&s.assign(ms(5000))).is_empty());
+        // a's copy of the first wins: b's is cancelled.
+        let out = s.handle(Event::Done { index: at_b[0], source: Source::Peer(a) }, ms(450));
+        assert!(out.contains(&Action::Cancel { index: at_b[0], source: Source::Peer(b) }), "{out:?}");
+        // a's copy of the second fails: b's carries on alone, and the chunk is not placed again.
+        let out = s.handle(Event::Failed { index: at_b[1], peer: a, fault: Fault::Unavailable }, ms(460));
+        assert!(fetches(&out).is_empty() && !out.iter().any(|x| matches!(x, Action::Cancel { .. })), "{out:?}");
+        assert_eq!(s.in_flight(), 1);
+        // b's copy of the second lands: the file is complete.
+        let _ = s.handle(Event::Done { index: at_b[1], source: Source::Peer(b) }, ms(900));
+        assert!(s.is_complete());
+    }
+
+    #[test]
+    fn no_endgame_while_other_chunks_wait_to_start() {
+        let a = PeerId::random();
+        let limits = Limits { per_peer: 1, hub: 8, ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 3, [], false, limits);
+        s.observe(
+            Event::Have { peer: a, have: bits(3, &[0, 1, 2]), downloading: false, claimed: Bitmap::default() },
+            T0,
+        );
+        assert_eq!(fetches(&s.assign(T0)).len(), 1);
+        // Two chunks still wait for a slot at a: the slow one is not duplicated, however old.
+        assert!(duplicates(&s.assign(Duration::from_secs(60))).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_no_other_peer_holds_goes_to_the_hub_as_well_once_its_peer_stalls() {
+        let a = PeerId::random();
+        let limits = Limits { per_peer: 4, hub: 8, stall_after: Duration::from_secs(10), ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 1, [], true, limits);
+        s.observe(Event::Have { peer: a, have: bits(1, &[0]), downloading: false, claimed: Bitmap::default() }, T0);
+        assert_eq!(fetches(&s.assign(T0)), vec![(0, Source::Peer(a))]);
+        assert!(duplicates(&s.assign(Duration::from_secs(5))).is_empty());
+        assert_eq!(duplicates(&s.assign(Duration::from_secs(11))), vec![(0, Source::Hub)]);
+        let out = s.handle(Event::Done { index: 0, source: Source::Hub }, Duration::from_secs(12));
+        assert_eq!(out, vec![Action::Cancel { index: 0, source: Source::Peer(a) }]);
     }
 }

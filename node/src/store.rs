@@ -49,6 +49,12 @@ pub enum StoreError {
         /// What the bytes hash to.
         got: String,
     },
+    /// Another source's copy of the chunk won (endgame): this writer may no longer touch it.
+    #[error("chunk {index} was taken over by another source")]
+    Superseded {
+        /// The chunk.
+        index: u32,
+    },
 }
 
 impl StoreError {
@@ -93,6 +99,23 @@ struct State {
     dirty: bool,
 }
 
+/// The right to write one chunk. When two sources race for a chunk (endgame) and the copy
+/// that was not writing into the file wins, [`PartialFile::supersede`] issues it a new ticket:
+/// from then on the old one's writes are refused, so a copy still in flight cannot land on
+/// verified bytes. Writes to a chunk already done are refused too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    index: u32,
+    generation: u64,
+}
+
+impl Ticket {
+    /// The chunk this ticket is for.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
 /// A file being downloaded. Share it (`Arc`) between the tasks writing its chunks.
 #[derive(Debug)]
 pub struct PartialFile {
@@ -106,7 +129,8 @@ pub struct PartialFile {
     persist: bool,
     /// One writer at a time: concurrent `pwrite`s to one file contend on the inode lock in the
     /// kernel, which spins; measured 17% of CPU spent spinning with 16 writers (perf, ext4).
-    write_gate: Mutex<()>,
+    /// Holds each chunk's ticket generation, checked under the same lock as the write.
+    write_gate: Mutex<Vec<u64>>,
 }
 
 impl PartialFile {
@@ -143,7 +167,7 @@ impl PartialFile {
                 dirty: true,
             }),
             verifier: Mutex::new(Verifier { next: 0, hasher: etag.hasher(size) }),
-            write_gate: Mutex::new(()),
+            write_gate: Mutex::new(vec![0; swarm_protocol::chunk::ChunkLayout::for_len(size).count() as usize]),
             persist: swarm_protocol::chunk::ChunkLayout::for_len(size).count() > 1,
         };
         let resumed = match saved {
@@ -201,22 +225,61 @@ impl PartialFile {
         st.manifest.chunks.iter().enumerate().filter(|(_, c)| c.is_none()).map(|(i, _)| i as u32).collect()
     }
 
-    /// Writes bytes at `offset`. Blocking.
-    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let _one_writer = self.write_gate.lock().unwrap_or_else(|p| p.into_inner());
+    /// A ticket to write chunk `index` (the current holder's, until one supersedes it).
+    pub fn ticket(&self, index: u32) -> Ticket {
+        let generation = self.gate().get(index as usize).copied().unwrap_or(0);
+        Ticket { index, generation }
+    }
+
+    /// Takes chunk `index` over for a new writer: the tickets issued before stop working. Waits
+    /// for a write in progress to end. `None` if the chunk is already done (nothing to take).
+    /// Blocking.
+    pub fn supersede(&self, index: u32) -> Option<Ticket> {
+        let mut gate = self.gate();
+        if self.is_done(index) {
+            return None;
+        }
+        let g = gate.get_mut(index as usize)?;
+        *g += 1;
+        Some(Ticket { index, generation: *g })
+    }
+
+    /// Writes bytes of the ticket's chunk at `offset`, unless the ticket was superseded or the
+    /// chunk is done. Blocking.
+    pub fn write_at(&self, ticket: Ticket, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let gate = self.gate();
+        self.check(&gate, ticket)?;
         self.file.write_all_at(bytes, offset).map_err(StoreError::io("cannot write", &self.path))
     }
 
-    /// Records chunk `index` as written with hash `hash`; saves the state now and then. Blocking.
-    pub fn chunk_done(&self, index: u32, hash: Sha256) -> Result<(), StoreError> {
+    /// Records the ticket's chunk as written with hash `hash`, unless the ticket was superseded;
+    /// saves the state now and then. Blocking.
+    pub fn chunk_done(&self, ticket: Ticket, hash: Sha256) -> Result<(), StoreError> {
         {
+            let gate = self.gate();
+            self.check(&gate, ticket)?;
             let mut st = self.lock_state();
-            if let Some(slot) = st.manifest.chunks.get_mut(index as usize) {
+            if let Some(slot) = st.manifest.chunks.get_mut(ticket.index as usize) {
                 *slot = Some(hash);
                 st.dirty = true;
             }
         }
         self.save_state(false)
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.write_gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check(&self, gate: &[u64], t: Ticket) -> Result<(), StoreError> {
+        if gate.get(t.index as usize) != Some(&t.generation) || self.is_done(t.index) {
+            return Err(StoreError::Superseded { index: t.index });
+        }
+        Ok(())
+    }
+
+    fn is_done(&self, index: u32) -> bool {
+        self.lock_state().manifest.chunks.get(index as usize).is_some_and(|c| c.is_some())
     }
 
     /// Saves the chunk state if it changed (and, unless `force`, if enough time has passed).
@@ -365,8 +428,9 @@ mod tests {
     fn write_chunk(pf: &PartialFile, data: &[u8], i: u32) {
         let r = ChunkLayout::for_len(data.len() as u64).range(i).expect("range");
         let bytes = &data[r.start as usize..r.end as usize];
-        pf.write_at(r.start, bytes).expect("write");
-        pf.chunk_done(i, Sha256::of(bytes)).expect("done");
+        let t = pf.ticket(i);
+        pf.write_at(t, r.start, bytes).expect("write");
+        pf.chunk_done(t, Sha256::of(bytes)).expect("done");
     }
 
     #[test]
@@ -434,5 +498,34 @@ mod tests {
         let (pf, r) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
         assert_eq!(r.chunks_kept, 0);
         assert_eq!(pf.missing().len(), 2);
+    }
+
+    #[test]
+    fn a_superseded_writer_cannot_touch_the_chunk_and_a_done_chunk_cannot_be_taken() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(9 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st, dest) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"), tmp.path().join("blob"));
+        let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+        let r = ChunkLayout::for_len(data.len() as u64).range(1).expect("range");
+        let good = &data[r.start as usize..r.end as usize];
+        // A slow writer has its ticket and has written half the chunk, wrongly.
+        let slow = pf.ticket(1);
+        pf.write_at(slow, r.start, &vec![0xee; good.len() / 2]).expect("first half");
+        // The duplicate wins: it takes the chunk over and writes the right bytes.
+        let winner = pf.supersede(1).expect("not done yet");
+        pf.write_at(winner, r.start, good).expect("winner writes");
+        // The slow writer's late bytes and its claim are refused.
+        assert!(matches!(pf.write_at(slow, r.start, &[0xee; 16]), Err(StoreError::Superseded { index: 1 })));
+        assert!(matches!(pf.chunk_done(slow, Sha256::of(b"x")), Err(StoreError::Superseded { index: 1 })));
+        pf.chunk_done(winner, Sha256::of(good)).expect("winner done");
+        // Once done, nobody takes it over and nobody writes it, not even the winner.
+        assert_eq!(pf.supersede(1), None);
+        assert!(pf.write_at(winner, r.start, &[0; 16]).is_err());
+        for i in [0, 2] {
+            write_chunk(&pf, &data, i);
+        }
+        pf.finish(&dest).expect("finish");
+        assert_eq!(fs::read(&dest).expect("read"), data);
     }
 }

@@ -201,6 +201,9 @@ pub struct NodeStatus {
     /// Chunks this node fetched from the Hub though another node owned them (it left or
     /// stalled): the only chunks that may have crossed the uplink twice.
     pub hub_takeovers: u64,
+    /// Chunks asked of a second source in the endgame, because the first was slow.
+    #[serde(default)]
+    pub endgame_duplicates: u64,
 }
 
 /// Peers caught lying, and until when.
@@ -258,6 +261,7 @@ struct Shared {
     rate_in: AtomicU64,
     rate_out: AtomicU64,
     takeovers: AtomicU64,
+    duplicates: AtomicU64,
     download: Option<Arc<crate::fetch::throttle::Throttle>>,
 }
 
@@ -384,6 +388,7 @@ impl Node {
             rate_in: AtomicU64::new(0),
             rate_out: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
             download: cfg.max_download_rate.map(|r| Arc::new(crate::fetch::throttle::Throttle::new(Some(r)))),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
@@ -519,6 +524,11 @@ impl NodeHandle {
     /// Counts chunks taken over from owners that left or stalled.
     pub fn count_takeovers(&self, n: u64) {
         self.shared.takeovers.fetch_add(n, Relaxed);
+    }
+
+    /// Counts endgame duplicates (chunks asked of a second source).
+    pub fn count_duplicates(&self, n: u64) {
+        self.shared.duplicates.fetch_add(n, Relaxed);
     }
 
     /// Whether a peer is banned.
@@ -659,6 +669,7 @@ impl NodeHandle {
             rate_out: self.shared.rate_out.load(Relaxed),
             banned: self.shared.bans.current().iter().map(|p| p.to_string()).collect(),
             hub_takeovers: self.shared.takeovers.load(Relaxed),
+            endgame_duplicates: self.shared.duplicates.load(Relaxed),
         }
     }
 }

@@ -34,6 +34,8 @@ struct Transfer {
     src: Option<usize>,
     index: u32,
     left: f64,
+    /// Another copy won (endgame).
+    cancelled: bool,
 }
 
 struct World {
@@ -107,7 +109,16 @@ impl World {
 
     fn start(&mut self, dst: usize, actions: Vec<Action>) {
         for a in actions {
-            if let Action::Fetch { index, source } = a {
+            if let Action::Cancel { index, source } = a {
+                let src = match source {
+                    Source::Hub => None,
+                    Source::Peer(p) => self.index.get(&p).copied(),
+                };
+                for t in self.transfers.iter_mut().filter(|t| t.dst == dst && t.index == index && t.src == src) {
+                    t.cancelled = true;
+                }
+            }
+            if let Action::Fetch { index, source } | Action::Duplicate { index, source } = a {
                 let src = match source {
                     Source::Hub => {
                         self.nodes[dst].claimed.set(index);
@@ -118,7 +129,7 @@ impl World {
                 if matches!(source, Source::Peer(_)) && src.is_none_or(|s| !self.nodes[s].alive) {
                     continue;
                 }
-                self.transfers.push(Transfer { dst, src, index, left: CHUNK });
+                self.transfers.push(Transfer { dst, src, index, left: CHUNK, cancelled: false });
             }
         }
     }
@@ -151,6 +162,7 @@ impl World {
             self.start(i, actions);
         }
         // Move bytes.
+        self.transfers.retain(|t| !t.cancelled);
         let hub_flows = self.transfers.iter().filter(|t| t.src.is_none()).count().max(1) as f64;
         let mut up = vec![0usize; self.nodes.len()];
         let mut down = vec![0usize; self.nodes.len()];
@@ -177,6 +189,9 @@ impl World {
         }
         for k in done.into_iter().rev() {
             let t = self.transfers.swap_remove(k);
+            if t.cancelled {
+                continue;
+            }
             let source = t.src.map_or(Source::Hub, |s| Source::Peer(self.nodes[s].id));
             let n = &mut self.nodes[t.dst];
             n.have.set(t.index);
@@ -204,6 +219,8 @@ struct Outcome {
     bound: f64,
     finished: usize,
     alive: usize,
+    /// Endgame duplicates per node, on average.
+    duplicates: f64,
 }
 
 fn simulate(nodes: usize, chunks: u32, deaths: usize, joins: usize, seed: u64) -> Outcome {
@@ -245,18 +262,20 @@ fn simulate(nodes: usize, chunks: u32, deaths: usize, joins: usize, seed: u64) -
     let alive = w.nodes.iter().filter(|n| n.alive).count();
     let finished = w.nodes.iter().filter(|n| n.alive && n.finished_at.is_some()).count();
     let makespan = w.nodes.iter().filter(|n| n.alive).filter_map(|n| n.finished_at).fold(0.0, f64::max);
-    Outcome { hub_ratio: w.hub_bytes / repo, makespan, bound, finished, alive }
+    let duplicates = w.nodes.iter().map(|n| f64::from(n.sched.duplicates())).sum::<f64>() / w.nodes.len() as f64;
+    Outcome { hub_ratio: w.hub_bytes / repo, makespan, bound, finished, alive, duplicates }
 }
 
 fn report(label: &str, o: &Outcome) {
     println!(
-        "{label}: {}/{} live nodes finished; Hub bytes / repo {:.3}; makespan {:.2} s = {:.2} x bound ({:.2} s)",
+        "{label}: {}/{} live nodes finished; Hub bytes / repo {:.3}; makespan {:.2} s = {:.2} x bound ({:.2} s); endgame duplicates {:.1} chunks per node",
         o.finished,
         o.alive,
         o.hub_ratio,
         o.makespan,
         o.makespan / o.bound,
-        o.bound
+        o.bound,
+        o.duplicates
     );
 }
 

@@ -248,6 +248,47 @@ async fn a_peer_forging_records_is_banned_and_nothing_wrong_lands() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_hangs_mid_chunk_loses_its_chunks_to_endgame_copies_from_another() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 24 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_s, cache_h, cache_d) = (tmp.path().join("stalls"), tmp.path().join("honest"), tmp.path().join("d"));
+    seed(tmp.path(), &hub, &cache_s).await;
+    seed(tmp.path(), &hub, &cache_h).await;
+    let stalls = in_process_node(&cache_s, vec![], Some(ServeFault::Stall)).await;
+    let honest = in_process_node(&cache_h, vec![], None).await;
+    let peers = [stalls.handle().listen_addrs(), honest.handle().listen_addrs()].concat();
+    let me = in_process_node(&cache_d, peers, None).await;
+    let before = hub.stats().file_bytes();
+    let client = HubClient::new(HubConfig { endpoint: hub.endpoint.clone(), ..HubConfig::default() }).expect("client");
+    let req = GetRequest {
+        repo: RepoRef { id: RepoId::parse("org/model").expect("id"), ty: RepoType::Model },
+        revision: "main".into(),
+        include: vec![],
+        exclude: vec![],
+        cache: HubCache::new(cache_d.clone()),
+        local_dir: None,
+        max_workers: 8,
+        max_download_rate: None,
+        node: Some(me.handle()),
+        peer_wait: Duration::from_secs(5),
+    };
+    // Both holders must be known before the first placement, or some chunks start elsewhere.
+    me.handle().wait_connected(&[stalls.handle().peer_id(), honest.handle().peer_id()], Duration::from_secs(10)).await;
+    let out = fetch::get(&req, Some(client), Arc::new(Progress::default())).await.expect("the download completes");
+    assert_snapshot(&only_snapshot(&cache_d.join("models--org--model")), &repo.files);
+    // The hanging holder got some chunks first; second copies from the honest one won them.
+    assert!(out.chunks_duplicated >= 1, "{out:?}");
+    assert_eq!(me.handle().status().await.endgame_duplicates, out.chunks_duplicated);
+    assert_eq!(hub.stats().file_bytes() - before, 0, "no chunk went to the Hub: {out:?}");
+    // Slow is not dishonest: nobody is banned.
+    assert!(!me.handle().is_banned(&stalls.handle().peer_id()));
+    for n in [me, stalls, honest] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_different_swarm_keys_exchange_no_byte() {
     let tmp = tempfile::tempdir().expect("tmp");
     let repo = model(&tmp.path().join("hub"), 9 << 20);

@@ -5,7 +5,8 @@
 //! missing, so chunks that appear at peers mid-download are taken from them. Every chunk from a
 //! peer is checked against the peer's own signed record before it counts; a mismatch bans the
 //! peer. Chunks from the Hub are signed by this node; the file is offered to peers chunk by chunk
-//! as chunks are verified.
+//! as chunks are verified. In the endgame a slow chunk is also asked of a second source, into
+//! memory ([`Job`] with `copy`); the first verified copy wins and the other is aborted.
 
 use super::chunk::ChunkWriter;
 use super::{Ctx, FetchError, blocking};
@@ -13,18 +14,20 @@ use crate::fetch::chunk::HubSource;
 use crate::fetch::progress::FileProgress;
 use crate::hub::RemoteFile;
 use crate::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
-use crate::store::PartialFile;
+use crate::store::{PartialFile, StoreError};
 use crate::swarm::NodeHandle;
 use crate::swarm::holdings::{Partial, Record};
 use crate::swarm::transfer::PeerFetchError;
 use libp2p::PeerId;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use swarm_protocol::chunk::ChunkLayout;
+use swarm_protocol::hash::Sha256;
 use swarm_protocol::wire::{Bitmap, ChunkRequest, HaveRequest};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// How often availability is asked again while a file is incomplete.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -43,8 +46,16 @@ struct Outcome {
     index: u32,
     source: Source,
     result: Result<(), PeerFetchError>,
-    /// Bytes counted as arrived that turned out wrong (taken back from progress).
-    wrong_bytes: u64,
+    /// An endgame copy that arrived whole (and, from a peer, matching its record): its bytes and
+    /// hash, to be written if the chunk is still not done.
+    copy: Option<(Vec<u8>, Sha256)>,
+}
+
+/// A fetch in flight: how to stop it, and the bytes it has counted in progress (taken back if
+/// it fails or loses).
+struct Running {
+    abort: AbortHandle,
+    got: Arc<AtomicU64>,
 }
 
 /// Fetches the missing chunks of `f` into `pf`. With `hub_only` (the second round after a
@@ -57,7 +68,7 @@ pub(crate) async fn fetch_chunks(
     node: &NodeHandle,
     f: &RemoteFile,
     pf: &Arc<PartialFile>,
-    source: Option<&Arc<HubSource>>,
+    source_hub: Option<&Arc<HubSource>>,
     fp: &Arc<FileProgress>,
     wake: &Arc<Notify>,
     suspects: &mut Suspects,
@@ -73,7 +84,7 @@ pub(crate) async fn fetch_chunks(
     let started = tokio::time::Instant::now();
     let now = || started.elapsed();
     let salt = crate::scheduler::salt_of(f.etag.as_str());
-    let mut sched = FileScheduler::new(node.peer_id(), salt, count, done, source.is_some(), limits);
+    let mut sched = FileScheduler::new(node.peer_id(), salt, count, done, source_hub.is_some(), limits);
     let mut stuck_since: Option<tokio::time::Instant> = None;
     if suspects.len() != count as usize {
         *suspects = vec![None; count as usize];
@@ -82,6 +93,7 @@ pub(crate) async fn fetch_chunks(
         if hub_only { std::mem::replace(suspects, vec![None; count as usize]) } else { Vec::new() };
     let mut records: HashMap<PeerId, Vec<Option<Record>>> = HashMap::new();
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut running: HashMap<(u32, Source), Running> = HashMap::new();
     let mut next_refresh = tokio::time::Instant::now();
     if !hub_only {
         // Holders announced in the DHT are found (and connected) before the first placement,
@@ -99,40 +111,69 @@ pub(crate) async fn fetch_chunks(
     let result = loop {
         let mut queue: std::collections::VecDeque<Action> = std::mem::take(&mut actions).into();
         while let Some(a) = queue.pop_front() {
-            match a {
-                Action::Ban(p) => node.ban(p, "sent bytes that do not match their record"),
-                Action::Fetch { index, source: Source::Hub } => {
-                    tracing::debug!(file = %f.path, chunk = index, "from the Hub");
-                    let Some(src) = source.cloned() else { continue };
-                    let (ctx, pf, fp, wake, partial) =
-                        (ctx.clone(), pf.clone(), fp.clone(), wake.clone(), partial.clone());
-                    let (node, f, check) = (node.clone(), f.clone(), previous.get(index as usize).cloned().flatten());
-                    tasks.spawn(async move {
-                        let r = hub_chunk(&ctx, &node, &f, &pf, &src, &fp, &partial, index, check).await;
-                        wake.notify_one();
-                        Outcome { index, source: Source::Hub, result: r.map_err(PeerFetchError::Local), wrong_bytes: 0 }
-                    });
+            let (index, source, copy) = match a {
+                Action::Ban(p) => {
+                    node.ban(p, "sent bytes that do not match their record");
+                    continue;
                 }
-                Action::Fetch { index, source: Source::Peer(peer) } => {
+                Action::Cancel { index, source } => {
+                    if let Some(r) = running.remove(&(index, source)) {
+                        r.abort.abort();
+                        ctx.progress.take_back(fp, r.got.load(Relaxed));
+                    }
+                    continue;
+                }
+                Action::Fetch { index, source } => (index, source, false),
+                Action::Duplicate { index, source } => (index, source, true),
+            };
+            let got = Arc::new(AtomicU64::new(0));
+            let job = Job {
+                ctx: ctx.clone(),
+                node: node.clone(),
+                f: f.clone(),
+                pf: pf.clone(),
+                fp: fp.clone(),
+                partial: partial.clone(),
+                index,
+                copy,
+                got: got.clone(),
+            };
+            let wake = wake.clone();
+            let abort = match source {
+                Source::Hub => {
+                    tracing::debug!(file = %f.path, chunk = index, copy, "from the Hub");
+                    let Some(src) = source_hub.cloned() else { continue };
+                    let check = previous.get(index as usize).cloned().flatten();
+                    tasks.spawn(async move {
+                        let r = job.hub_chunk(&src, check).await;
+                        wake.notify_one();
+                        let (result, copy) = match r {
+                            Ok(copy) => (Ok(()), copy),
+                            Err(e) => (Err(PeerFetchError::Local(e)), None),
+                        };
+                        Outcome { index, source: Source::Hub, result, copy }
+                    })
+                }
+                Source::Peer(peer) => {
                     let Some(record) = records.get(&peer).and_then(|v| v.get(index as usize)).cloned().flatten() else {
-                        queue.extend(sched.handle(Event::Failed { index, peer, fault: Fault::Unavailable }, now()));
+                        let fault = Fault::Unavailable;
+                        queue.extend(sched.handle(Event::Failed { index, peer, fault }, now()));
                         continue;
                     };
-                    let (ctx, pf, fp, wake, partial, node, f) =
-                        (ctx.clone(), pf.clone(), fp.clone(), wake.clone(), partial.clone(), node.clone(), f.clone());
                     tasks.spawn(async move {
-                        let out = peer_chunk(&ctx, &node, &f, &pf, &fp, &partial, index, peer, record).await;
+                        let out = job.peer_chunk(peer, record).await;
                         wake.notify_one();
                         out
-                    });
+                    })
                 }
-            }
+            };
+            running.insert((index, source), Running { abort, got });
         }
         if sched.is_complete() {
             break Ok(());
         }
         // Offline, no peer holding what is missing: wait a while for one to appear, then say so.
-        if source.is_none() && sched.is_stuck() && tasks.is_empty() {
+        if source_hub.is_none() && sched.is_stuck() && tasks.is_empty() {
             let since = *stuck_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() > OFFLINE_PATIENCE {
                 break Err(FetchError::Offline(format!(
@@ -148,20 +189,46 @@ pub(crate) async fn fetch_chunks(
             Some(joined) = tasks.join_next() => {
                 let out = match joined {
                     Ok(o) => o,
+                    Err(e) if e.is_cancelled() => continue, // a copy that lost (endgame)
                     Err(e) => break Err(FetchError::Internal(format!("chunk task failed: {e}"))),
                 };
-                if out.wrong_bytes > 0 {
-                    ctx.progress.take_back(fp, out.wrong_bytes);
-                }
+                // A copy cancelled after it ended (it lost a race) has nothing more to say.
+                let Some(run) = running.remove(&(out.index, out.source)) else { continue };
                 match (out.source, out.result) {
                     (source, Ok(())) => {
+                        let record = match source {
+                            Source::Peer(p) => records.get(&p).and_then(|v| v.get(out.index as usize)).cloned().flatten(),
+                            Source::Hub => None,
+                        };
+                        if let Some((bytes, hash)) = out.copy {
+                            // An endgame copy arrived first: it takes the chunk over from the
+                            // copy writing into the file, unless that one has just finished.
+                            let p = pf.clone();
+                            match blocking(move || adopt(&p, out.index, &bytes, hash)).await {
+                                Ok(Ok(true)) => {
+                                    let record = record.clone().unwrap_or_else(|| node.holdings().sign(&f.etag, f.size, out.index, hash));
+                                    partial.add(out.index, record);
+                                    wake.notify_one();
+                                }
+                                Ok(Ok(false)) => {
+                                    ctx.progress.take_back(fp, run.got.load(Relaxed));
+                                    continue; // the other copy's own outcome settles the chunk
+                                }
+                                Ok(Err(e)) => break Err(e.into()),
+                                Err(e) => break Err(e),
+                            }
+                        }
                         if let Source::Peer(p) = source {
-                            suspects[out.index as usize] = records.get(&p).and_then(|v| v.get(out.index as usize)).cloned().flatten().map(|r| (p, r));
+                            suspects[out.index as usize] = record.map(|r| (p, r));
                         }
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
+                    (_, Err(PeerFetchError::Local(FetchError::Store(StoreError::Superseded { .. })))) => {
+                        ctx.progress.take_back(fp, run.got.load(Relaxed));
+                    }
                     (_, Err(PeerFetchError::Local(e))) => break Err(e),
                     (Source::Peer(peer), Err(e @ (PeerFetchError::Unavailable(_) | PeerFetchError::BadData))) => {
+                        ctx.progress.take_back(fp, run.got.load(Relaxed));
                         let fault = if matches!(e, PeerFetchError::BadData) { Fault::BadData } else { Fault::Unavailable };
                         let why = e.to_string();
                         tracing::debug!(%peer, chunk = out.index, %why, "peer fetch failed");
@@ -180,10 +247,16 @@ pub(crate) async fn fetch_chunks(
         }
     };
     tasks.abort_all();
+    let duplicates = u64::from(sched.duplicates());
+    if duplicates > 0 {
+        tracing::info!(file = %f.path, chunks = duplicates, "endgame: asked a second source for slow chunks");
+        ctx.progress.duplicates.fetch_add(duplicates, Relaxed);
+        node.count_duplicates(duplicates);
+    }
     let takeovers = u64::from(sched.takeovers());
     if takeovers > 0 {
         tracing::info!(file = %f.path, chunks = takeovers, "took over chunks of nodes that left or stalled");
-        ctx.progress.takeovers.fetch_add(takeovers, std::sync::atomic::Ordering::Relaxed);
+        ctx.progress.takeovers.fetch_add(takeovers, Relaxed);
         node.count_takeovers(takeovers);
     }
     if result.is_err() {
@@ -251,87 +324,113 @@ async fn ask_peers(
     actions
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn hub_chunk(
-    ctx: &Arc<Ctx>,
-    node: &NodeHandle,
-    f: &RemoteFile,
-    pf: &Arc<PartialFile>,
-    source: &HubSource,
-    fp: &Arc<FileProgress>,
-    partial: &Partial,
-    index: u32,
-    check: Option<(PeerId, Record)>,
-) -> Result<(), FetchError> {
-    // Announced while in flight, so that a node deciding now waits for it instead of fetching it.
-    struct Claim<'a>(&'a Partial, u32);
-    impl Drop for Claim<'_> {
-        fn drop(&mut self) {
-            self.0.set_fetching(self.1, false);
-        }
-    }
-    partial.set_fetching(index, true);
-    let _claim = Claim(partial, index);
-    let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
-    let range = ChunkLayout::for_len(f.size)
-        .range(index)
-        .ok_or_else(|| FetchError::Internal(format!("chunk {index} out of range")))?;
-    let mut w = ChunkWriter::new(pf.clone(), index, range);
-    source.fetch(&mut w, &ctx.throttle, &ctx.progress, fp).await?;
-    let hash = w.finish().await?;
-    if let Some((server, record)) = check
-        && record.sha256 != hash
-    {
-        // The Hub's bytes decide: whoever signed the false record, and whoever served it, lied.
-        let why = format!("signed a false hash for chunk {index} of {}", f.path);
-        node.ban(record.signer.peer, &why);
-        if server != record.signer.peer {
-            node.ban(server, &format!("served a chunk of {} under a false record", f.path));
-        }
-    }
-    let p = pf.clone();
-    blocking(move || p.chunk_done(index, hash)).await??;
-    partial.add(index, node.holdings().sign(&f.etag, f.size, index, hash));
-    Ok(())
+/// Writes an endgame copy that won into the file: takes the chunk over (the copy still writing
+/// into the file can no longer write), writes it, and marks it done. `Ok(false)` if the chunk
+/// was done already. Blocking.
+fn adopt(pf: &PartialFile, index: u32, bytes: &[u8], hash: Sha256) -> Result<bool, StoreError> {
+    let Some(ticket) = pf.supersede(index) else { return Ok(false) };
+    let range = ChunkLayout::for_len(pf.manifest().size).range(index).ok_or(StoreError::Superseded { index })?;
+    pf.write_at(ticket, range.start, bytes)?;
+    pf.chunk_done(ticket, hash)?;
+    Ok(true)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn peer_chunk(
-    ctx: &Arc<Ctx>,
-    node: &NodeHandle,
-    f: &RemoteFile,
-    pf: &Arc<PartialFile>,
-    fp: &Arc<FileProgress>,
-    partial: &Partial,
+/// One chunk to fetch from one source: into the file, or (`copy`, an endgame duplicate) into
+/// memory.
+struct Job {
+    ctx: Arc<Ctx>,
+    node: NodeHandle,
+    f: RemoteFile,
+    pf: Arc<PartialFile>,
+    fp: Arc<FileProgress>,
+    partial: Arc<Partial>,
     index: u32,
-    peer: PeerId,
-    record: Record,
-) -> Outcome {
-    let mut got = 0u64;
-    let result = async {
-        let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
-        let range = ChunkLayout::for_len(f.size)
-            .range(index)
-            .ok_or_else(|| FetchError::Internal(format!("chunk {index} out of range")))?;
-        let mut w = ChunkWriter::new(pf.clone(), index, range);
-        let req = ChunkRequest { etag: f.etag.clone(), size: f.size, index };
-        let progress = ctx.progress.clone();
-        node.transfer()
-            .fetch(peer, &req, &mut w, &ctx.throttle, |n| {
-                got += n;
-                progress.received_from_peer(fp, n);
-            })
-            .await?;
-        let hash = w.finish().await?;
-        if hash != record.sha256 {
-            return Err(PeerFetchError::BadData);
-        }
-        let p = pf.clone();
-        blocking(move || p.chunk_done(index, hash)).await?.map_err(FetchError::from)?;
-        partial.add(index, record);
-        Ok(())
+    copy: bool,
+    got: Arc<AtomicU64>,
+}
+
+impl Job {
+    fn writer(&self) -> Result<ChunkWriter, FetchError> {
+        let range = ChunkLayout::for_len(self.f.size)
+            .range(self.index)
+            .ok_or_else(|| FetchError::Internal(format!("chunk {} out of range", self.index)))?;
+        let w = if self.copy {
+            ChunkWriter::in_memory(self.index, range)
+        } else {
+            ChunkWriter::new(self.pf.clone(), self.index, range)
+        };
+        Ok(w.counting(self.got.clone()))
     }
-    .await;
-    let wrong_bytes = if result.is_err() { got } else { 0 };
-    Outcome { index, source: Source::Peer(peer), result, wrong_bytes }
+
+    /// From the Hub. Into the file, the chunk is then signed and offered; an endgame copy is
+    /// returned whole.
+    async fn hub_chunk(
+        self,
+        source: &HubSource,
+        check: Option<(PeerId, Record)>,
+    ) -> Result<Option<(Vec<u8>, Sha256)>, FetchError> {
+        // Announced while in flight, so that a node deciding now waits for it instead of fetching it.
+        struct Claim<'a>(&'a Partial, u32);
+        impl Drop for Claim<'_> {
+            fn drop(&mut self) {
+                self.0.set_fetching(self.1, false);
+            }
+        }
+        let (ctx, f, index) = (&self.ctx, &self.f, self.index);
+        let _claim = (!self.copy).then(|| {
+            self.partial.set_fetching(index, true);
+            Claim(&self.partial, index)
+        });
+        let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
+        let mut w = self.writer()?;
+        source.fetch(&mut w, &ctx.throttle, &ctx.progress, &self.fp).await?;
+        let hash = w.finish().await?;
+        if self.copy {
+            return Ok(Some((w.into_bytes(), hash)));
+        }
+        if let Some((server, record)) = check
+            && record.sha256 != hash
+        {
+            // The Hub's bytes decide: whoever signed the false record, and whoever served it, lied.
+            let why = format!("signed a false hash for chunk {index} of {}", f.path);
+            self.node.ban(record.signer.peer, &why);
+            if server != record.signer.peer {
+                self.node.ban(server, &format!("served a chunk of {} under a false record", f.path));
+            }
+        }
+        w.commit(hash).await?;
+        self.partial.add(index, self.node.holdings().sign(&f.etag, f.size, index, hash));
+        Ok(None)
+    }
+
+    /// From a peer, checked against the peer's record before it counts.
+    async fn peer_chunk(self, peer: PeerId, record: Record) -> Outcome {
+        let index = self.index;
+        let result = async {
+            let _slot = self.ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
+            let mut w = self.writer()?;
+            let req = ChunkRequest { etag: self.f.etag.clone(), size: self.f.size, index };
+            let (progress, fp) = (self.ctx.progress.clone(), self.fp.clone());
+            self.node
+                .transfer()
+                .fetch(peer, &req, &mut w, &self.ctx.throttle, |n| progress.received_from_peer(&fp, n))
+                .await?;
+            let hash = w.finish().await?;
+            if hash != record.sha256 {
+                return Err(PeerFetchError::BadData);
+            }
+            if self.copy {
+                return Ok(Some((w.into_bytes(), hash)));
+            }
+            w.commit(hash).await?;
+            self.partial.add(index, record);
+            Ok(None)
+        }
+        .await;
+        let (result, copy) = match result {
+            Ok(copy) => (Ok(()), copy),
+            Err(e) => (Err(e), None),
+        };
+        Outcome { index, source: Source::Peer(peer), result, copy }
+    }
 }

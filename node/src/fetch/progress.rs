@@ -39,6 +39,8 @@ pub struct Progress {
     /// Chunks fetched from the Hub that another node owned (it left or stalled): the chunks
     /// that may have crossed the uplink twice.
     pub takeovers: AtomicU64,
+    /// Endgame duplicates: chunks asked of a second source because the first was slow.
+    pub duplicates: AtomicU64,
 }
 
 impl Progress {

@@ -43,6 +43,8 @@ pub enum ServeFault {
     CorruptBytes,
     /// Serve the same wrong bytes, under records signed for the wrong bytes.
     ForgeRecords,
+    /// Send a chunk's header and first slice, then nothing more (a peer that hangs).
+    Stall,
 }
 
 /// The byte a faulty node flips: the first of every chunk.
@@ -206,7 +208,8 @@ impl Transfer {
                 })
                 .await
                 .map_err(std::io::Error::other)??;
-                if pos == range.start && self.fault.is_some() {
+                if pos == range.start && matches!(self.fault, Some(ServeFault::CorruptBytes | ServeFault::ForgeRecords))
+                {
                     corrupt(&mut buf);
                 }
                 self.upload.take(n).await;
@@ -215,6 +218,10 @@ impl Transfer {
                     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 self.counters.add(peer, 0, n as u64);
                 pos += n as u64;
+                if self.fault == Some(ServeFault::Stall) {
+                    stream.flush().await?;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
             }
             stream.flush().await?;
             tracing::trace!(%peer, chunk = req.index, "served chunk");
