@@ -15,6 +15,7 @@ Needs: root, iproute2 (ip, tc), a release build (built here), .venv with hugging
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def run_round(tool, n, hub_dir, size, uplink_mbit, work, key_file):
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         endpoint = json.loads(hub.stdout.readline())["endpoint"]
         procs = []
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         for i in range(1, n + 1):
             home = os.path.join(work, f"{tool}-{n}-{i}")
@@ -122,14 +124,23 @@ def run_round(tool, n, hub_dir, size, uplink_mbit, work, key_file):
             procs.append(subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         ends = []
+        dups = 0
         for p in procs:
             out, err = p.communicate()
             ends.append(time.monotonic())
             if p.returncode != 0:
                 sys.exit(f"{tool} failed on a node: {err[-1500:]}")
+            if tool == "swarm-dl":
+                dups += json.loads(out.splitlines()[-1]).get("chunks_duplicated", 0)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         served, api = stats(endpoint)
         hub.terminate()
-        return {"makespan": max(ends) - t0, "hub_ratio": served / size, "api": api}
+        makespan = max(ends) - t0
+        # CPU busy: the nodes' CPU time over what the machine's cores offer in the makespan
+        # (near 1.0: CPU, not the uplink, is the limit).
+        busy = cpu / ((os.cpu_count() or 1) * makespan)
+        return {"makespan": makespan, "hub_ratio": served / size, "api": api, "cpu": cpu, "busy": busy, "dups": dups}
     finally:
         tb.close()
 
@@ -157,14 +168,16 @@ def main():
                 r = run_round(tool, n, hub_dir, size, args.uplink_mbit, work, key_file)
                 rows.append((n, tool, r))
                 print(f"N={n} {tool}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
-                      f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests", flush=True)
+                      f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests, "
+                      f"CPU {r['cpu']:.1f}s ({r['busy']:.0%} of the cores), {r['dups']} endgame duplicates", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nrepo {size / 2**20:.0f} MiB, uplink {args.uplink_mbit} Mbit/s: bound = repo / uplink = {bound:.1f} s\n")
-    print("| N | tool | makespan s | makespan / bound | Hub bytes / repo | Hub API requests |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| N | tool | makespan s | makespan / bound | Hub bytes / repo | Hub API requests | node CPU s | cores busy | endgame dups |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for n, tool, r in rows:
-        print(f"| {n} | {tool} | {r['makespan']:.1f} | {r['makespan'] / bound:.2f} | {r['hub_ratio']:.3f} | {r['api']} |")
+        print(f"| {n} | {tool} | {r['makespan']:.1f} | {r['makespan'] / bound:.2f} | {r['hub_ratio']:.3f} | {r['api']} "
+              f"| {r['cpu']:.1f} | {r['busy']:.0%} | {r['dups'] if tool == 'swarm-dl' else ''} |")
 
 
 if __name__ == "__main__":

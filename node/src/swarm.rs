@@ -515,7 +515,7 @@ impl NodeHandle {
             // Every record is "known": the answer carries the bitmap and flags, no signatures.
             let mut known = wire::Bitmap::new(count);
             (0..count).for_each(|i| known.set(i));
-            let req = HaveRequest { etag: etag.clone(), size: *size, known };
+            let req = HaveRequest { etag: etag.clone(), size: *size, known, downloading: false };
             async move { matches!(self.have(peer, req).await, Ok(Some((_, true, _)))) }
         });
         futures::future::join_all(asks).await.into_iter().any(|downloading| downloading)
@@ -877,7 +877,7 @@ impl EventLoop {
                     self.answer_later(
                         peer,
                         HaveResponse::none(),
-                        move || holdings.answer(&request),
+                        move || holdings.answer(peer, &request),
                         |resp| Command::Respond { channel, resp },
                     );
                 }

@@ -17,7 +17,7 @@ use crate::hash::{Etag, Sha256};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name of the availability exchange.
-pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/1";
+pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/2";
 /// Protocol name of chunk transfer.
 pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
 /// Protocol name of the metadata exchange (a revision's commit and file listing).
@@ -115,6 +115,9 @@ pub struct HaveRequest {
     pub size: u64,
     /// Chunks whose records the asker already has: send only availability for those.
     pub known: Bitmap,
+    /// The asker is downloading this file: a node downloading it too counts the asker among
+    /// the file's owners from now on, before its own next round of questions.
+    pub downloading: bool,
 }
 
 /// A signed statement that chunk `index` of a file hashes to `sha256`.
@@ -452,7 +455,7 @@ mod tests {
 
     #[test]
     fn response_validation_catches_inconsistencies() {
-        let req = HaveRequest { etag: etag(), size: 9 << 20, known: Bitmap::new(3) };
+        let req = HaveRequest { etag: etag(), size: 9 << 20, known: Bitmap::new(3), downloading: true };
         let mut have = Bitmap::new(3);
         have.set(0);
         let rec = |index, signer| ChunkRecord { index, sha256: Sha256([1; 32]), signer, signature: vec![1; 64] };
@@ -481,9 +484,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn requests_round_trip(etag in arb_etag(), size in 0u64..(1 << 40), index in any::<u32>()) {
-            let req = ChunkRequest { etag, size, index };
+        fn requests_round_trip(etag in arb_etag(), size in 0u64..(1 << 40), index in any::<u32>(), downloading in any::<bool>()) {
+            let req = ChunkRequest { etag: etag.clone(), size, index };
             prop_assert_eq!(decode_frame::<ChunkRequest>(&encode_frame(&req), MAX_CHUNK_FRAME)?, req);
+            let have = HaveRequest { etag, size, known: Bitmap(vec![index as u8]), downloading };
+            prop_assert_eq!(decode_frame::<HaveRequest>(&encode_frame(&have), MAX_HAVE_REQUEST)?, have);
         }
 
         #[test]

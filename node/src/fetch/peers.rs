@@ -221,6 +221,7 @@ pub(crate) async fn fetch_chunks(
                         if let Source::Peer(p) = source {
                             suspects[out.index as usize] = record.map(|r| (p, r));
                         }
+                        heard_askers(node, f, &mut sched, now());
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
                     (_, Err(PeerFetchError::Local(FetchError::Store(StoreError::Superseded { .. })))) => {
@@ -242,6 +243,7 @@ pub(crate) async fn fetch_chunks(
                 // soon as they land.
                 next_refresh = tokio::time::Instant::now() + if sched.interested() > 0 { REFRESH_SHARED } else { REFRESH };
                 actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
+                heard_askers(node, f, &mut sched, now());
                 actions.extend(sched.assign(now()));
             }
         }
@@ -265,6 +267,15 @@ pub(crate) async fn fetch_chunks(
     result
 }
 
+/// Peers that asked this node about the file saying they download it too are owners from now
+/// on: without this, a node alone would go on fetching their chunks until its next round of
+/// questions (up to [`REFRESH`]) and the chunks would cross the uplink twice.
+fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, now: Duration) {
+    for peer in node.holdings().take_askers(&f.etag) {
+        let _ = sched.observe(Event::Member { peer, downloading: true, held: 0 }, now);
+    }
+}
+
 /// Asks peers what they hold, merges their records, and feeds the scheduler.
 async fn ask_peers(
     node: &NodeHandle,
@@ -284,7 +295,7 @@ async fn ask_peers(
                 }
             }
         }
-        let req = HaveRequest { etag: f.etag.clone(), size: f.size, known };
+        let req = HaveRequest { etag: f.etag.clone(), size: f.size, known, downloading: true };
         async move { (peer, node.have(peer, req).await) }
     });
     let answers = futures::future::join_all(asks).await;

@@ -15,7 +15,7 @@ use crate::store::PartialFile;
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 use sha2::Digest as _;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt as _;
@@ -151,6 +151,9 @@ pub struct Holdings {
     wanted: Mutex<HashMap<Etag, u32>>,
     /// The files this node completed most recently (etag, size), newest last.
     completed: Mutex<std::collections::VecDeque<(Etag, u64)>>,
+    /// Peers that asked about a file this node is downloading, saying they download it too,
+    /// since the download's driver last looked ([`Holdings::take_askers`]).
+    askers: Mutex<HashMap<Etag, HashSet<PeerId>>>,
 }
 
 /// Most complete-blob manifests kept in memory (each is ~100 bytes per chunk).
@@ -173,6 +176,7 @@ impl Holdings {
             fault,
             wanted: Mutex::default(),
             completed: Mutex::default(),
+            askers: Mutex::default(),
         }
     }
 
@@ -206,6 +210,7 @@ impl Holdings {
     /// verified bytes now are, and every chunk is offered from there under this node's signature.
     pub fn finish_partial(&self, etag: &Etag, blob: Option<&Path>) {
         let p = lock(&self.partial).remove(etag);
+        lock(&self.askers).remove(etag);
         if let (Some(p), Some(path)) = (p, blob)
             && let Some(records) = p.all_records()
         {
@@ -336,13 +341,21 @@ impl Holdings {
         lock(&self.complete).get(etag).cloned()
     }
 
-    /// Answers "what do you hold of this file?". Blocking (may hash a blob).
-    pub fn answer(&self, req: &HaveRequest) -> HaveResponse {
+    /// Peers that said, asking about `etag`, that they download it too, since the last call.
+    pub fn take_askers(&self, etag: &Etag) -> Vec<PeerId> {
+        lock(&self.askers).remove(etag).map(|s| s.into_iter().collect()).unwrap_or_default()
+    }
+
+    /// Answers `from`'s "what do you hold of this file?". Blocking (may hash a blob).
+    pub fn answer(&self, from: PeerId, req: &HaveRequest) -> HaveResponse {
         let Ok(count) = req.validate() else {
             return HaveResponse::none();
         };
         let partial = lock(&self.partial).get(&req.etag).filter(|p| p.size == req.size).cloned();
         let downloading = partial.is_some() || lock(&self.wanted).contains_key(&req.etag);
+        if downloading && req.downloading {
+            lock(&self.askers).entry(req.etag.clone()).or_default().insert(from);
+        }
         let fetching = partial.as_ref().map(|p| lock(&p.fetching).clone()).unwrap_or_default();
         let records: Vec<Option<Record>> = match partial {
             Some(p) => lock(&p.records).clone(),
@@ -455,8 +468,8 @@ mod tests {
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
         let h = Holdings::new(tmp.path().into(), Keypair::generate_ed25519(), None);
-        let req = HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(3) };
-        let resp = h.answer(&req);
+        let req = HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(3), downloading: true };
+        let resp = h.answer(PeerId::random(), &req);
         resp.validate(&req).expect("valid");
         assert_eq!(resp.have.count_ones(), 3);
         assert_eq!(resp.records.len(), 3);
@@ -474,7 +487,7 @@ mod tests {
         // Known chunks are not sent again.
         let mut known = Bitmap::new(3);
         known.set(0);
-        assert_eq!(h.answer(&HaveRequest { known, ..req }).records.len(), 2);
+        assert_eq!(h.answer(PeerId::random(), &HaveRequest { known, ..req }).records.len(), 2);
         let c = h.chunk(&etag, data.len() as u64, 2).expect("chunk");
         assert_eq!(c.range(), (8 << 20)..(9 << 20));
     }
@@ -485,8 +498,8 @@ mod tests {
         let path = tmp.path().join("models--a--b/blobs").join(etag.as_str());
         std::fs::write(&path, b"evil bytes").expect("tamper");
         let h = Holdings::new(tmp.path().into(), Keypair::generate_ed25519(), None);
-        let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1) };
-        assert_eq!(h.answer(&req), HaveResponse::none());
+        let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1), downloading: true };
+        assert_eq!(h.answer(PeerId::random(), &req), HaveResponse::none());
         assert!(h.chunk(&etag, 10, 0).is_none());
     }
 }

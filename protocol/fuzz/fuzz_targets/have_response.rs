@@ -6,7 +6,7 @@ use swarm_protocol::wire::{Bitmap, HaveRequest, HaveResponse, MAX_HAVE_RESPONSE,
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(resp) = decode_frame::<HaveResponse>(data, MAX_HAVE_RESPONSE) {
-        let req = HaveRequest { etag: lfs_sha256(b"fuzz"), size: 100 << 20, known: Bitmap::new(25) };
+        let req = HaveRequest { etag: lfs_sha256(b"fuzz"), size: 100 << 20, known: Bitmap::new(25), downloading: true };
         let _ = resp.validate(&req);
         let _ = resp.have.count_ones();
     }
