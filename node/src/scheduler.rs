@@ -25,7 +25,7 @@
 //!   that chunk, and after [`Limits::max_peer_failures`] failures in a row, its place.
 //! - One source per chunk at a time, until the endgame: when nothing is left to start (every
 //!   chunk not done is in flight, or waits for another owner's Hub fetch), a chunk in flight for
-//!   three times as long as a peer chunk usually takes is asked of a second source too: another
+//!   three times as long as a peer chunk usually takes (at least [`ENDGAME_MIN_AGE`]) is asked of a second source too: another
 //!   peer that holds it, or, once the first source has been slow for [`Limits::stall_after`],
 //!   the Hub. The first verified copy wins and the other is cancelled. The second copy is
 //!   received into memory and written only if it wins (the store refuses the loser's writes), so
@@ -209,8 +209,11 @@ enum Chunk {
     Done,
 }
 
-/// An endgame duplicate is never asked before a chunk has been in flight this long.
-pub const ENDGAME_MIN_AGE: Duration = Duration::from_millis(250);
+/// An endgame duplicate is never asked before a chunk has been in flight this long: a chunk
+/// takes tens of milliseconds on a LAN, and several nodes pulling a fresh chunk from its owner
+/// at once slow each other down without anything being wrong (at 250 ms, 8 nodes behind a
+/// 100 Mbit/s uplink made 103 needless copies in one run).
+pub const ENDGAME_MIN_AGE: Duration = Duration::from_secs(1);
 /// Nor, before any peer chunk has arrived to tell how long one takes, before this long.
 pub const ENDGAME_FIRST_AGE: Duration = Duration::from_secs(2);
 
@@ -1006,22 +1009,23 @@ mod tests {
         for &i in &at_a {
             assert!(duplicates(&s.handle(Event::Done { index: i, source: Source::Peer(a) }, ms(100))).is_empty());
         }
-        // Not yet three times the usual time: no duplicate.
-        assert!(duplicates(&s.assign(ms(250))).is_empty());
-        let dups = duplicates(&s.assign(ms(400)));
+        // Not yet three times the usual time, nor the minimum age: no duplicate.
+        assert!(duplicates(&s.assign(ms(400))).is_empty());
+        assert!(duplicates(&s.assign(ms(900))).is_empty());
+        let dups = duplicates(&s.assign(ms(1000)));
         assert_eq!(dups, at_b.iter().map(|&i| (i, Source::Peer(a))).collect::<Vec<_>>());
         assert_eq!(s.duplicates(), 2);
         // Never a third copy.
         assert!(duplicates(&s.assign(ms(5000))).is_empty());
         // a's copy of the first wins: b's is cancelled.
-        let out = s.handle(Event::Done { index: at_b[0], source: Source::Peer(a) }, ms(450));
+        let out = s.handle(Event::Done { index: at_b[0], source: Source::Peer(a) }, ms(1050));
         assert!(out.contains(&Action::Cancel { index: at_b[0], source: Source::Peer(b) }), "{out:?}");
         // a's copy of the second fails: b's carries on alone, and the chunk is not placed again.
-        let out = s.handle(Event::Failed { index: at_b[1], peer: a, fault: Fault::Unavailable }, ms(460));
+        let out = s.handle(Event::Failed { index: at_b[1], peer: a, fault: Fault::Unavailable }, ms(1060));
         assert!(fetches(&out).is_empty() && !out.iter().any(|x| matches!(x, Action::Cancel { .. })), "{out:?}");
         assert_eq!(s.in_flight(), 1);
         // b's copy of the second lands: the file is complete.
-        let _ = s.handle(Event::Done { index: at_b[1], source: Source::Peer(b) }, ms(900));
+        let _ = s.handle(Event::Done { index: at_b[1], source: Source::Peer(b) }, ms(1100));
         assert!(s.is_complete());
     }
 
