@@ -206,6 +206,22 @@ async fn in_process_node(
     Node::start(cfg).await.expect("node starts")
 }
 
+/// `org/model` at `main` into `cache`, through `node`.
+fn get_request(cache: &std::path::Path, node: &Node) -> GetRequest {
+    GetRequest {
+        repo: RepoRef { id: RepoId::parse("org/model").expect("id"), ty: RepoType::Model },
+        revision: "main".into(),
+        include: vec![],
+        exclude: vec![],
+        cache: HubCache::new(cache.to_path_buf()),
+        local_dir: None,
+        max_workers: 8,
+        max_download_rate: None,
+        node: Some(node.handle()),
+        peer_wait: Duration::from_secs(5),
+    }
+}
+
 async fn hostile_case(fault: ServeFault) {
     let tmp = tempfile::tempdir().expect("tmp");
     let repo = model(&tmp.path().join("hub"), 24 << 20);
@@ -215,18 +231,7 @@ async fn hostile_case(fault: ServeFault) {
     let hostile = in_process_node(&cache_h, vec![], Some(fault)).await;
     let honest = in_process_node(&cache_b, hostile.handle().listen_addrs(), None).await;
     let client = HubClient::new(HubConfig { endpoint: hub.endpoint.clone(), ..HubConfig::default() }).expect("client");
-    let req = GetRequest {
-        repo: RepoRef { id: RepoId::parse("org/model").expect("id"), ty: RepoType::Model },
-        revision: "main".into(),
-        include: vec![],
-        exclude: vec![],
-        cache: HubCache::new(cache_b.clone()),
-        local_dir: None,
-        max_workers: 8,
-        max_download_rate: None,
-        node: Some(honest.handle()),
-        peer_wait: Duration::from_secs(5),
-    };
+    let req = get_request(&cache_b, &honest);
     let progress = Arc::new(Progress::default());
     let out = fetch::get(&req, Some(client), progress.clone()).await.expect("the download completes");
     assert!(honest.handle().is_banned(&hostile.handle().peer_id()), "the hostile peer is banned");
@@ -261,18 +266,7 @@ async fn a_holder_that_hangs_mid_chunk_loses_its_chunks_to_endgame_copies_from_a
     let me = in_process_node(&cache_d, peers, None).await;
     let before = hub.stats().file_bytes();
     let client = HubClient::new(HubConfig { endpoint: hub.endpoint.clone(), ..HubConfig::default() }).expect("client");
-    let req = GetRequest {
-        repo: RepoRef { id: RepoId::parse("org/model").expect("id"), ty: RepoType::Model },
-        revision: "main".into(),
-        include: vec![],
-        exclude: vec![],
-        cache: HubCache::new(cache_d.clone()),
-        local_dir: None,
-        max_workers: 8,
-        max_download_rate: None,
-        node: Some(me.handle()),
-        peer_wait: Duration::from_secs(5),
-    };
+    let req = get_request(&cache_d, &me);
     // Both holders must be known before the first placement, or some chunks start elsewhere.
     me.handle().wait_connected(&[stalls.handle().peer_id(), honest.handle().peer_id()], Duration::from_secs(10)).await;
     let out = fetch::get(&req, Some(client), Arc::new(Progress::default())).await.expect("the download completes");
