@@ -454,9 +454,11 @@ fn cache_clean(root: std::path::PathBuf, dry_run: bool, json: bool) -> anyhow::R
         println!("{what} {} ({})", i.path.display(), HumanBytes(i.bytes));
     }
     let freed: u64 = items.iter().filter(|i| i.removed).map(|i| i.bytes).sum();
+    let count = |kind| items.iter().filter(|i| i.removed && i.kind == kind).count();
     eprintln!(
-        "{verb} {} incomplete downloads ({}); {} in use",
-        items.iter().filter(|i| i.removed).count(),
+        "{verb} {} incomplete downloads and {} chunk manifests of blobs no longer cached ({}); {} in use",
+        count(scan::CleanKind::Incomplete),
+        count(scan::CleanKind::Manifest),
         HumanBytes(freed),
         items.iter().filter(|i| i.in_use).count()
     );

@@ -363,10 +363,19 @@ async fn cache_ls_verify_and_clean() {
             .expect("lock");
     let o = swarm(env.home(), &["cache", "ls", "--cache-dir", &env.cache()], &[]).await;
     assert!(stdout(&o).contains("incomplete"), "{}", stdout(&o));
+    // The chunk manifest of a blob that is gone; the downloaded blobs keep theirs.
+    let manifests = env.path("cache/.locks/swarm-dl/manifests");
+    let kept = std::fs::read_dir(&manifests).expect("manifests saved by the download").count();
+    assert!(kept > 0);
+    let orphan = manifests.join(format!("{}.json", sha256(b"deleted by hand")));
+    std::fs::write(&orphan, b"{}").expect("orphan");
     let o = swarm(env.home(), &["cache", "clean", "--dry-run", "--cache-dir", &env.cache()], &[]).await;
-    assert!(o.status.success() && blobs.join(format!("{stale}.incomplete")).exists());
+    assert!(o.status.success() && blobs.join(format!("{stale}.incomplete")).exists() && orphan.exists());
     let o = swarm(env.home(), &["cache", "clean", "--cache-dir", &env.cache()], &[]).await;
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!orphan.exists(), "{}", stdout(&o));
+    assert_eq!(std::fs::read_dir(&manifests).expect("manifests").count(), kept);
+    assert!(stderr(&o).contains("1 chunk manifests"), "{}", stderr(&o));
     assert!(!blobs.join(format!("{stale}.incomplete")).exists());
     assert!(!blobs.join(format!("{stale}.incomplete.chunks.json")).exists());
     assert!(blobs.join(format!("{busy}.incomplete")).exists(), "in use: kept");

@@ -4,7 +4,7 @@
 //! and lists `.incomplete` files. `clean` removes a partial download only when it can take the
 //! blob's lock, i.e. when no running process (ours or Python's) is writing it.
 
-use super::{BlobLock, CHUNK_STATE_SUFFIX, INCOMPLETE_SUFFIX};
+use super::{BlobLock, CHUNK_STATE_SUFFIX, HubCache, INCOMPLETE_SUFFIX};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -233,7 +233,9 @@ pub fn hash_file(path: &Path, etag: &Etag) -> io::Result<String> {
 /// One partial download considered by `clean`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CleanItem {
-    /// The `.incomplete` file.
+    /// What it is.
+    pub kind: CleanKind,
+    /// The `.incomplete` file, or the manifest.
     pub path: PathBuf,
     /// Its size.
     pub bytes: u64,
@@ -243,7 +245,18 @@ pub struct CleanItem {
     pub in_use: bool,
 }
 
-/// Removes partial downloads (and their chunk state) that no running process holds.
+/// What [`clean`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CleanKind {
+    /// A partial download (with its chunk state).
+    Incomplete,
+    /// The saved chunk manifest of a blob that is no longer in the cache.
+    Manifest,
+}
+
+/// Removes partial downloads (and their chunk state) that no running process holds, and the
+/// chunk manifests of blobs that are gone (deleted by hand or by another tool).
 pub fn clean(root: &Path, dry_run: bool) -> io::Result<Vec<CleanItem>> {
     let mut out = Vec::new();
     for (ty, id, dir) in repo_dirs(root)? {
@@ -263,7 +276,34 @@ pub fn clean(root: &Path, dry_run: bool) -> io::Result<Vec<CleanItem>> {
                 let _ = fs::remove_file(state);
             }
             drop(lock);
-            out.push(CleanItem { path: inc.path, bytes: inc.size, removed: free, in_use: !free });
+            out.push(CleanItem {
+                kind: CleanKind::Incomplete,
+                path: inc.path,
+                bytes: inc.size,
+                removed: free,
+                in_use: !free,
+            });
+        }
+    }
+    let mut blobs = BTreeSet::new();
+    for (_, _, dir) in repo_dirs(root)? {
+        if let Ok(entries) = fs::read_dir(dir.join("blobs")) {
+            blobs.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+        }
+    }
+    let manifests = HubCache::new(root).swarm_dir().join("manifests");
+    if let Ok(entries) = fs::read_dir(&manifests) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(etag) = name.strip_suffix(".json") else { continue };
+            if blobs.contains(etag) {
+                continue;
+            }
+            let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+            if !dry_run {
+                fs::remove_file(e.path())?;
+            }
+            out.push(CleanItem { kind: CleanKind::Manifest, path: e.path(), bytes, removed: true, in_use: false });
         }
     }
     Ok(out)
