@@ -582,6 +582,8 @@ impl FileScheduler {
             if n == 0 { hub_only.push(i) } else { holders.push((n, i)) }
         }
         holders.sort_unstable();
+        // Whether some chunk could still start as soon as a slot frees (no endgame then).
+        let mut work_left = false;
         for (_, i) in holders {
             let best = self
                 .peers
@@ -593,16 +595,19 @@ impl FileScheduler {
                 let source = Source::Peer(*id);
                 self.chunks[i as usize] = Chunk::InFlight { source, since: now, dup: None };
                 out.push(Action::Fetch { index: i, source });
+            } else {
+                work_left = true;
             }
         }
         if self.hub_allowed {
             let limit = self.hub_limit();
             for i in hub_only {
-                if self.hub_in_flight >= limit {
-                    break;
-                }
                 if self.owner_cached(i) != self.me || self.claimed_by_live_peer(i) {
                     continue; // its owner (or whoever already fetches it) will have it soon
+                }
+                if self.hub_in_flight >= limit {
+                    work_left = true;
+                    break;
                 }
                 if self.natural_owner(i) != self.me {
                     self.takeovers += 1;
@@ -612,20 +617,10 @@ impl FileScheduler {
                 out.push(Action::Fetch { index: i, source: Source::Hub });
             }
         }
-        if !self.work_left() {
+        if !work_left {
             out.extend(self.endgame(now));
         }
         out
-    }
-
-    /// Whether some chunk not in flight could be started now or as soon as a slot frees: one a
-    /// peer holds, or one this node is to fetch from the Hub.
-    fn work_left(&mut self) -> bool {
-        (0..self.chunks.len() as u32).any(|i| {
-            self.chunks[i as usize] == Chunk::Missing
-                && (self.held_by_any(i)
-                    || (self.hub_allowed && self.owner_cached(i) == self.me && !self.claimed_by_live_peer(i)))
-        })
     }
 
     /// Endgame: asks a second source for each chunk in flight for much longer than usual.

@@ -109,13 +109,6 @@ pub struct Ticket {
     generation: u64,
 }
 
-impl Ticket {
-    /// The chunk this ticket is for.
-    pub fn index(&self) -> u32 {
-        self.index
-    }
-}
-
 /// A file being downloaded. Share it (`Arc`) between the tasks writing its chunks.
 #[derive(Debug)]
 pub struct PartialFile {

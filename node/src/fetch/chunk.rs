@@ -138,14 +138,6 @@ impl ChunkWriter {
         Ok(Sha256(self.hasher.take().unwrap_or_default().finalize().into()))
     }
 
-    /// The ticket this writer writes into the file with (none for an in-memory copy).
-    pub fn ticket(&self) -> Option<Ticket> {
-        match &self.sink {
-            Sink::File { ticket, .. } => Some(*ticket),
-            Sink::Memory(_) => None,
-        }
-    }
-
     /// The bytes of an in-memory copy (empty for a writer into the file).
     pub fn into_bytes(self) -> Vec<u8> {
         match self.sink {

@@ -51,6 +51,16 @@ struct Outcome {
     copy: Option<(Vec<u8>, Sha256)>,
 }
 
+impl Outcome {
+    fn new(index: u32, source: Source, r: Result<Option<(Vec<u8>, Sha256)>, PeerFetchError>) -> Self {
+        let (result, copy) = match r {
+            Ok(copy) => (Ok(()), copy),
+            Err(e) => (Err(e), None),
+        };
+        Self { index, source, result, copy }
+    }
+}
+
 /// A fetch in flight: how to stop it, and the bytes it has counted in progress (taken back if
 /// it fails or loses).
 struct Running {
@@ -147,11 +157,7 @@ pub(crate) async fn fetch_chunks(
                     tasks.spawn(async move {
                         let r = job.hub_chunk(&src, check).await;
                         wake.notify_one();
-                        let (result, copy) = match r {
-                            Ok(copy) => (Ok(()), copy),
-                            Err(e) => (Err(PeerFetchError::Local(e)), None),
-                        };
-                        Outcome { index, source: Source::Hub, result, copy }
+                        Outcome::new(index, Source::Hub, r.map_err(PeerFetchError::Local))
                     })
                 }
                 Source::Peer(peer) => {
@@ -203,8 +209,8 @@ pub(crate) async fn fetch_chunks(
                         if let Some((bytes, hash)) = out.copy {
                             // An endgame copy arrived first: it takes the chunk over from the
                             // copy writing into the file, unless that one has just finished.
-                            let p = pf.clone();
-                            match blocking(move || adopt(&p, out.index, &bytes, hash)).await {
+                            let (p, offset) = (pf.clone(), u64::from(out.index) * layout.chunk_size);
+                            match blocking(move || adopt(&p, out.index, offset, &bytes, hash)).await {
                                 Ok(Ok(true)) => {
                                     let record = record.clone().unwrap_or_else(|| node.holdings().sign(&f.etag, f.size, out.index, hash));
                                     partial.add(out.index, record);
@@ -335,13 +341,12 @@ async fn ask_peers(
     actions
 }
 
-/// Writes an endgame copy that won into the file: takes the chunk over (the copy still writing
-/// into the file can no longer write), writes it, and marks it done. `Ok(false)` if the chunk
-/// was done already. Blocking.
-fn adopt(pf: &PartialFile, index: u32, bytes: &[u8], hash: Sha256) -> Result<bool, StoreError> {
+/// Writes an endgame copy that won (chunk `index`, at `offset`) into the file: takes the chunk
+/// over (the copy still writing into the file can no longer write), writes it, and marks it
+/// done. `Ok(false)` if the chunk was done already. Blocking.
+fn adopt(pf: &PartialFile, index: u32, offset: u64, bytes: &[u8], hash: Sha256) -> Result<bool, StoreError> {
     let Some(ticket) = pf.supersede(index) else { return Ok(false) };
-    let range = ChunkLayout::for_len(pf.manifest().size).range(index).ok_or(StoreError::Superseded { index })?;
-    pf.write_at(ticket, range.start, bytes)?;
+    pf.write_at(ticket, offset, bytes)?;
     pf.chunk_done(ticket, hash)?;
     Ok(true)
 }
@@ -438,10 +443,6 @@ impl Job {
             Ok(None)
         }
         .await;
-        let (result, copy) = match result {
-            Ok(copy) => (Ok(()), copy),
-            Err(e) => (Err(e), None),
-        };
-        Outcome { index, source: Source::Peer(peer), result, copy }
+        Outcome::new(index, Source::Peer(peer), result)
     }
 }

@@ -256,6 +256,7 @@ impl Holdings {
                 *n -= 1;
                 if *n == 0 {
                     w.remove(&e);
+                    lock(&self.askers).remove(&e);
                 }
             }
         }
