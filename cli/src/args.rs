@@ -66,9 +66,14 @@ pub struct JoinArgs {
     pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub swarm: SwarmArgs,
-    /// Control API address (loopback; `get` and `status` find it through the cache dir).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    pub http: SocketAddr,
+    /// Let members of this group (name or gid) run downloads through this node; other users
+    /// may only read its status. Root and the node's own user may always do both.
+    #[arg(long, value_name = "GROUP", env = "SWARM_DL_CONTROL_GROUP")]
+    pub control_group: Option<String>,
+    /// The Hub that downloads asked by --control-group members use [env: HF_ENDPOINT, else
+    /// https://huggingface.co].
+    #[arg(long)]
+    pub endpoint: Option<String>,
     /// Cap what all the downloads this node runs pull together, Hub and peers (same units as get).
     #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", value_name = "RATE")]
     pub max_download_rate: Option<String>,

@@ -5,20 +5,22 @@ use crate::progress::Display;
 use crate::settings;
 use anyhow::{Context as _, anyhow};
 use indicatif::HumanBytes;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use swarm_node::cache::local_dir::LocalDir;
 use swarm_node::cache::{HubCache, scan};
-use swarm_node::control::{ControlClient, ControlError, ControlServer, RemoteGet};
+use swarm_node::control::trust;
+use swarm_node::control::{ControlClient, ControlPolicy, ControlServer};
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
 use swarm_node::http::{HubServer, HubServerConfig};
 use swarm_node::hub::{HubClient, HubConfig, RepoRef, RetryPolicy};
 use swarm_node::swarm::libp2p::{Multiaddr, identity::Keypair};
 use swarm_node::swarm::{self, Node, NodeConfig};
+use swarm_protocol::control::GetParams;
 use swarm_protocol::repo::{RepoId, RepoType};
 
 /// Runs one command.
@@ -63,14 +65,34 @@ fn parse_multiaddr(s: &str, flag: &str) -> anyhow::Result<Multiaddr> {
     s.parse().map_err(|e| anyhow!("{flag} '{s}' is not a multiaddr ({e}); write e.g. /ip4/10.0.0.2/tcp/4001"))
 }
 
-fn identity_dir(cache_root: &Path) -> PathBuf {
-    swarm_node::control::state_dir(cache_root)
+/// Says on stderr what kind of swarm a node joins, and so who may fetch what from it.
+fn swarm_note(cfg: &NodeConfig) {
+    match &cfg.swarm_key {
+        None => eprintln!(
+            "note: no --swarm-key, so this swarm is open: any swarm-dl node that can reach this one may fetch the public repos of its cache (gated and private repos are never shared; make a key with `swarm-dl keygen FILE`)"
+        ),
+        Some(key) => eprintln!(
+            "note: private swarm (key {}): gated/private repos are shared with members of this swarm",
+            key.fingerprint()
+        ),
+    }
 }
 
 async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     let cache = HubCache::new(settings::cache_dir(a.cache_dir));
     cache.ensure().with_context(|| format!("cannot use cache '{}'", cache.root().display()))?;
-    let (key, lock) = swarm::load_identity(&identity_dir(cache.root()))?;
+    let state = trust::secure_state_dir(cache.root())
+        .with_context(|| format!("refusing to run a node on cache '{}'", cache.root().display()))?;
+    let policy = ControlPolicy {
+        group: a
+            .control_group
+            .as_deref()
+            .map(trust::group_id)
+            .transpose()
+            .map_err(|e| anyhow!("--control-group: {e}"))?,
+        endpoint: settings::endpoint(a.endpoint),
+    };
+    let (key, lock) = swarm::load_identity(&state)?;
     if lock.is_none() {
         return Err(anyhow!(
             "another swarm-dl node already runs for cache '{}' (see `swarm-dl status`)",
@@ -80,22 +102,16 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     let max_download_rate = a.max_download_rate.as_deref().map(settings::parse_rate).transpose()?;
     let mut cfg = node_config(cache.root(), &a.swarm, key)?;
     cfg.max_download_rate = max_download_rate;
-    if cfg.swarm_key.is_none() {
-        eprintln!(
-            "note: no --swarm-key, so this swarm is open: any swarm-dl node that can reach this one may fetch its files (make a key with `swarm-dl keygen FILE`)"
-        );
-    }
+    swarm_note(&cfg);
     let node = Node::start(cfg).await?;
     let handle = node.handle();
-    let control = ControlServer::start(a.http, handle.clone(), cache.clone())
-        .await
-        .with_context(|| format!("cannot serve the control API on {}", a.http))?;
+    let control = ControlServer::start(handle.clone(), cache.clone(), policy).await?;
     let listen: Vec<String> = handle.listen_addrs().iter().map(|m| m.to_string()).collect();
     if a.json {
         let v = serde_json::json!({
             "peer_id": handle.peer_id().to_string(),
             "listen": listen,
-            "control": format!("http://{}", control.addr()),
+            "control": control.socket(),
             "cache_dir": cache.root(),
         });
         println!("{v}");
@@ -104,7 +120,7 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
         for l in &listen {
             println!("  listening on {l}");
         }
-        println!("  control API http://{}", control.addr());
+        println!("  control socket {}", control.socket().display());
     }
     wait_for_signal().await;
     eprintln!("stopping: closing peer connections (verified chunks of unfinished files are kept)");
@@ -145,13 +161,7 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             Err(why) => why,
         };
         if std::time::Instant::now() >= deadline {
-            if swarm_node::control::node_file(&root).exists() {
-                return Err(anyhow!(
-                    "no swarm-dl node answers for cache '{}' ({why}); start one with `swarm-dl join`",
-                    root.display()
-                ));
-            }
-            return Err(ControlError::NoNode(root).into());
+            return Err(why.into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -187,6 +197,12 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if s.endgame_duplicates > 0 {
         println!("endgame   {} chunks asked of a second source because the first was slow", s.endgame_duplicates);
+    }
+    if s.handshake_failures > 0 {
+        println!(
+            "handshake {} connections failed in the handshake (a different --swarm-key, or none?)",
+            s.handshake_failures
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -267,27 +283,31 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             return fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
         } else if let Some(client) = ControlClient::find(&cache_root).await {
             tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
-            let local_dir = req
-                .local_dir
-                .as_ref()
-                .map(|d| std::path::absolute(d.root()).unwrap_or_else(|_| d.root().to_path_buf()));
-            let g = RemoteGet {
-                repo_type: repo.ty.as_str().to_owned(),
-                repo_id: repo.id.as_str().to_owned(),
+            let g = GetParams {
+                repo_type: repo.ty,
+                repo_id: repo.id.clone(),
                 revision: req.revision.clone(),
                 include: req.include.clone(),
                 exclude: req.exclude.clone(),
-                local_dir,
                 endpoint: settings::endpoint(a.endpoint.clone()),
                 token: settings::token(a.token.clone()).map(|t| t.expose().to_owned()),
                 retries: a.retries,
                 read_timeout_ms: settings::read_timeout().map(|d| d.as_millis() as u64).unwrap_or(10_000),
-                max_workers: req.max_workers,
+                max_workers: u32::try_from(req.max_workers).unwrap_or(u32::MAX),
                 max_download_rate: req.max_download_rate,
             };
-            return client.get(&g, &progress).await.map_err(|e| e.to_string());
+            let out = client.get(g, &progress).await.map_err(|e| e.to_string())?;
+            // The node wrote its cache; the folder asked for is written here, with our rights.
+            return fetch::publish_local_dir(&req, out).map_err(|e| e.to_string());
         }
-        let (key, _lock) = match swarm::load_identity(&identity_dir(&cache_root)) {
+        let state = match trust::secure_state_dir(&cache_root) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!("not joining the swarm from this cache ({e}); downloading from the Hub alone");
+                return fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
+            }
+        };
+        let (key, _lock) = match swarm::load_identity(&state) {
             Ok(k) => k,
             Err(e) => {
                 tracing::warn!(error = %e, "using a throwaway node identity");
@@ -295,6 +315,9 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let cfg = node_config(&cache_root, &a.swarm, key).map_err(|e| e.to_string())?;
+        if !a.quiet {
+            swarm_note(&cfg);
+        }
         let waits = cfg.mdns || !cfg.peers.is_empty();
         let node = Node::start(cfg).await.map_err(|e| e.to_string())?;
         req.node = Some(node.handle());

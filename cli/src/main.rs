@@ -18,7 +18,14 @@ fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWARM_DL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error,libp2p_mdns=error"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    // No ANSI codes in logs that go to a file or a pipe (journald, CI logs).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

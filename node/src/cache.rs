@@ -11,7 +11,7 @@
 pub mod local_dir;
 pub mod scan;
 
-use crate::hub::{RemoteFile, RepoRef};
+use crate::hub::{Access, RemoteFile, RepoRef};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -85,6 +85,35 @@ impl HubCache {
         let m: swarm_protocol::manifest::ChunkManifest =
             serde_json::from_slice(&fs::read(self.manifest_path(etag)).ok()?).ok()?;
         (m.validate_for(etag, size).is_ok() && m.known() == m.chunks.len()).then_some(m)
+    }
+
+    /// Where the access class (gated, private) of the repo in cache folder `folder`
+    /// (`models--org--name`) is recorded, as the Hub last said it to a `get` on this cache.
+    fn access_path(&self, folder: &str) -> PathBuf {
+        self.swarm_dir().join("access").join(format!("{folder}.json"))
+    }
+
+    /// Records what the Hub said of a repo's access (best effort: without a record, an open
+    /// swarm does not serve the repo).
+    pub fn record_access(&self, repo: &RepoRef, access: Access) {
+        let path = self.access_path(&repo.id.folder_name(repo.ty));
+        let res = path
+            .parent()
+            .map_or(Ok(()), fs::create_dir_all)
+            .and_then(|()| serde_json::to_vec(&access).map_err(io::Error::other))
+            .and_then(|json| write_atomic(&path, &json));
+        if let Err(e) = res {
+            tracing::debug!(path = %path.display(), error = %e, "cannot record repo access");
+        }
+    }
+
+    /// Whether the repo in cache folder `folder` is known to be public (neither gated nor
+    /// private): only such repos are served to an open swarm. Unknown means no.
+    pub fn folder_is_public(&self, folder: &str) -> bool {
+        fs::read(self.access_path(folder))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Access>(&b).ok())
+            .is_some_and(Access::is_public)
     }
 
     /// The folder of one repo.
@@ -163,12 +192,19 @@ impl RepoCache {
 
     /// The commit a ref points at, read raw as `huggingface_hub` does.
     pub fn read_ref(&self, revision: &str) -> Option<String> {
+        swarm_protocol::repo::check_revision(revision).ok()?;
         let s = fs::read_to_string(self.ref_path(revision)).ok()?;
         swarm_protocol::repo::is_commit(&s).then_some(s)
     }
 
     /// Writes `refs/<rev>` = the bare commit (no newline), atomically, only if it changes.
+    /// A revision that breaks git's ref-name rules (`../x`) is refused, never joined to a path.
     pub fn write_ref(&self, revision: &str, commit: &str) -> io::Result<()> {
+        swarm_protocol::repo::check_revision(revision)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        if !swarm_protocol::repo::is_commit(commit) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a ref must hold a full commit id"));
+        }
         if self.read_ref(revision).as_deref() == Some(commit) {
             return Ok(());
         }

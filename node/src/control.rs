@@ -1,70 +1,55 @@
 //! The local control API of a `join` node, and its client.
 //!
-//! A running node writes `<cache>/.locks/swarm-dl/node.json` (its pid, control address, peer id) once
-//! it is ready, and removes it when it stops. `swarm-dl get` and `swarm-dl status` find the node
-//! that serves their cache dir through that file and talk to it over HTTP on loopback:
-//! - `GET /v1/status` → [`NodeStatus`];
-//! - `POST /v1/get` with a [`RemoteGet`] → newline-delimited JSON [`Line`]s: progress snapshots,
-//!   then the outcome or one error sentence. If the asker goes away, the download stops (what
-//!   was verified stays for the next run).
+//! A running node listens on a Unix socket in its state dir,
+//! `<cache>/.locks/swarm-dl/control.sock`, and announces itself in `node.json` beside it (pid,
+//! peer id, listen addresses) once it is ready; it removes both when it stops. `swarm-dl get`
+//! and `swarm-dl status` find the node of their cache dir there. No TCP port is opened, so
+//! nothing on the network, and no web page through DNS rebinding, can reach it; pods reach it
+//! through the mount of the host's cache.
 //!
-//! The API binds to loopback only and the file is private to the cache's owner: whoever can
-//! write the cache can already do anything a download could.
+//! Each connection carries one request ([`swarm_protocol::control`], decoded with bounds) and
+//! gets newline-delimited JSON [`Line`]s back. What a caller may ask is decided by its uid, read
+//! with `SO_PEERCRED` ([`ControlPolicy`]):
+//! - root and the node's own uid: everything;
+//! - members of `--control-group`: downloads into the node's cache from the node's own Hub
+//!   endpoint (naming another endpoint could fill the shared cache with anything);
+//! - everyone else: `status` only.
+//!
+//! The node never writes where a caller names: a download always lands in the node's cache,
+//! and a caller that wants a `--local-dir` copies the files there itself, with its own rights.
+//! A caller's token is used for its download only, and is never logged or written to disk.
+//!
+//! The client side trusts a node only after [`trust`] checks: the state dir, `node.json` and the
+//! socket belong to root, to the caller or to the cache's owner, and the process answering on
+//! the socket (`SO_PEERCRED` again) is that uid and the pid `node.json` names.
+
+pub mod trust;
 
 use crate::cache::HubCache;
-use crate::cache::local_dir::LocalDir;
 use crate::fetch::progress::{Progress, Snapshot};
 use crate::fetch::{self, GetRequest};
 use crate::hub::{HubClient, HubConfig, RepoRef, RetryPolicy, Token};
 use crate::swarm::{NodeHandle, NodeStatus};
-use axum::extract::State;
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use swarm_protocol::repo::{RepoId, RepoType};
+use swarm_protocol::control::{ControlRequest, GetParams, MAX_REQUEST_BYTES, decode_request, encode_request};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use trust::TrustError;
 
-/// A download asked of a running node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemoteGet {
-    /// model, dataset or space.
-    pub repo_type: String,
-    /// The repo id.
-    pub repo_id: String,
-    /// Revision.
-    pub revision: String,
-    /// Include patterns.
-    pub include: Vec<String>,
-    /// Exclude patterns.
-    pub exclude: Vec<String>,
-    /// Plain copies here instead of the cache's snapshot.
-    pub local_dir: Option<PathBuf>,
-    /// Hub URL.
-    pub endpoint: String,
-    /// Hub token (never logged).
-    pub token: Option<String>,
-    /// Attempts per request.
-    pub retries: u32,
-    /// Read timeout, milliseconds.
-    pub read_timeout_ms: u64,
-    /// Requests in flight.
-    pub max_workers: usize,
-    /// Total download rate cap (bytes/s); the node's own cap (shared by its downloads) applies
-    /// when unset.
-    pub max_download_rate: Option<u64>,
-}
-
-/// One line of a `/v1/get` answer.
+/// One line of a node's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Line {
-    /// Counters now.
+    /// The node's status.
+    Status(Box<NodeStatus>),
+    /// Download counters now.
     Progress(Snapshot),
-    /// Finished.
+    /// The download finished.
     Done(fetch::GetOutcome),
-    /// Failed: one sentence.
+    /// Failed or refused: one sentence.
     Error(String),
 }
 
@@ -73,8 +58,8 @@ pub enum Line {
 pub struct NodeFile {
     /// The node's process.
     pub pid: u32,
-    /// Control API address.
-    pub control: SocketAddr,
+    /// Its control socket.
+    pub socket: PathBuf,
     /// Peer id.
     pub peer_id: String,
     /// Listen addresses.
@@ -91,55 +76,144 @@ pub fn node_file(cache_root: &Path) -> PathBuf {
     state_dir(cache_root).join("node.json")
 }
 
+/// The control socket of the node serving `cache_root`.
+pub fn socket_path(cache_root: &Path) -> PathBuf {
+    state_dir(cache_root).join("control.sock")
+}
+
+/// Who may ask a node for downloads besides root and the node's own uid.
+#[derive(Debug, Clone)]
+pub struct ControlPolicy {
+    /// Members of this group may run downloads (from [`ControlPolicy::endpoint`] only).
+    pub group: Option<u32>,
+    /// The Hub that group members' downloads use.
+    pub endpoint: String,
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Root or the node's uid.
+    Owner,
+    /// A member of the control group.
+    Member,
+    /// Anyone else: status only.
+    Reader,
+}
+
+fn role(uid: u32, gid: u32, pid: Option<i32>, policy: &ControlPolicy) -> Role {
+    if uid == 0 || uid == trust::euid() {
+        return Role::Owner;
+    }
+    match policy.group {
+        Some(g) if gid == g || pid.is_some_and(|p| supplementary_groups(p).contains(&g)) => Role::Member,
+        _ => Role::Reader,
+    }
+}
+
+/// The supplementary groups of a live process (Linux: `/proc/<pid>/status`), as the kernel
+/// checks them for file access. Empty where unknown.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Why the control API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlStartError {
+    /// The state dir is not safe to use.
+    #[error(transparent)]
+    Untrusted(#[from] TrustError),
+    /// The socket cannot be bound.
+    #[error("cannot listen on control socket '{}': {source}", .path.display())]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The socket path is longer than Unix sockets allow.
+    #[error("control socket path '{}' is longer than {max} bytes: use a shorter --cache-dir", .path.display())]
+    PathTooLong {
+        /// The path.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Longest Unix socket path (`sun_path` less its NUL) on Linux.
+const MAX_SOCKET_PATH: usize = 107;
+/// Connections served at once; more wait (a local user cannot exhaust the node's files).
+const MAX_CONNECTIONS: usize = 64;
+
 #[derive(Clone)]
 struct AppState {
     node: NodeHandle,
     cache: HubCache,
+    policy: Arc<ControlPolicy>,
 }
 
 /// A running control API.
 #[derive(Debug)]
 pub struct ControlServer {
-    addr: SocketAddr,
+    socket: PathBuf,
     file: PathBuf,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ControlServer {
-    /// Serves the control API of `node` on `addr` and announces it in the cache dir.
-    pub async fn start(addr: SocketAddr, node: NodeHandle, cache: HubCache) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let file = node_file(cache.root());
-        let app = axum::Router::new()
-            .route("/v1/status", get(status))
-            .route("/v1/get", post(remote_get))
-            .with_state(AppState { node: node.clone(), cache });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+    /// Serves the control API of `node` on the cache's socket and announces it in `node.json`.
+    /// The caller must hold the node identity lock of the cache (only one node per cache).
+    pub async fn start(node: NodeHandle, cache: HubCache, policy: ControlPolicy) -> Result<Self, ControlStartError> {
+        let state = trust::secure_state_dir(cache.root())?;
+        let socket = state.join("control.sock");
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(ControlStartError::PathTooLong { path: socket, max: MAX_SOCKET_PATH });
+        }
+        let bind = |source| ControlStartError::Bind { path: socket.clone(), source };
+        // A socket left by a node that died: we hold the identity lock, so no node uses it.
+        match std::fs::symlink_metadata(&socket) {
+            Ok(_) => std::fs::remove_file(&socket).map_err(bind)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind(e)),
+        }
+        let listener = UnixListener::bind(&socket).map_err(bind)?;
+        // Anyone may connect; what each caller may do is decided by its uid.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).map_err(bind)?;
+        let file = state.join("node.json");
         let nf = NodeFile {
             pid: std::process::id(),
-            control: addr,
+            socket: socket.clone(),
             peer_id: node.peer_id().to_string(),
             listen: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
         };
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        crate::swarm::write_private(&file, &serde_json::to_vec_pretty(&nf).unwrap_or_default())?;
-        Ok(Self { addr, file, task })
+        crate::swarm::write_private(&file, &serde_json::to_vec_pretty(&nf).unwrap_or_default())
+            .map_err(|source| TrustError::Io { path: file.clone(), source })?;
+        // node.json holds no secret; callers of other uids read it to find the node.
+        let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644));
+        let st = AppState { node, cache, policy: Arc::new(policy) };
+        let task = tokio::spawn(accept(listener, st));
+        Ok(Self { socket, file, task })
     }
 
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
-    /// Stops serving and removes the announcement.
+    /// Stops serving and removes the announcement and the socket.
     pub fn stop(self) {
         if node_file_pid(&self.file) == Some(std::process::id()) {
             let _ = std::fs::remove_file(&self.file);
+            let _ = std::fs::remove_file(&self.socket);
         }
         self.task.abort();
     }
@@ -150,49 +224,106 @@ fn node_file_pid(file: &Path) -> Option<u32> {
     Some(nf.pid)
 }
 
-async fn status(State(s): State<AppState>) -> axum::Json<NodeStatus> {
-    axum::Json(s.node.status().await)
-}
-
-async fn remote_get(State(s): State<AppState>, axum::Json(g): axum::Json<RemoteGet>) -> axum::response::Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Line>(4);
-    tokio::spawn(async move {
-        let progress = Arc::new(Progress::default());
-        let run = run_get(&s, g, progress.clone());
-        let mut run = std::pin::pin!(run);
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        let last = loop {
-            tokio::select! {
-                r = &mut run => break match r {
-                    Ok(o) => Line::Done(o),
-                    Err(e) => Line::Error(e),
-                },
-                _ = tick.tick() => {
-                    if tx.send(Line::Progress(progress.snapshot())).await.is_err() {
-                        tracing::info!("the get that asked for this download went away; stopping it");
-                        return;
-                    }
-                }
+async fn accept(listener: UnixListener, st: AppState) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
         };
-        let _ = tx.send(Line::Progress(progress.snapshot())).await;
-        let _ = tx.send(last).await;
-    });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        let line = rx.recv().await?;
-        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-        bytes.push(b'\n');
-        Some((Ok::<_, std::convert::Infallible>(bytes), rx))
-    });
-    axum::response::Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(axum::body::Body::from_stream(body))
-        .unwrap_or_default()
+        let st = st.clone();
+        tokio::spawn(async move {
+            serve(stream, st).await;
+            drop(slot);
+        });
+    }
 }
 
-async fn run_get(s: &AppState, g: RemoteGet, progress: Arc<Progress>) -> Result<fetch::GetOutcome, String> {
-    let ty: RepoType = g.repo_type.parse().map_err(|e: swarm_protocol::repo::RepoIdError| e.to_string())?;
-    let repo = RepoRef { id: RepoId::parse(&g.repo_id).map_err(|e| e.to_string())?, ty };
+async fn serve(stream: UnixStream, st: AppState) {
+    let Ok(cred) = stream.peer_cred() else {
+        return;
+    };
+    let who = role(cred.uid(), cred.gid(), cred.pid(), &st.policy);
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut limited = BufReader::new(read).take(MAX_REQUEST_BYTES as u64 + 1);
+    let req = match tokio::time::timeout(Duration::from_secs(10), limited.read_until(b'\n', &mut line)).await {
+        Ok(Ok(_)) => decode_request(&line),
+        _ => return,
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(uid = cred.uid(), error = %e, "control socket: refused a request");
+            let _ = send(&mut write, &Line::Error(e.to_string())).await;
+            return;
+        }
+    };
+    match req {
+        ControlRequest::Status => {
+            let _ = send(&mut write, &Line::Status(Box::new(st.node.status().await))).await;
+        }
+        ControlRequest::Get(g) => {
+            if let Err(why) = allowed(who, cred.uid(), &g, &st.policy) {
+                tracing::info!(uid = cred.uid(), repo = %g.repo_id, "control socket: refused a download");
+                let _ = send(&mut write, &Line::Error(why)).await;
+                return;
+            }
+            tracing::info!(uid = cred.uid(), repo = %g.repo_id, "download asked through the control socket");
+            remote_get(&st, g, &mut write).await;
+        }
+    }
+}
+
+fn allowed(who: Role, uid: u32, g: &GetParams, policy: &ControlPolicy) -> Result<(), String> {
+    match who {
+        Role::Owner => Ok(()),
+        Role::Member if g.endpoint.trim_end_matches('/') == policy.endpoint.trim_end_matches('/') => Ok(()),
+        Role::Member => Err(format!(
+            "this node downloads for its control group from {} only, not from {} (run `get --no-swarm` to use another Hub)",
+            policy.endpoint, g.endpoint
+        )),
+        Role::Reader => Err(format!(
+            "uid {uid} may only read this node's status: ask its owner to start it with --control-group, or run `get --no-swarm`"
+        )),
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, line: &Line) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(line).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    w.write_all(&bytes).await
+}
+
+async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::OwnedWriteHalf) {
+    let progress = Arc::new(Progress::default());
+    let run = run_get(st, g, progress.clone());
+    let mut run = std::pin::pin!(run);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let last = loop {
+        tokio::select! {
+            r = &mut run => break match r {
+                Ok(o) => Line::Done(o),
+                Err(e) => Line::Error(e),
+            },
+            _ = tick.tick() => {
+                if send(write, &Line::Progress(progress.snapshot())).await.is_err() {
+                    tracing::info!("the get that asked for this download went away; stopping it");
+                    return;
+                }
+            }
+        }
+    };
+    let _ = send(write, &Line::Progress(progress.snapshot())).await;
+    let _ = send(write, &last).await;
+}
+
+async fn run_get(s: &AppState, g: GetParams, progress: Arc<Progress>) -> Result<fetch::GetOutcome, String> {
     let hub = HubClient::new(HubConfig {
         endpoint: g.endpoint,
         token: g.token.as_deref().and_then(Token::new),
@@ -202,13 +333,13 @@ async fn run_get(s: &AppState, g: RemoteGet, progress: Arc<Progress>) -> Result<
     })
     .map_err(|e| e.to_string())?;
     let req = GetRequest {
-        repo,
+        repo: RepoRef { id: g.repo_id, ty: g.repo_type },
         revision: g.revision,
         include: g.include,
         exclude: g.exclude,
         cache: s.cache.clone(),
-        local_dir: g.local_dir.map(LocalDir::new),
-        max_workers: g.max_workers,
+        local_dir: None,
+        max_workers: g.max_workers as usize,
         max_download_rate: g.max_download_rate,
         node: Some(s.node.clone()),
         peer_wait: Duration::ZERO,
@@ -222,11 +353,10 @@ async fn run_get(s: &AppState, g: RemoteGet, progress: Arc<Progress>) -> Result<
     })
 }
 
-/// A client of a running node's control API.
+/// A client of a running node's control socket.
 #[derive(Debug, Clone)]
 pub struct ControlClient {
-    base: String,
-    http: reqwest::Client,
+    socket: PathBuf,
     /// What the node announced.
     pub file: NodeFile,
 }
@@ -234,99 +364,174 @@ pub struct ControlClient {
 /// Why talking to a node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    /// No node answers for this cache dir.
+    /// No node announces itself for this cache dir.
     #[error("no swarm-dl node is running for cache '{}' (start one with `swarm-dl join`)", .0.display())]
     NoNode(PathBuf),
-    /// The node stopped answering mid-way.
-    #[error("the swarm-dl node at {addr} stopped answering: {reason}")]
+    /// The node's files are not trusted (or cannot be read).
+    #[error("not using the swarm-dl node of this cache: {0}")]
+    Untrusted(#[from] TrustError),
+    /// `node.json` names a process that is gone.
+    #[error("the swarm-dl node of cache '{}' (pid {pid}) is no longer running (start one with `swarm-dl join`)", .cache.display())]
+    Stale {
+        /// The cache.
+        cache: PathBuf,
+        /// The pid in `node.json`.
+        pid: u32,
+    },
+    /// The socket is answered by another process than the one `node.json` names.
+    #[error(
+        "not using the swarm-dl node of this cache: its socket is served by uid {uid} pid {pid:?}, not by the node that node.json names"
+    )]
+    Impostor {
+        /// Who answered.
+        uid: u32,
+        /// Its pid.
+        pid: Option<i32>,
+    },
+    /// The node stopped answering, or answered nonsense.
+    #[error("the swarm-dl node on '{}' stopped answering: {reason}", .socket.display())]
     Lost {
-        /// Its address.
-        addr: SocketAddr,
+        /// Its socket.
+        socket: PathBuf,
         /// Why.
         reason: String,
     },
-    /// The download failed in the node.
+    /// The node refused, or the download failed in the node.
     #[error("{0}")]
     Failed(String),
 }
 
 impl ControlClient {
-    /// Finds the node serving `cache_root`, if one runs and answers.
+    /// Finds the node serving `cache_root`, if one runs, is trusted and answers.
     pub async fn find(cache_root: &Path) -> Option<Self> {
         match Self::locate(cache_root).await {
             Ok(c) => Some(c),
+            Err(ControlError::NoNode(_)) => None,
             Err(why) => {
-                tracing::debug!(cache = %cache_root.display(), %why, "no running node");
+                tracing::warn!("{why}");
                 None
             }
         }
     }
 
     /// Like [`Self::find`], saying why not.
-    pub async fn locate(cache_root: &Path) -> Result<Self, String> {
+    pub async fn locate(cache_root: &Path) -> Result<Self, ControlError> {
+        let trusted = trust::trusted_uids(cache_root);
+        let state = state_dir(cache_root);
         let path = node_file(cache_root);
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let file: NodeFile = serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let c = Self { base: format!("http://{}", file.control), http, file };
-        c.status().await.map_err(|e| e.to_string())?;
+        match trust::check_dir(&state, &trusted, false) {
+            Err(e) if e.is_missing() => return Err(ControlError::NoNode(cache_root.to_path_buf())),
+            other => other?,
+        }
+        match trust::check_owned(&path, &trusted, "regular file", trust::is_file) {
+            Err(e) if e.is_missing() => return Err(ControlError::NoNode(cache_root.to_path_buf())),
+            other => other?,
+        };
+        let bytes = std::fs::read(&path).map_err(|source| TrustError::Io { path: path.clone(), source })?;
+        let file: NodeFile = serde_json::from_slice(&bytes).map_err(|e| TrustError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        let pid = i32::try_from(file.pid).unwrap_or(i32::MAX);
+        if let Err(nix::errno::Errno::ESRCH) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+            return Err(ControlError::Stale { cache: cache_root.to_path_buf(), pid: file.pid });
+        }
+        // The socket is always the one beside node.json, whatever the file says.
+        let socket = socket_path(cache_root);
+        trust::check_owned(&socket, &trusted, "socket", trust::is_socket)?;
+        let c = Self { socket, file };
+        let stream = c.connect().await?;
+        let cred = stream.peer_cred().map_err(|e| c.lost(e))?;
+        if !trusted.contains(&cred.uid()) || cred.pid() != Some(pid) {
+            return Err(ControlError::Impostor { uid: cred.uid(), pid: cred.pid() });
+        }
+        drop(stream);
+        c.status().await?;
         Ok(c)
     }
 
-    fn lost(&self, e: impl std::error::Error) -> ControlError {
-        let mut reason = e.to_string();
-        let mut src = e.source();
-        while let Some(s) = src {
-            reason = format!("{reason}: {s}");
-            src = s.source();
-        }
-        ControlError::Lost { addr: self.file.control, reason }
+    fn lost(&self, e: impl std::fmt::Display) -> ControlError {
+        ControlError::Lost { socket: self.socket.clone(), reason: e.to_string() }
+    }
+
+    async fn connect(&self) -> Result<UnixStream, ControlError> {
+        tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(&self.socket))
+            .await
+            .map_err(|_| self.lost("connecting timed out"))?
+            .map_err(|e| self.lost(e))
+    }
+
+    /// Sends `req` on a new connection; the answer's lines follow.
+    async fn ask(&self, req: &ControlRequest) -> Result<tokio::io::Lines<BufReader<UnixStream>>, ControlError> {
+        let mut stream = self.connect().await?;
+        stream.write_all(&encode_request(req)).await.map_err(|e| self.lost(e))?;
+        Ok(BufReader::new(stream).lines())
+    }
+
+    async fn next(&self, lines: &mut tokio::io::Lines<BufReader<UnixStream>>) -> Result<Line, ControlError> {
+        let Some(line) = lines.next_line().await.map_err(|e| self.lost(e))? else {
+            return Err(self.lost("the answer ended early"));
+        };
+        serde_json::from_str(&line).map_err(|e| self.lost(e))
     }
 
     /// The node's status.
     pub async fn status(&self) -> Result<NodeStatus, ControlError> {
-        let r = self
-            .http
-            .get(format!("{}/v1/status", self.base))
-            .timeout(Duration::from_secs(10))
-            .send()
+        let mut lines = self.ask(&ControlRequest::Status).await?;
+        let line = tokio::time::timeout(Duration::from_secs(10), self.next(&mut lines))
             .await
-            .map_err(|e| self.lost(e))?;
-        r.error_for_status().map_err(|e| self.lost(e))?.json().await.map_err(|e| self.lost(e))
+            .map_err(|_| self.lost("no status within 10 s"))??;
+        match line {
+            Line::Status(s) => Ok(*s),
+            Line::Error(e) => Err(ControlError::Failed(e)),
+            other => Err(self.lost(format!("unexpected answer {other:?}"))),
+        }
     }
 
     /// Runs a download in the node, mirroring its progress into `progress`.
-    pub async fn get(&self, g: &RemoteGet, progress: &Progress) -> Result<fetch::GetOutcome, ControlError> {
-        let mut r = self
-            .http
-            .post(format!("{}/v1/get", self.base))
-            .json(g)
-            .send()
-            .await
-            .map_err(|e| self.lost(e))?
-            .error_for_status()
-            .map_err(|e| self.lost(e))?;
-        let mut buf: Vec<u8> = Vec::new();
+    pub async fn get(&self, g: GetParams, progress: &Progress) -> Result<fetch::GetOutcome, ControlError> {
+        let mut lines = self.ask(&ControlRequest::Get(g)).await?;
         loop {
-            let Some(chunk) = r.chunk().await.map_err(|e| self.lost(e))? else {
-                return Err(ControlError::Lost {
-                    addr: self.file.control,
-                    reason: "the answer ended before the download did".into(),
-                });
-            };
-            buf.extend_from_slice(&chunk);
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                match serde_json::from_slice::<Line>(&line).map_err(|e| self.lost(e))? {
-                    Line::Progress(s) => progress.apply(&s),
-                    Line::Done(o) => return Ok(o),
-                    Line::Error(e) => return Err(ControlError::Failed(e)),
-                }
+            match self.next(&mut lines).await? {
+                Line::Progress(s) => progress.apply(&s),
+                Line::Done(o) => return Ok(o),
+                Line::Error(e) => return Err(ControlError::Failed(e)),
+                Line::Status(_) => return Err(self.lost("unexpected status line")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_follow_uid_and_group() {
+        let me = trust::euid();
+        let stranger = me.wrapping_add(4242);
+        let open = ControlPolicy { group: None, endpoint: "https://huggingface.co".into() };
+        let grouped = ControlPolicy { group: Some(4343), endpoint: "https://huggingface.co".into() };
+        assert_eq!(role(0, 0, None, &open), Role::Owner);
+        assert_eq!(role(me, 1, None, &open), Role::Owner);
+        assert_eq!(role(stranger, 4343, None, &open), Role::Reader);
+        assert_eq!(role(stranger, 4343, None, &grouped), Role::Member);
+        assert_eq!(role(stranger, 1, None, &grouped), Role::Reader);
+    }
+
+    #[test]
+    fn members_download_only_from_the_nodes_hub() {
+        let policy = ControlPolicy { group: Some(1), endpoint: "https://huggingface.co".into() };
+        let mut g: GetParams = serde_json::from_value(serde_json::json!({
+            "repo_type": "model", "repo_id": "org/m", "revision": "main", "include": [], "exclude": [],
+            "endpoint": "https://huggingface.co/", "token": null, "retries": 1, "read_timeout_ms": 1,
+            "max_workers": 1, "max_download_rate": null
+        }))
+        .expect("params");
+        assert!(allowed(Role::Member, 7, &g, &policy).is_ok());
+        assert!(allowed(Role::Reader, 7, &g, &policy).is_err_and(|e| e.contains("only read")));
+        g.endpoint = "http://evil.example".into();
+        assert!(allowed(Role::Member, 7, &g, &policy).is_err_and(|e| e.contains("from https://huggingface.co only")));
+        assert!(allowed(Role::Owner, 7, &g, &policy).is_ok());
     }
 }

@@ -276,8 +276,10 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
     let started = Instant::now();
     // One wait for peers in all, however many steps wait for them.
     let peers_until = tokio::time::Instant::now() + req.peer_wait;
+    swarm_protocol::repo::check_revision(&req.revision).map_err(|e| FetchError::Usage(e.to_string()))?;
     let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
     let mut shared_age: Option<u64> = None;
+    let mut node = req.node.clone();
     let (commit, listing, dest) = match &hub {
         Some(hub) => {
             let shared = match &req.node {
@@ -286,8 +288,21 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
             };
             let commit = match &shared {
                 Some((commit, _, _)) => commit.clone(),
-                None if is_commit(&req.revision) => req.revision.clone(),
-                None => hub.resolve_commit(&req.repo, &req.revision).await?,
+                // Alone, every byte comes from the Hub with this caller's token: the Hub decides.
+                None if is_commit(&req.revision) && req.node.is_none() => req.revision.clone(),
+                None => {
+                    let (commit, access) = hub.resolve(&req.repo, &req.revision).await?;
+                    req.cache.record_access(&req.repo, access);
+                    if !access.is_public() && node.as_ref().is_some_and(|n| !n.is_private()) {
+                        // An open swarm never carries gated or private repos, either way.
+                        tracing::warn!(
+                            repo = %req.repo.id,
+                            "this repo is gated or private: downloading it from the Hub alone, not through the open swarm"
+                        );
+                        node = None;
+                    }
+                    commit
+                }
             };
             let dest = dest_for(req)?;
             if let Some((_, files, _)) = &shared
@@ -363,19 +378,19 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         commit: commit.clone(),
         dest: dest.clone(),
         slots: Arc::new(Semaphore::new(workers)),
-        throttle: match (req.max_download_rate, req.node.as_ref().and_then(|n| n.download_throttle())) {
+        throttle: match (req.max_download_rate, node.as_ref().and_then(|n| n.download_throttle())) {
             (None, Some(shared)) => shared,
             (rate, _) => Arc::new(Throttle::new(rate)),
         },
         progress: progress.clone(),
         max_workers: workers,
-        node: req.node.clone(),
+        node: node.clone(),
         cache: req.cache.clone(),
     });
     // Say what this node is about to download before waiting for peers, so that nodes starting
     // together count each other in when they share out the Hub work.
-    let _wanted = req.node.as_ref().map(|node| Wanted::new(node, &todo));
-    if let Some(node) = &req.node
+    let _wanted = node.as_ref().map(|node| Wanted::new(node, &todo));
+    if let Some(node) = &node
         && !todo.is_empty()
     {
         let n = node.wait_for_peers(peers_until).await;
@@ -413,6 +428,31 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         bytes_resumed: progress.bytes_resumed.load(Relaxed),
         elapsed: started.elapsed(),
     })
+}
+
+/// Copies the selected files of `commit`, which a `join` node has just put in the cache, into
+/// `req.local_dir`. This is how `get --local-dir` works through a node: the node only ever
+/// writes its own cache, and the calling process writes the folder it named, with its own
+/// rights. Files already current in the folder are left alone.
+pub fn publish_local_dir(req: &GetRequest, mut outcome: GetOutcome) -> Result<GetOutcome, FetchError> {
+    let Some(dir) = &req.local_dir else {
+        return Ok(outcome);
+    };
+    let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
+    let rc = req.cache.repo(&req.repo);
+    let commit = outcome.commit.clone();
+    let listing = rc.read_tree(&commit).ok_or_else(|| {
+        FetchError::Internal(format!("the node left no file listing of commit {commit} in the cache"))
+    })?;
+    let dest = dest_for(req)?;
+    for f in listing.iter().filter(|f| selection.matches(&f.path)) {
+        if !dest.is_done(&commit, f) && !dest.publish_existing(&commit, f).map_err(local_io(dir.root()))? {
+            return Err(FetchError::Internal(format!("'{}' is not in the cache after the node's download", f.path)));
+        }
+    }
+    dest.write_tree(&commit, &listing).map_err(local_io(dir.root()))?;
+    outcome.path = dir.root().to_path_buf();
+    Ok(outcome)
 }
 
 async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {

@@ -102,6 +102,36 @@ pub struct RepoInfo {
     pub id: String,
     /// Commit the revision points at.
     pub sha: Option<String>,
+    /// Only its owners (and their tokens) can see it.
+    #[serde(default)]
+    pub private: bool,
+    /// `false`, or how access is granted (`"auto"`, `"manual"`): users must accept conditions.
+    #[serde(default)]
+    pub gated: serde_json::Value,
+}
+
+/// Who may download a repo, as the Hub said in its repo info.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// Gated: access needs accepted conditions and a token.
+    pub gated: bool,
+    /// Private.
+    pub private: bool,
+}
+
+impl Access {
+    /// Anyone may download it without a token.
+    pub fn is_public(self) -> bool {
+        !self.gated && !self.private
+    }
+}
+
+impl RepoInfo {
+    /// Gated or private, as the Hub says.
+    pub fn access(&self) -> Access {
+        let gated = !matches!(&self.gated, serde_json::Value::Null | serde_json::Value::Bool(false));
+        Access { gated, private: self.private }
+    }
 }
 
 /// One entry of `GET /api/{type}s/{repo}/tree/{rev}`.
@@ -356,11 +386,13 @@ impl HubClient {
         Ok(info)
     }
 
-    /// Resolves a revision (branch, tag, `refs/pr/N`, short or full commit) to a full commit id.
-    pub async fn resolve_commit(&self, repo: &RepoRef, revision: &str) -> Result<String, HubError> {
+    /// Resolves a revision (branch, tag, `refs/pr/N`, short or full commit) to a full commit id,
+    /// with the repo's access class.
+    pub async fn resolve(&self, repo: &RepoRef, revision: &str) -> Result<(String, Access), HubError> {
         let info = self.repo_info(repo, revision).await?;
+        let access = info.access();
         match info.sha {
-            Some(sha) if swarm_protocol::repo::is_commit(&sha) => Ok(sha),
+            Some(sha) if swarm_protocol::repo::is_commit(&sha) => Ok((sha, access)),
             other => Err(HubError::Malformed {
                 url: redact(&self.url(&format!("api/{}/{}", repo.ty.api_segment(), repo.id))),
                 what: format!("repo info has no valid 'sha' (got {other:?})"),

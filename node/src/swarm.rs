@@ -204,6 +204,9 @@ pub struct NodeStatus {
     /// Chunks asked of a second source in the endgame, because the first was slow.
     #[serde(default)]
     pub endgame_duplicates: u64,
+    /// Connections that failed in the handshake (another swarm key, or none).
+    #[serde(default)]
+    pub handshake_failures: u64,
 }
 
 /// Peers caught lying, and until when.
@@ -262,6 +265,7 @@ struct Shared {
     rate_out: AtomicU64,
     takeovers: AtomicU64,
     duplicates: AtomicU64,
+    handshake_failures: AtomicU64,
     download: Option<Arc<crate::fetch::throttle::Throttle>>,
 }
 
@@ -370,7 +374,8 @@ impl Node {
                 .map_err(|e| NodeError::Listen { addr: addr.clone(), reason: e.to_string() })?;
         }
         let peer_id = *swarm.local_peer_id();
-        let holdings = Arc::new(Holdings::new(cfg.cache_root.clone(), cfg.key.clone(), cfg.fault));
+        let holdings =
+            Arc::new(Holdings::new(cfg.cache_root.clone(), cfg.swarm_key.is_none(), cfg.key.clone(), cfg.fault));
         let transfer = Arc::new(Transfer::new(swarm.behaviour().stream.new_control(), cfg.max_upload_rate, cfg.fault));
         let (tx, rx) = mpsc::channel(256);
         let shared = Arc::new(Shared {
@@ -389,6 +394,7 @@ impl Node {
             rate_out: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
             download: cfg.max_download_rate.map(|r| Arc::new(crate::fetch::throttle::Throttle::new(Some(r)))),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
@@ -670,6 +676,7 @@ impl NodeHandle {
             banned: self.shared.bans.current().iter().map(|p| p.to_string()).collect(),
             hub_takeovers: self.shared.takeovers.load(Relaxed),
             endgame_duplicates: self.shared.duplicates.load(Relaxed),
+            handshake_failures: self.shared.handshake_failures.load(Relaxed),
         }
     }
 }
@@ -713,6 +720,8 @@ struct EventLoop {
     pending_meta: HashMap<OutboundRequestId, oneshot::Sender<Result<MetaResponse, String>>>,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     provided: HashSet<Etag>,
+    /// Hosts whose failed handshake was already explained in the log.
+    warned: HashSet<Multiaddr>,
 }
 
 impl EventLoop {
@@ -727,6 +736,7 @@ impl EventLoop {
             pending_meta: HashMap::new(),
             pending_providers: HashMap::new(),
             provided: HashSet::new(),
+            warned: HashSet::new(),
         }
     }
 
@@ -834,10 +844,18 @@ impl EventLoop {
                 self.shared.peers_changed.notify_waiters();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+                tracing::debug!(peer = ?peer_id, error = %chain(&error), "dial failed");
+                if let libp2p::swarm::DialError::Transport(errors) = &error {
+                    for (addr, e) in errors {
+                        self.note_failure(addr, e, "could not connect to");
+                    }
+                }
             }
             SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
-                tracing::debug!(from = %send_back_addr, %error, "inbound connection failed");
+                tracing::debug!(from = %send_back_addr, error = %chain(&error), "inbound connection failed");
+                if let libp2p::swarm::ListenError::Transport(e) = &error {
+                    self.note_failure(&send_back_addr, e, "refused a connection from");
+                }
             }
             SwarmEvent::Behaviour(b) => self.behaviour(b),
             _ => {}
@@ -890,12 +908,12 @@ impl EventLoop {
             }
             BehaviourEvent::Meta(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
-                    let (root, key) = (self.cache_root.clone(), self.key.clone());
+                    let (root, key, open) = (self.cache_root.clone(), self.key.clone(), self.shared.open);
                     let none = MetaResponse { listing: None };
                     self.answer_later(
                         peer,
                         none,
-                        move || meta::answer(&root, &key, &request),
+                        move || meta::answer(&root, open, &key, &request),
                         |resp| Command::MetaRespond { channel, resp },
                     );
                 }
@@ -933,7 +951,52 @@ impl EventLoop {
     }
 }
 
+/// Whether a failed connection got as far as the handshake and failed there (the other side
+/// speaks with another swarm key, or none), rather than not reaching the other side at all.
+fn is_handshake_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let text = chain(e).to_ascii_lowercase();
+    let unreachable = ["connection refused", "timed out", "unreachable", "no route", "address not available"];
+    !unreachable.iter().any(|u| text.contains(u))
+}
+
+/// An error and its sources on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = one_line(&e.to_string());
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = one_line(&s.to_string());
+        if !out.contains(&t) {
+            out = format!("{out}: {t}");
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// libp2p lists several dial errors on lines of their own; a log line is one line.
+fn one_line(s: &str) -> String {
+    s.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+}
+
 impl EventLoop {
+    /// Records a connection that failed in the handshake: counted for `status`, and explained
+    /// once per address at `warn` (the usual cause is a different `--swarm-key`, or none).
+    fn note_failure(&mut self, addr: &Multiaddr, e: &libp2p::TransportError<std::io::Error>, what: &str) {
+        let libp2p::TransportError::Other(io) = e else { return };
+        if !is_handshake_failure(io) {
+            return;
+        }
+        self.shared.handshake_failures.fetch_add(1, Relaxed);
+        // The address without its port: an inbound peer comes from a new port every time.
+        let host: Multiaddr = addr
+            .iter()
+            .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::Tcp(_) | libp2p::multiaddr::Protocol::P2p(_)))
+            .collect();
+        if self.warned.insert(host) {
+            tracing::warn!("{what} {addr}: handshake failed (different --swarm-key, or none?): {}", chain(io));
+        }
+    }
+
     /// Answers an inbound request off the event loop: `answer` runs on a blocking thread (it may
     /// read or hash files), and its response comes back as the command `respond` makes. A
     /// banned peer gets `refusal`.

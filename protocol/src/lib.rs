@@ -29,11 +29,15 @@
 //!   sha256 record per chunk) and `/swarm-dl/chunk/1` (chunk bytes on a stream) — their frames,
 //!   size limits, and the exact bytes a node signs to vouch for a chunk.
 //!
+//! - [`control`]: the local control protocol between `swarm-dl get`/`status` and the `join` node
+//!   of their cache, over a Unix socket: one JSON request a connection, decoded with bounds.
+//!
 //! ## Versioning
 //! [`PROTOCOL_VERSION`] names the rules above. A change to the chunk-size rule or to a wire type is a
 //! new version, because nodes that disagree on it would cut files differently.
 
 pub mod chunk;
+pub mod control;
 pub mod hash;
 pub mod manifest;
 pub mod repo;

@@ -81,7 +81,7 @@ impl RepoId {
     /// Validates like `huggingface_hub.utils.validate_repo_id`: one or two parts of
     /// `[A-Za-z0-9_.-]`, not starting or ending with `-` or `.`, no `--` or `..`, at most 96 chars.
     pub fn parse(s: &str) -> Result<Self, RepoIdError> {
-        let bad = |why: &str| Err(RepoIdError(format!("invalid repo id '{s}': {why}")));
+        let bad = |why: &str| Err(RepoIdError(format!("invalid repo id '{}': {why}", Printable(s))));
         if s.is_empty() {
             return bad("it is empty");
         }
@@ -164,11 +164,12 @@ pub fn is_commit(rev: &str) -> bool {
 }
 
 /// Checks a `/`-separated path inside a repo before it is joined onto a local directory:
-/// relative, no empty, `.` or `..` segments, no backslashes or NULs. The Hub is trusted for
-/// content, not for our file system: a listing must never write outside the snapshot.
+/// relative, no empty, `.` or `..` segments, no backslashes, no control characters. The Hub is
+/// trusted for content, not for our file system or our terminal: a listing must never write
+/// outside the snapshot, nor print escape sequences.
 pub fn check_repo_path(path: &str) -> Result<(), RepoIdError> {
-    let bad = || Err(RepoIdError(format!("unsafe path in repo listing: '{path}'")));
-    if path.is_empty() || path.starts_with('/') || path.contains('\\') || path.contains('\0') {
+    let bad = || Err(RepoIdError(format!("unsafe path in repo listing: '{}'", Printable(path))));
+    if path.is_empty() || path.starts_with('/') || path.contains('\\') || path.chars().any(char::is_control) {
         return bad();
     }
     if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
@@ -178,6 +179,59 @@ pub fn check_repo_path(path: &str) -> Result<(), RepoIdError> {
         return bad();
     }
     Ok(())
+}
+
+/// Checks a revision (branch, tag, `refs/pr/N`, short or full commit) by git's ref-name rules
+/// (`git check-ref-format`), before it becomes a path under `refs/` or part of a URL. Every
+/// revision the Hub accepts passes; `../x`, control characters and such never do.
+pub fn check_revision(rev: &str) -> Result<(), RepoIdError> {
+    let bad = |why: &str| Err(RepoIdError(format!("invalid revision '{}': {why}", Printable(rev))));
+    if rev.is_empty() {
+        return bad("it is empty");
+    }
+    if rev.len() > 255 {
+        return bad("longer than 255 characters");
+    }
+    if rev == "@" || rev.contains("@{") {
+        return bad("'@' alone and '@{' are not allowed");
+    }
+    if rev.chars().any(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')) {
+        return bad("control characters, spaces and ~ ^ : ? * [ \\ are not allowed");
+    }
+    if rev.contains("..") {
+        return bad("'..' is not allowed");
+    }
+    if rev.ends_with('.') {
+        return bad("it cannot end with '.'");
+    }
+    for part in rev.split('/') {
+        if part.is_empty() {
+            return bad("it cannot start or end with '/' or contain '//'");
+        }
+        if part.starts_with('.') || part.ends_with(".lock") {
+            return bad("a part cannot start with '.' or end with '.lock'");
+        }
+    }
+    Ok(())
+}
+
+/// Shows a name from the Hub, a peer or a user with every control character escaped (`\u{1b}`
+/// for ESC), so that no name can move the cursor, clear the screen or forge a line on a
+/// terminal. Use it wherever such a name is printed or logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Printable<'a>(pub &'a str);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -211,8 +265,52 @@ mod tests {
     #[test]
     fn repo_paths_cannot_escape() {
         check_repo_path("a/b/c.bin").expect("fine");
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a\\b", "C:x", "a/."] {
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "./a", "a\\b", "C:x", "a/.", "a\u{1b}[2J.bin", "a\nb"]
+        {
             assert!(check_repo_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn revisions_follow_git_ref_rules() {
+        for ok in ["main", "v1.0", "refs/pr/3", "refs/convert/parquet", "a1b2c3d", &"f".repeat(40), "feature/x-y_z"] {
+            check_revision(ok).expect(ok);
+        }
+        for bad in [
+            "",
+            "../../../../X",
+            "a/../b",
+            "..",
+            "/main",
+            "main/",
+            "a//b",
+            ".hidden",
+            "a/.b",
+            "x.lock",
+            "x.",
+            "@",
+            "a@{1}",
+            "a b",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            "a\u{1b}[2J",
+            "a\nb",
+            "a\u{7f}",
+        ] {
+            assert!(check_revision(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(Printable("a\u{1b}[2Jb\n").to_string(), "a\\u{1b}[2Jb\\u{a}");
+        assert_eq!(Printable("org/modèle-7B").to_string(), "org/modèle-7B");
+        let e = RepoId::parse("a\u{1b}]0;x").expect_err("invalid");
+        assert!(!e.to_string().contains('\u{1b}'), "{e}");
     }
 }

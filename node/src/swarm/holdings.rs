@@ -9,6 +9,10 @@
 //! - complete blobs: the whole file matched the Hub's ETag, so this node signs every chunk. A blob
 //!   found in the cache (written by another process) is hashed whole once, and served only if it
 //!   matches its name.
+//!
+//! In an open swarm only blobs of repos known to be public are offered: a repo the Hub called
+//! gated or private, or one no `get` on this cache has asked the Hub about, is never served,
+//! listed or announced, whoever asks. In a private swarm every blob is.
 
 use super::transfer::{ServeFault, corrupt};
 use crate::store::PartialFile;
@@ -138,6 +142,8 @@ impl ChunkBytes {
 #[derive(Debug)]
 pub struct Holdings {
     cache_root: PathBuf,
+    /// An open swarm: serve public repos only.
+    open: bool,
     key: Keypair,
     me: Arc<Signer>,
     partial: Mutex<HashMap<Etag, Arc<Partial>>>,
@@ -162,12 +168,13 @@ const MAX_COMPLETE: usize = 4096;
 const MAX_COMPLETED: usize = 1024;
 
 impl Holdings {
-    /// Holdings of the cache at `cache_root`, signed with `key`.
-    pub fn new(cache_root: PathBuf, key: Keypair, fault: Option<ServeFault>) -> Self {
+    /// Holdings of the cache at `cache_root`, signed with `key`; `open` for an open swarm.
+    pub fn new(cache_root: PathBuf, open: bool, key: Keypair, fault: Option<ServeFault>) -> Self {
         let public = key.public();
         let me = Arc::new(Signer { encoded: public.encode_protobuf(), peer: public.to_peer_id(), key: public });
         Self {
             cache_root,
+            open,
             key,
             me,
             partial: Mutex::default(),
@@ -270,13 +277,22 @@ impl Holdings {
             .collect()
     }
 
-    /// Every complete blob in the cache: (etag, path, size).
+    /// Whether the blobs of the repo in cache folder `folder` may be served to this swarm.
+    fn serves(&self, folder: &Path) -> bool {
+        !self.open
+            || folder
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| crate::cache::HubCache::new(self.cache_root.clone()).folder_is_public(n))
+    }
+
+    /// Every complete blob in the cache that this swarm may be served: (etag, path, size).
     pub fn blobs(&self) -> Vec<(Etag, PathBuf, u64)> {
         let mut out = Vec::new();
         let Ok(repos) = std::fs::read_dir(&self.cache_root) else {
             return out;
         };
-        for repo in repos.flatten() {
+        for repo in repos.flatten().filter(|r| self.serves(&r.path())) {
             let Ok(blobs) = std::fs::read_dir(repo.path().join("blobs")) else {
                 continue;
             };
@@ -299,6 +315,7 @@ impl Holdings {
         let repos = std::fs::read_dir(&self.cache_root).ok()?;
         repos
             .flatten()
+            .filter(|r| self.serves(&r.path()))
             .map(|r| r.path().join("blobs").join(etag.as_str()))
             .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == size))
     }
@@ -468,7 +485,7 @@ mod tests {
     fn complete_blobs_are_offered_with_valid_signed_records() {
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
-        let h = Holdings::new(tmp.path().into(), Keypair::generate_ed25519(), None);
+        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), None);
         let req = HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(3), downloading: true };
         let resp = h.answer(PeerId::random(), &req);
         resp.validate(&req).expect("valid");
@@ -498,9 +515,34 @@ mod tests {
         let (tmp, etag) = cache_with_blob(b"good bytes");
         let path = tmp.path().join("models--a--b/blobs").join(etag.as_str());
         std::fs::write(&path, b"evil bytes").expect("tamper");
-        let h = Holdings::new(tmp.path().into(), Keypair::generate_ed25519(), None);
+        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), None);
         let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1), downloading: true };
         assert_eq!(h.answer(PeerId::random(), &req), HaveResponse::none());
         assert!(h.chunk(&etag, 10, 0).is_none());
+    }
+
+    #[test]
+    fn an_open_swarm_is_served_only_repos_the_hub_called_public() {
+        // Gated repos leaked to tokenless peers of an open swarm: a holder served every blob of
+        // its cache, whatever the repo. Now only repos a `get` found public are served there.
+        let (tmp, etag) = cache_with_blob(b"weights of a gated model");
+        let cache = crate::cache::HubCache::new(tmp.path());
+        let repo = crate::hub::RepoRef {
+            id: swarm_protocol::repo::RepoId::parse("a/b").expect("id"),
+            ty: swarm_protocol::repo::RepoType::Model,
+        };
+        let req = HaveRequest { etag: etag.clone(), size: 24, known: Bitmap::new(1), downloading: true };
+        let ask = |open: bool| {
+            let h = Holdings::new(tmp.path().into(), open, Keypair::generate_ed25519(), None);
+            (h.answer(PeerId::random(), &req).have.count_ones(), h.chunk(&etag, 24, 0).is_some(), h.blobs().len())
+        };
+        assert_eq!(ask(true), (0, false, 0), "unknown access: not served to an open swarm");
+        assert_eq!(ask(false), (1, true, 1), "a private swarm is served everything");
+        cache.record_access(&repo, crate::hub::Access { gated: true, private: false });
+        assert_eq!(ask(true), (0, false, 0), "gated: not served to an open swarm");
+        cache.record_access(&repo, crate::hub::Access { gated: false, private: true });
+        assert_eq!(ask(true), (0, false, 0), "private: not served to an open swarm");
+        cache.record_access(&repo, crate::hub::Access { gated: false, private: false });
+        assert_eq!(ask(true), (1, true, 1), "public: served");
     }
 }

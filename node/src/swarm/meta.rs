@@ -14,13 +14,21 @@ use swarm_protocol::repo::{RepoId, RepoType, is_commit};
 use swarm_protocol::wire::{Listing, MetaFile, MetaRequest, MetaResponse, listing_signing_bytes};
 
 /// Answers from the cache at `cache_root`: the revision's commit (a ref, or the commit itself)
-/// and its recorded listing, signed with `key`. Blocking.
-pub fn answer(cache_root: &Path, key: &Keypair, req: &MetaRequest) -> MetaResponse {
+/// and its recorded listing, signed with `key`. An open swarm (`open`) gets listings of repos
+/// known to be public only. Blocking.
+pub fn answer(cache_root: &Path, open: bool, key: &Keypair, req: &MetaRequest) -> MetaResponse {
     let none = MetaResponse { listing: None };
     let (Ok(ty), Ok(id)) = (req.repo_type.parse::<RepoType>(), RepoId::parse(&req.repo_id)) else {
         return none;
     };
-    let rc = HubCache::new(cache_root.to_path_buf()).repo(&RepoRef { id, ty });
+    if swarm_protocol::repo::check_revision(&req.revision).is_err() {
+        return none;
+    }
+    let cache = HubCache::new(cache_root.to_path_buf());
+    if open && !cache.folder_is_public(&id.folder_name(ty)) {
+        return none;
+    }
+    let rc = cache.repo(&RepoRef { id, ty });
     let (commit, age_secs) = if is_commit(&req.revision) && req.revision.len() == 40 {
         (Some(req.revision.clone()), 0)
     } else {

@@ -1,0 +1,190 @@
+//! Whom a process trusts on its own machine: the owners of a cache's state directory and of
+//! the files and socket in it.
+//!
+//! A cache may sit in a folder other users can write (a shared `1777` or group cache). A node
+//! state file or socket planted there by another user must never receive a token or be obeyed,
+//! so a node refuses a state dir others can write, and a caller delegates to a node only when
+//! the node's state dir, `node.json` and socket belong to a uid it trusts: root, itself, or the
+//! owner of the cache root (who can replace every blob of the cache anyway).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// Why a path in a cache's state dir is not trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// Owned by a uid this process does not trust.
+    #[error("'{}' belongs to uid {owner}, not to root, to you (uid {me}) or to the cache's owner: another user may have planted it", .path.display())]
+    Owner {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// This process's uid.
+        me: u32,
+    },
+    /// Writable by users this process does not trust.
+    #[error("'{}' can be written by other users (mode {mode:o}): run `chmod go-w '{}'` (or `chmod +t` for a shared .locks), or use a cache dir only trusted users can write", .path.display(), .path.display())]
+    Writable {
+        /// The path.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Not what it should be (a symlink, a regular file where a socket belongs, ...).
+    #[error("'{}' is not a {expected}", .path.display())]
+    Kind {
+        /// The path.
+        path: PathBuf,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// Cannot be read or created.
+    #[error("cannot use '{}': {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+impl TrustError {
+    /// True when the path simply does not exist.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// A group named by name or number (`--control-group`).
+pub fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("there is no group '{}' on this machine", swarm_protocol::repo::Printable(name))),
+        Err(e) => Err(format!("cannot look up group '{}': {e}", swarm_protocol::repo::Printable(name))),
+    }
+}
+
+/// The uids whose state files a process trusts in the cache at `cache_root`.
+pub fn trusted_uids(cache_root: &Path) -> Vec<u32> {
+    let mut uids = vec![0, euid()];
+    if let Ok(m) = fs::metadata(cache_root) {
+        uids.push(m.uid());
+    }
+    uids
+}
+
+fn meta(path: &Path) -> Result<fs::Metadata, TrustError> {
+    fs::symlink_metadata(path).map_err(|source| TrustError::Io { path: path.to_path_buf(), source })
+}
+
+/// Checks that `path` is of the kind `is_kind` accepts (symlinks never are) and owned by one
+/// of `trusted`.
+pub fn check_owned(
+    path: &Path,
+    trusted: &[u32],
+    expected: &'static str,
+    is_kind: fn(&fs::FileType) -> bool,
+) -> Result<fs::Metadata, TrustError> {
+    let m = meta(path)?;
+    if !is_kind(&m.file_type()) {
+        return Err(TrustError::Kind { path: path.to_path_buf(), expected });
+    }
+    if !trusted.contains(&m.uid()) {
+        return Err(TrustError::Owner { path: path.to_path_buf(), owner: m.uid(), me: euid() });
+    }
+    Ok(m)
+}
+
+/// Checks a directory: owned by one of `trusted`, and writable by nobody else. A sticky
+/// directory (others may add entries, but not move or remove ours) passes when `sticky_ok`.
+pub fn check_dir(path: &Path, trusted: &[u32], sticky_ok: bool) -> Result<(), TrustError> {
+    let m = check_owned(path, trusted, "directory", fs::FileType::is_dir)?;
+    let mode = m.permissions().mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !(sticky_ok && sticky) {
+        return Err(TrustError::Writable { path: path.to_path_buf(), mode: mode & 0o7777 });
+    }
+    Ok(())
+}
+
+/// The state dir of a node serving `cache_root`, created (mode 0755) if needed, and checked: a
+/// node keeps its identity, its signed-manifest cache and its control socket there, so nobody
+/// but its own uid (or root) may be able to write it, nor move it away through `.locks`.
+pub fn secure_state_dir(cache_root: &Path) -> Result<PathBuf, TrustError> {
+    let state = crate::cache::HubCache::new(cache_root.to_path_buf()).swarm_dir();
+    let locks = state.parent().map(Path::to_path_buf).unwrap_or_else(|| cache_root.to_path_buf());
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrustError::Io { path, source }
+    };
+    fs::create_dir_all(&locks).map_err(io(&locks))?;
+    match fs::DirBuilder::new().mode(0o755).create(&state) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(&state)(e)),
+    }
+    let me = [0, euid()];
+    check_dir(&locks, &me, true)?;
+    check_dir(&state, &me, false)?;
+    Ok(state)
+}
+
+/// True for a Unix socket.
+pub fn is_socket(t: &fs::FileType) -> bool {
+    t.is_socket()
+}
+
+/// True for a regular file.
+pub fn is_file(t: &fs::FileType) -> bool {
+    t.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_dir_others_can_write_is_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let state = secure_state_dir(tmp.path()).expect("fresh state dir is fine");
+        assert_eq!(fs::metadata(&state).expect("meta").permissions().mode() & 0o777, 0o755);
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = secure_state_dir(tmp.path()).expect_err("world-writable state dir");
+        assert!(matches!(e, TrustError::Writable { .. }), "{e}");
+        assert!(e.to_string().contains("chmod go-w"), "{e}");
+        // A sticky, world-writable .locks (a shared cache) is fine; a plain world-writable one is not.
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let locks = tmp.path().join(".locks");
+        fs::set_permissions(&locks, fs::Permissions::from_mode(0o1777)).expect("chmod");
+        secure_state_dir(tmp.path()).expect("sticky .locks");
+        fs::set_permissions(&locks, fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(matches!(secure_state_dir(tmp.path()), Err(TrustError::Writable { .. })));
+    }
+
+    #[test]
+    fn symlinks_and_strangers_are_not_trusted() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let file = tmp.path().join("node.json");
+        fs::write(&file, b"{}").expect("write");
+        let link = tmp.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        check_owned(&file, &[euid()], "regular file", is_file).expect("own file");
+        assert!(matches!(check_owned(&link, &[euid()], "regular file", is_file), Err(TrustError::Kind { .. })));
+        let stranger = euid().wrapping_add(1);
+        assert!(matches!(check_owned(&file, &[stranger], "regular file", is_file), Err(TrustError::Owner { .. })));
+        assert!(
+            check_owned(&tmp.path().join("none"), &[euid()], "regular file", is_file).is_err_and(|e| e.is_missing())
+        );
+    }
+}
