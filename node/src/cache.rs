@@ -10,6 +10,7 @@
 
 pub mod local_dir;
 pub mod scan;
+pub mod trust;
 
 use crate::hub::{Access, RemoteFile, RepoRef};
 use serde::{Deserialize, Serialize};
@@ -70,11 +71,8 @@ impl HubCache {
     /// Saves a complete blob's chunk manifest (best effort: it only saves a re-hash).
     pub fn save_manifest(&self, m: &swarm_protocol::manifest::ChunkManifest) {
         let path = self.manifest_path(&m.etag);
-        let res = path
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| serde_json::to_vec(m).map_err(io::Error::other))
-            .and_then(|json| write_atomic(&path, &json));
+        let res =
+            serde_json::to_vec(m).map_err(io::Error::other).and_then(|json| trust::write_state_file(&path, &json));
         if let Err(e) = res {
             tracing::debug!(path = %path.display(), error = %e, "cannot save chunk manifest");
         }
@@ -82,8 +80,9 @@ impl HubCache {
 
     /// A saved manifest for `(etag, size)` with every chunk hash, if there is one.
     pub fn load_manifest(&self, etag: &Etag, size: u64) -> Option<swarm_protocol::manifest::ChunkManifest> {
+        // The node signs these hashes without hashing the blob again: only its own files count.
         let m: swarm_protocol::manifest::ChunkManifest =
-            serde_json::from_slice(&fs::read(self.manifest_path(etag)).ok()?).ok()?;
+            serde_json::from_slice(&trust::read_state_file(&self.manifest_path(etag))?).ok()?;
         (m.validate_for(etag, size).is_ok() && m.known() == m.chunks.len()).then_some(m)
     }
 
@@ -97,11 +96,9 @@ impl HubCache {
     /// swarm does not serve the repo).
     pub fn record_access(&self, repo: &RepoRef, access: Access) {
         let path = self.access_path(&repo.id.folder_name(repo.ty));
-        let res = path
-            .parent()
-            .map_or(Ok(()), fs::create_dir_all)
-            .and_then(|()| serde_json::to_vec(&access).map_err(io::Error::other))
-            .and_then(|json| write_atomic(&path, &json));
+        let res = serde_json::to_vec(&access)
+            .map_err(io::Error::other)
+            .and_then(|json| trust::write_state_file(&path, &json));
         if let Err(e) = res {
             tracing::debug!(path = %path.display(), error = %e, "cannot record repo access");
         }
@@ -110,8 +107,7 @@ impl HubCache {
     /// Whether the repo in cache folder `folder` is known to be public (neither gated nor
     /// private): only such repos are served to an open swarm. Unknown means no.
     pub fn folder_is_public(&self, folder: &str) -> bool {
-        fs::read(self.access_path(folder))
-            .ok()
+        trust::read_state_file(&self.access_path(folder))
             .and_then(|b| serde_json::from_slice::<Access>(&b).ok())
             .is_some_and(Access::is_public)
     }

@@ -23,9 +23,8 @@
 //! socket belong to root, to the caller or to the cache's owner, and the process answering on
 //! the socket (`SO_PEERCRED` again) is that uid and the pid `node.json` names.
 
-pub mod trust;
-
 use crate::cache::HubCache;
+use crate::cache::trust::{self, TrustError};
 use crate::fetch::progress::{Progress, Snapshot};
 use crate::fetch::{self, GetRequest};
 use crate::hub::{HubClient, HubConfig, RepoRef, RetryPolicy, Token};
@@ -37,7 +36,6 @@ use std::time::Duration;
 use swarm_protocol::control::{ControlRequest, GetParams, MAX_REQUEST_BYTES, decode_request, encode_request};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use trust::TrustError;
 
 /// One line of a node's answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -406,7 +404,10 @@ impl ControlClient {
     pub async fn find(cache_root: &Path) -> Option<Self> {
         match Self::locate(cache_root).await {
             Ok(c) => Some(c),
-            Err(ControlError::NoNode(_)) => None,
+            Err(why @ (ControlError::NoNode(_) | ControlError::Stale { .. })) => {
+                tracing::debug!("{why}");
+                None
+            }
             Err(why) => {
                 tracing::warn!("{why}");
                 None
@@ -419,7 +420,7 @@ impl ControlClient {
         let trusted = trust::trusted_uids(cache_root);
         let state = state_dir(cache_root);
         let path = node_file(cache_root);
-        match trust::check_dir(&state, &trusted, false) {
+        match trust::check_dir(&state, &trusted) {
             Err(e) if e.is_missing() => return Err(ControlError::NoNode(cache_root.to_path_buf())),
             other => other?,
         }

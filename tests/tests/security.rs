@@ -217,6 +217,22 @@ async fn a_node_listens_on_no_tcp_port_but_its_peer_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_a_state_dir_that_others_can_write() {
+    // Its identity, its saved chunk manifests (which it signs without hashing again) and its
+    // socket live there: whoever can write it could make the node sign false records.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cache = tmp.path().join("cache");
+    let state = cache.join(".locks/swarm-dl");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let o = swarm(tmp.path(), &["join", "--no-mdns", "--cache-dir", &cache.display().to_string()], &[]).await;
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("refusing to run a node on cache") && err.contains("can be written by other users"), "{err}");
+    assert!(err.contains("chmod go-w"), "says what to do: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_node_file_in_a_shared_cache_never_receives_the_token() {
     // Before: in a cache others can write (1777), `get --token` trusted whatever
     // .locks/swarm-dl/node.json said and sent the token to the address it named.

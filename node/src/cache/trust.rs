@@ -8,8 +8,10 @@
 //! owner of the cache root (who can replace every blob of the cache anyway).
 
 use std::fs;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
 use std::path::{Path, PathBuf};
 
 /// Why a path in a cache's state dir is not trusted.
@@ -26,7 +28,7 @@ pub enum TrustError {
         me: u32,
     },
     /// Writable by users this process does not trust.
-    #[error("'{}' can be written by other users (mode {mode:o}): run `chmod go-w '{}'` (or `chmod +t` for a shared .locks), or use a cache dir only trusted users can write", .path.display(), .path.display())]
+    #[error("'{}' can be written by other users (mode {mode:o}): run `chmod go-w '{}'`, or use a cache dir only trusted users can write", .path.display(), .path.display())]
     Writable {
         /// The path.
         path: PathBuf,
@@ -106,13 +108,11 @@ pub fn check_owned(
     Ok(m)
 }
 
-/// Checks a directory: owned by one of `trusted`, and writable by nobody else. A sticky
-/// directory (others may add entries, but not move or remove ours) passes when `sticky_ok`.
-pub fn check_dir(path: &Path, trusted: &[u32], sticky_ok: bool) -> Result<(), TrustError> {
+/// Checks a directory: owned by one of `trusted`, and writable by nobody else.
+pub fn check_dir(path: &Path, trusted: &[u32]) -> Result<(), TrustError> {
     let m = check_owned(path, trusted, "directory", fs::FileType::is_dir)?;
     let mode = m.permissions().mode();
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !(sticky_ok && sticky) {
+    if mode & 0o022 != 0 {
         return Err(TrustError::Writable { path: path.to_path_buf(), mode: mode & 0o7777 });
     }
     Ok(())
@@ -120,7 +120,10 @@ pub fn check_dir(path: &Path, trusted: &[u32], sticky_ok: bool) -> Result<(), Tr
 
 /// The state dir of a node serving `cache_root`, created (mode 0755) if needed, and checked: a
 /// node keeps its identity, its signed-manifest cache and its control socket there, so nobody
-/// but its own uid (or root) may be able to write it, nor move it away through `.locks`.
+/// but its own uid (or root) may be able to write it. Its parent `.locks` must belong to such a
+/// uid too; it may be writable by a group (shared caches, umask 002): whatever another user
+/// could put in place of the state dir would be owned by that user, and neither the node
+/// ([`read_state_file`]) nor a caller (the control client) trusts such files.
 pub fn secure_state_dir(cache_root: &Path) -> Result<PathBuf, TrustError> {
     let state = crate::cache::HubCache::new(cache_root.to_path_buf()).swarm_dir();
     let locks = state.parent().map(Path::to_path_buf).unwrap_or_else(|| cache_root.to_path_buf());
@@ -135,9 +138,45 @@ pub fn secure_state_dir(cache_root: &Path) -> Result<PathBuf, TrustError> {
         Err(e) => return Err(io(&state)(e)),
     }
     let me = [0, euid()];
-    check_dir(&locks, &me, true)?;
-    check_dir(&state, &me, false)?;
+    check_owned(&locks, &me, "directory", fs::FileType::is_dir)?;
+    check_dir(&state, &me)?;
     Ok(state)
+}
+
+/// Writes a file of the node's state (a chunk manifest, an access record) atomically, writable
+/// by its owner only whatever the umask, so that no group member can change what the node will
+/// sign or serve.
+pub fn write_state_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))?;
+    f.write_all(bytes)?;
+    drop(f);
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// Reads a file of the node's state only if root or this process's uid owns it and nobody else
+/// can write it (checked on the open file): one that another user planted or could change is
+/// ignored, as if absent.
+pub fn read_state_file(path: &Path) -> Option<Vec<u8>> {
+    let mut f = fs::File::open(path).ok()?;
+    let m = f.metadata().ok()?;
+    let mine = m.is_file() && (m.uid() == 0 || m.uid() == euid()) && m.permissions().mode() & 0o022 == 0;
+    if !mine {
+        tracing::warn!(path = %path.display(), owner = m.uid(), "ignoring a state file another user owns or can write");
+        return None;
+    }
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).ok()?;
+    Some(out)
 }
 
 /// True for a Unix socket.
@@ -163,13 +202,22 @@ mod tests {
         let e = secure_state_dir(tmp.path()).expect_err("world-writable state dir");
         assert!(matches!(e, TrustError::Writable { .. }), "{e}");
         assert!(e.to_string().contains("chmod go-w"), "{e}");
-        // A sticky, world-writable .locks (a shared cache) is fine; a plain world-writable one is not.
+        // A .locks shared with a group (umask 002, group caches) is fine: what matters is who
+        // owns what is in it.
         fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).expect("chmod");
-        let locks = tmp.path().join(".locks");
-        fs::set_permissions(&locks, fs::Permissions::from_mode(0o1777)).expect("chmod");
-        secure_state_dir(tmp.path()).expect("sticky .locks");
-        fs::set_permissions(&locks, fs::Permissions::from_mode(0o777)).expect("chmod");
-        assert!(matches!(secure_state_dir(tmp.path()), Err(TrustError::Writable { .. })));
+        fs::set_permissions(tmp.path().join(".locks"), fs::Permissions::from_mode(0o2775)).expect("chmod");
+        secure_state_dir(tmp.path()).expect("group-writable .locks");
+    }
+
+    #[test]
+    fn state_files_others_can_change_are_ignored() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("sub/manifest.json");
+        write_state_file(&path, b"{}").expect("write");
+        assert_eq!(fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o644);
+        assert_eq!(read_state_file(&path).as_deref(), Some(&b"{}"[..]));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o664)).expect("chmod");
+        assert_eq!(read_state_file(&path), None, "a group member could have changed it");
     }
 
     #[test]
