@@ -647,7 +647,7 @@ async fn listing_from_members(
     if peers.is_empty() {
         return None;
     }
-    let key = crate::scheduler::salt_of(&format!("{}/{}@{}", req.repo.ty, req.repo.id, req.revision));
+    let key = swarm_protocol::rendezvous::metadata_key(req.repo.ty.as_str(), req.repo.id.as_str(), &req.revision);
     let me = node.peer_id();
     let owner = peers.iter().chain([&me]).max_by_key(|p| crate::scheduler::score(p, key, 0)).copied();
     let ask = swarm_protocol::wire::MetaRequest {

@@ -34,6 +34,7 @@
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+use swarm_protocol::rendezvous;
 use swarm_protocol::wire::Bitmap;
 
 /// Where a chunk comes from.
@@ -154,38 +155,22 @@ impl Limits {
 }
 
 /// Rendezvous-hash score of `node` for chunk `index` of the file with `salt`: the highest
-/// score owns the chunk. Every node computes the same numbers.
+/// score owns the chunk. The rule is [`swarm_protocol::rendezvous`]'s, shared by every node.
 pub fn score(node: &PeerId, salt: u64, index: u32) -> u64 {
-    score_hashed(node_hash(node), salt, index)
+    rendezvous::score(node_hash(node), salt, index)
 }
 
 fn score_hashed(node_hash: u64, salt: u64, index: u32) -> u64 {
-    splitmix(node_hash ^ salt ^ (u64::from(index)).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    rendezvous::score(node_hash, salt, index)
 }
 
 /// A 64-bit salt for a file (from its ETag), so that different files spread differently.
 pub fn salt_of(etag: &str) -> u64 {
-    fnv1a(etag.as_bytes())
+    rendezvous::salt_of(etag)
 }
 
 fn node_hash(node: &PeerId) -> u64 {
-    fnv1a(&node.to_bytes())
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    splitmix(h)
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    rendezvous::node_hash(&node.to_bytes())
 }
 
 #[derive(Debug, Clone, Copy)]

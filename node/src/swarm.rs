@@ -8,7 +8,7 @@
 //!
 //! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
 //! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
-//! blob), `/swarm-dl/have/1` (availability with signed chunk records, [`holdings`]) and
+//! blob), `/swarm-dl/have/2` (availability with signed chunk records, [`holdings`]) and
 //! `/swarm-dl/chunk/1` (bytes, [`transfer`]).
 //!
 //! It must not decide what to fetch (that is [`crate::scheduler`] and [`crate::fetch`]) nor write

@@ -25,10 +25,12 @@
 //! - [`manifest::ChunkManifest`]: per file, its ETag, size, chunk size and chunk hashes. Written today
 //!   as the resume state of a download; shipped to peers by the swarm (signed by the node that
 //!   fetched the bytes from the Hub).
-//! - [`wire`]: the peer protocols — `/swarm-dl/have/1` (which chunks a peer holds, with a signed
+//! - [`wire`]: the peer protocols — `/swarm-dl/have/2` (which chunks a peer holds, with a signed
 //!   sha256 record per chunk) and `/swarm-dl/chunk/1` (chunk bytes on a stream) — their frames,
 //!   size limits, and the exact bytes a node signs to vouch for a chunk.
 //!
+//! - [`rendezvous`]: which node fetches which chunk from the Hub (and which member asks the Hub
+//!   for a revision's listing), computed alike by every node without asking.
 //! - [`control`]: the local control protocol between `swarm-dl get`/`status` and the `join` node
 //!   of their cache, over a Unix socket: one JSON request a connection, decoded with bounds.
 //!
@@ -40,6 +42,7 @@ pub mod chunk;
 pub mod control;
 pub mod hash;
 pub mod manifest;
+pub mod rendezvous;
 pub mod repo;
 pub mod wire;
 

@@ -428,7 +428,7 @@ mod tests {
     fn golden_chunk_request_bytes() {
         let req = ChunkRequest { etag: Etag::parse(&"ab".repeat(32)).expect("etag"), size: 300, index: 2 };
         let frame = encode_frame(&req);
-        // length 68 | string len 64 | 64 ascii hex | size 300 (varint 251+u16) | index 2
+        // length 69 (u32 BE) | string len 64 | 64 ascii hex | size 300 (varint 251+u16) | index 2
         let mut want = vec![0, 0, 0, 69, 64];
         want.extend_from_slice("ab".repeat(32).as_bytes());
         want.extend_from_slice(&[251, 44, 1, 2]);
