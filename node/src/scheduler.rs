@@ -375,14 +375,6 @@ impl FileScheduler {
         if n == 1 { self.limits.hub } else { (self.limits.hub / (2 * n)).clamp(2, self.limits.hub.max(2)) }
     }
 
-    /// Peers not to use (banned before this file started).
-    pub fn ban_all(&mut self, peers: impl IntoIterator<Item = PeerId>) {
-        for p in peers {
-            self.banned.insert(p);
-            self.peers.remove(&p);
-        }
-    }
-
     /// True when every chunk is done.
     pub fn is_complete(&self) -> bool {
         self.chunks.iter().all(|c| *c == Chunk::Done)

@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod holdings;
+pub mod hooks;
 pub mod meta;
 pub mod transfer;
 
@@ -23,6 +24,7 @@ pub use libp2p;
 
 use futures::StreamExt as _;
 use holdings::{Holdings, Record, Signer};
+use hooks::Hooks;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
@@ -40,7 +42,7 @@ use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::hash::Etag;
 use swarm_protocol::wire::{self, HaveRequest, HaveResponse, MetaRequest, MetaResponse};
 use tokio::sync::{Notify, mpsc, oneshot};
-use transfer::{ServeFault, Transfer};
+use transfer::Transfer;
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -64,8 +66,8 @@ pub struct NodeConfig {
     pub max_download_rate: Option<u64>,
     /// How long a peer caught lying stays banned.
     pub ban_time: Duration,
-    /// Misbehave on purpose (tests of hostile peers only).
-    pub fault: Option<ServeFault>,
+    /// Misbehave on purpose (tests of hostile peers only; empty without feature `test-hooks`).
+    pub hooks: Hooks,
 }
 
 impl NodeConfig {
@@ -82,7 +84,7 @@ impl NodeConfig {
             max_upload_rate: None,
             max_download_rate: None,
             ban_time: Duration::from_secs(3600),
-            fault: None,
+            hooks: Hooks::default(),
         }
     }
 }
@@ -135,14 +137,28 @@ struct Behaviour {
     stream: libp2p_stream::Behaviour,
 }
 
+/// What the event loop is asked to do.
 enum Command {
+    /// Stop: close every connection and end the loop.
+    Shutdown,
+    /// Work for the swarm.
+    Peer(PeerCommand),
+}
+
+impl From<PeerCommand> for Command {
+    fn from(c: PeerCommand) -> Self {
+        Self::Peer(c)
+    }
+}
+
+/// Work the event loop does for the rest of the node.
+enum PeerCommand {
     Have { peer: PeerId, req: HaveRequest, reply: oneshot::Sender<Result<HaveResponse, String>> },
     Respond { channel: request_response::ResponseChannel<HaveResponse>, resp: HaveResponse },
     Meta { peer: PeerId, req: MetaRequest, reply: oneshot::Sender<Result<MetaResponse, String>> },
     MetaRespond { channel: request_response::ResponseChannel<MetaResponse>, resp: MetaResponse },
     Provide(Etag),
     FindProviders { etag: Etag, reply: oneshot::Sender<Vec<PeerId>> },
-    Shutdown,
 }
 
 /// A peer this node is connected to.
@@ -331,35 +347,38 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let swarm_cfg = |c: libp2p::swarm::Config| {
         c.with_idle_connection_timeout(Duration::from_secs(300)).with_max_negotiating_inbound_streams(256)
     };
-    let swarm = match cfg.swarm_key {
-        None => libp2p::SwarmBuilder::with_existing_identity(cfg.key.clone())
-            .with_tokio()
-            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-            .map_err(|e| build(&e))?
-            .with_dns()
-            .map_err(|e| build(&e))?
-            .with_behaviour(behaviour)
-            .map_err(|e| build(&e))?
-            .with_swarm_config(swarm_cfg)
-            .build(),
-        Some(psk) => libp2p::SwarmBuilder::with_existing_identity(cfg.key.clone())
-            .with_tokio()
-            .with_other_transport(move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    // One transport: TCP, then the swarm key's pnet layer in a private swarm, then noise and
+    // yamux. libp2p's own `with_tcp` would do the same without pnet.
+    let psk = cfg.swarm_key;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.key.clone())
+        .with_tokio()
+        .with_other_transport(move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+            let noise = noise::Config::new(key)?;
+            let transport = match psk {
+                Some(psk) => tcp
                     .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
                     .upgrade(Version::V1Lazy)
-                    .authenticate(noise::Config::new(key)?)
+                    .authenticate(noise)
                     .multiplex(yamux::Config::default())
-                    .timeout(Duration::from_secs(10)))
-            })
-            .map_err(|e| build(&e))?
-            .with_dns()
-            .map_err(|e| build(&e))?
-            .with_behaviour(behaviour)
-            .map_err(|e| build(&e))?
-            .with_swarm_config(swarm_cfg)
-            .build(),
-    };
+                    .timeout(Duration::from_secs(10))
+                    .boxed(),
+                None => tcp
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise)
+                    .multiplex(yamux::Config::default())
+                    .timeout(Duration::from_secs(10))
+                    .boxed(),
+            };
+            Ok(transport)
+        })
+        .map_err(|e| build(&e))?
+        .with_dns()
+        .map_err(|e| build(&e))?
+        .with_behaviour(behaviour)
+        .map_err(|e| build(&e))?
+        .with_swarm_config(swarm_cfg)
+        .build();
     Ok(swarm)
 }
 
@@ -375,8 +394,8 @@ impl Node {
         }
         let peer_id = *swarm.local_peer_id();
         let holdings =
-            Arc::new(Holdings::new(cfg.cache_root.clone(), cfg.swarm_key.is_none(), cfg.key.clone(), cfg.fault));
-        let transfer = Arc::new(Transfer::new(swarm.behaviour().stream.new_control(), cfg.max_upload_rate, cfg.fault));
+            Arc::new(Holdings::new(cfg.cache_root.clone(), cfg.swarm_key.is_none(), cfg.key.clone(), cfg.hooks));
+        let transfer = Arc::new(Transfer::new(swarm.behaviour().stream.new_control(), cfg.max_upload_rate, cfg.hooks));
         let (tx, rx) = mpsc::channel(256);
         let shared = Arc::new(Shared {
             peer_id,
@@ -587,7 +606,7 @@ impl NodeHandle {
         req: HaveRequest,
     ) -> Result<Option<(Vec<(u32, Option<Record>)>, bool, wire::Bitmap)>, String> {
         let (tx, rx) = oneshot::channel();
-        let sent = self.shared.cmd.send(Command::Have { peer, req: req.clone(), reply: tx }).await;
+        let sent = self.shared.cmd.send(PeerCommand::Have { peer, req: req.clone(), reply: tx }.into()).await;
         if sent.is_err() {
             return Ok(None);
         }
@@ -613,7 +632,7 @@ impl NodeHandle {
             let req = req.clone();
             async move {
                 let (tx, rx) = oneshot::channel();
-                if self.shared.cmd.send(Command::Meta { peer, req: req.clone(), reply: tx }).await.is_err() {
+                if self.shared.cmd.send(PeerCommand::Meta { peer, req: req.clone(), reply: tx }.into()).await.is_err() {
                     return None;
                 }
                 let resp = rx.await.ok()?.ok()?;
@@ -631,13 +650,13 @@ impl NodeHandle {
 
     /// Announces (by a provider record) that this node holds a file.
     pub async fn provide(&self, etag: &Etag) {
-        let _ = self.shared.cmd.send(Command::Provide(etag.clone())).await;
+        let _ = self.shared.cmd.send(PeerCommand::Provide(etag.clone()).into()).await;
     }
 
     /// Peers that announced a file in the DHT (beyond those connected).
     pub async fn find_providers(&self, etag: &Etag) -> Vec<PeerId> {
         let (tx, rx) = oneshot::channel();
-        if self.shared.cmd.send(Command::FindProviders { etag: etag.clone(), reply: tx }).await.is_err() {
+        if self.shared.cmd.send(PeerCommand::FindProviders { etag: etag.clone(), reply: tx }.into()).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -784,7 +803,7 @@ impl EventLoop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     None | Some(Command::Shutdown) => break,
-                    Some(cmd) => self.command(cmd),
+                    Some(Command::Peer(cmd)) => self.command(cmd),
                 },
                 ev = self.swarm.select_next_some() => self.event(ev),
                 _ = redial.tick() => self.dial_static(),
@@ -798,28 +817,27 @@ impl EventLoop {
         tracing::info!("node stopped");
     }
 
-    fn command(&mut self, cmd: Command) {
+    fn command(&mut self, cmd: PeerCommand) {
         match cmd {
-            Command::Have { peer, req, reply } => {
+            PeerCommand::Have { peer, req, reply } => {
                 let id = self.swarm.behaviour_mut().have.send_request(&peer, req);
                 self.pending_have.insert(id, reply);
             }
-            Command::Respond { channel, resp } => {
+            PeerCommand::Respond { channel, resp } => {
                 let _ = self.swarm.behaviour_mut().have.send_response(channel, resp);
             }
-            Command::Meta { peer, req, reply } => {
+            PeerCommand::Meta { peer, req, reply } => {
                 let id = self.swarm.behaviour_mut().meta.send_request(&peer, req);
                 self.pending_meta.insert(id, reply);
             }
-            Command::MetaRespond { channel, resp } => {
+            PeerCommand::MetaRespond { channel, resp } => {
                 let _ = self.swarm.behaviour_mut().meta.send_response(channel, resp);
             }
-            Command::Provide(etag) => self.provide(etag),
-            Command::FindProviders { etag, reply } => {
+            PeerCommand::Provide(etag) => self.provide(etag),
+            PeerCommand::FindProviders { etag, reply } => {
                 let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&etag.as_str()));
                 self.pending_providers.insert(id, (reply, HashSet::new()));
             }
-            Command::Shutdown => {}
         }
     }
 
@@ -896,7 +914,7 @@ impl EventLoop {
                         peer,
                         HaveResponse::none(),
                         move || holdings.answer(peer, &request),
-                        |resp| Command::Respond { channel, resp },
+                        |resp| PeerCommand::Respond { channel, resp },
                     );
                 }
                 request_response::Message::Response { request_id, response } => {
@@ -914,7 +932,7 @@ impl EventLoop {
                         peer,
                         none,
                         move || meta::answer(&root, open, &key, &request),
-                        |resp| Command::MetaRespond { channel, resp },
+                        |resp| PeerCommand::MetaRespond { channel, resp },
                     );
                 }
                 request_response::Message::Response { request_id, response } => {
@@ -1005,13 +1023,13 @@ impl EventLoop {
         peer: PeerId,
         refusal: R,
         answer: impl FnOnce() -> R + Send + 'static,
-        respond: impl FnOnce(R) -> Command + Send + 'static,
+        respond: impl FnOnce(R) -> PeerCommand + Send + 'static,
     ) {
         let cmd = self.shared.cmd.clone();
         let banned = self.shared.bans.is_banned(&peer);
         tokio::spawn(async move {
             let resp = if banned { refusal } else { tokio::task::spawn_blocking(answer).await.unwrap_or(refusal) };
-            let _ = cmd.send(respond(resp)).await;
+            let _ = cmd.send(respond(resp).into()).await;
         });
     }
 }

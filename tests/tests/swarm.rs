@@ -9,8 +9,8 @@ use swarm_node::cache::HubCache;
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
 use swarm_node::hub::{HubClient, HubConfig, RepoRef};
+use swarm_node::swarm::hooks::{Hooks, ServeFault};
 use swarm_node::swarm::libp2p::identity::Keypair;
-use swarm_node::swarm::transfer::ServeFault;
 use swarm_node::swarm::{Node, NodeConfig};
 use swarm_protocol::repo::{RepoId, RepoType};
 use swarm_tests::fixture::{PlainRepo, assert_snapshot, only_snapshot};
@@ -202,7 +202,7 @@ async fn in_process_node(
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")];
     cfg.mdns = false;
     cfg.peers = peers;
-    cfg.fault = fault;
+    cfg.hooks = Hooks { fault };
     Node::start(cfg).await.expect("node starts")
 }
 

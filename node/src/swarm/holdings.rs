@@ -14,7 +14,7 @@
 //! gated or private, or one no `get` on this cache has asked the Hub about, is never served,
 //! listed or announced, whoever asks. In a private swarm every blob is.
 
-use super::transfer::{ServeFault, corrupt};
+use super::hooks::Hooks;
 use crate::store::PartialFile;
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
@@ -151,7 +151,8 @@ pub struct Holdings {
     /// One blob is hashed at a time: hashing is disk- and CPU-bound, and two peers asking for the
     /// same new blob must not hash it twice.
     hashing: Mutex<()>,
-    fault: Option<ServeFault>,
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    hooks: Hooks,
     /// Files this node is about to download (counted per `get`), announced as `downloading`
     /// before their first chunk is placed, so that nodes starting together see each other.
     wanted: Mutex<HashMap<Etag, u32>>,
@@ -169,7 +170,7 @@ const MAX_COMPLETED: usize = 1024;
 
 impl Holdings {
     /// Holdings of the cache at `cache_root`, signed with `key`; `open` for an open swarm.
-    pub fn new(cache_root: PathBuf, open: bool, key: Keypair, fault: Option<ServeFault>) -> Self {
+    pub fn new(cache_root: PathBuf, open: bool, key: Keypair, hooks: Hooks) -> Self {
         let public = key.public();
         let me = Arc::new(Signer { encoded: public.encode_protobuf(), peer: public.to_peer_id(), key: public });
         Self {
@@ -180,7 +181,7 @@ impl Holdings {
             partial: Mutex::default(),
             complete: Mutex::default(),
             hashing: Mutex::new(()),
-            fault,
+            hooks,
             wanted: Mutex::default(),
             completed: Mutex::default(),
             askers: Mutex::default(),
@@ -390,8 +391,10 @@ impl Holdings {
         for (i, r) in records.iter().enumerate() {
             let Some(r) = r else { continue };
             let i = i as u32;
+            #[cfg(feature = "test-hooks")]
             let forged;
-            let r = if self.fault == Some(ServeFault::ForgeRecords) {
+            #[cfg(feature = "test-hooks")]
+            let r = if self.hooks.forges() {
                 let Some(f) = self.forge(&req.etag, req.size, i) else { continue };
                 forged = f;
                 &forged
@@ -428,6 +431,7 @@ impl Holdings {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 impl Holdings {
     /// A record vouching for the corrupted bytes a faulty node serves (tests only).
     fn forge(&self, etag: &Etag, size: u64, index: u32) -> Option<Record> {
@@ -435,7 +439,7 @@ impl Holdings {
         let r = c.range();
         let mut buf = vec![0u8; (r.end - r.start) as usize];
         c.read_at(r.start, &mut buf).ok()?;
-        corrupt(&mut buf);
+        super::hooks::corrupt(&mut buf);
         Some(self.sign(etag, size, index, Sha256::of(&buf)))
     }
 }
@@ -485,7 +489,7 @@ mod tests {
     fn complete_blobs_are_offered_with_valid_signed_records() {
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
-        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), None);
+        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
         let req = HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(3), downloading: true };
         let resp = h.answer(PeerId::random(), &req);
         resp.validate(&req).expect("valid");
@@ -515,7 +519,7 @@ mod tests {
         let (tmp, etag) = cache_with_blob(b"good bytes");
         let path = tmp.path().join("models--a--b/blobs").join(etag.as_str());
         std::fs::write(&path, b"evil bytes").expect("tamper");
-        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), None);
+        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
         let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1), downloading: true };
         assert_eq!(h.answer(PeerId::random(), &req), HaveResponse::none());
         assert!(h.chunk(&etag, 10, 0).is_none());
@@ -533,7 +537,7 @@ mod tests {
         };
         let req = HaveRequest { etag: etag.clone(), size: 24, known: Bitmap::new(1), downloading: true };
         let ask = |open: bool| {
-            let h = Holdings::new(tmp.path().into(), open, Keypair::generate_ed25519(), None);
+            let h = Holdings::new(tmp.path().into(), open, Keypair::generate_ed25519(), Hooks::default());
             (h.answer(PeerId::random(), &req).have.count_ones(), h.chunk(&etag, 24, 0).is_some(), h.blobs().len())
         };
         assert_eq!(ask(true), (0, false, 0), "unknown access: not served to an open swarm");

@@ -12,6 +12,7 @@
 
 use super::codec::{read_frame, write_frame};
 use super::holdings::Holdings;
+use super::hooks::Hooks;
 use crate::fetch::FetchError;
 use crate::fetch::chunk::ChunkWriter;
 use crate::fetch::throttle::Throttle;
@@ -34,25 +35,6 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 const SERVE_IDLE: Duration = Duration::from_secs(120);
 const SLICE: usize = 256 << 10;
 const OPEN_ATTEMPTS: u32 = 5;
-
-/// A deliberate misbehaviour, for tests of what honest nodes do with a hostile peer. Not
-/// reachable from the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServeFault {
-    /// Serve bytes that do not match the (honest) records.
-    CorruptBytes,
-    /// Serve the same wrong bytes, under records signed for the wrong bytes.
-    ForgeRecords,
-    /// Send a chunk's header and first slice, then nothing more (a peer that hangs).
-    Stall,
-}
-
-/// The byte a faulty node flips: the first of every chunk.
-pub fn corrupt(chunk_start: &mut [u8]) {
-    if let Some(b) = chunk_start.first_mut() {
-        *b ^= 0xff;
-    }
-}
 
 /// Bytes moved, per peer and in all.
 #[derive(Debug, Default)]
@@ -121,12 +103,12 @@ pub struct Transfer {
     opening: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     /// Requests in flight to one peer, across all downloads: never more than it serves at once.
     ask_per_peer: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
-    fault: Option<ServeFault>,
+    hooks: Hooks,
 }
 
 impl std::fmt::Debug for Transfer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transfer").field("fault", &self.fault).finish_non_exhaustive()
+        f.debug_struct("Transfer").field("hooks", &self.hooks).finish_non_exhaustive()
     }
 }
 
@@ -136,7 +118,7 @@ fn protocol() -> StreamProtocol {
 
 impl Transfer {
     /// Both ends, on `control`.
-    pub fn new(control: libp2p_stream::Control, max_upload_rate: Option<u64>, fault: Option<ServeFault>) -> Self {
+    pub fn new(control: libp2p_stream::Control, max_upload_rate: Option<u64>, hooks: Hooks) -> Self {
         Self {
             control,
             pool: Mutex::default(),
@@ -146,7 +128,7 @@ impl Transfer {
             serve_per_peer: Mutex::default(),
             ask_per_peer: Mutex::default(),
             opening: Mutex::default(),
-            fault,
+            hooks,
         }
     }
 
@@ -208,9 +190,8 @@ impl Transfer {
                 })
                 .await
                 .map_err(std::io::Error::other)??;
-                if pos == range.start && matches!(self.fault, Some(ServeFault::CorruptBytes | ServeFault::ForgeRecords))
-                {
-                    corrupt(&mut buf);
+                if pos == range.start && self.hooks.corrupts() {
+                    super::hooks::corrupt(&mut buf);
                 }
                 self.upload.take(n).await;
                 tokio::time::timeout(IO_TIMEOUT, stream.write_all(&buf))
@@ -218,7 +199,7 @@ impl Transfer {
                     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 self.counters.add(peer, 0, n as u64);
                 pos += n as u64;
-                if self.fault == Some(ServeFault::Stall) {
+                if self.hooks.stalls() {
                     stream.flush().await?;
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }

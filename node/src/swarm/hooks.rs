@@ -1,0 +1,58 @@
+//! Deliberate misbehaviour, for tests of hostile peers only.
+//!
+//! Compiled in with the cargo feature `test-hooks`, which the tests crate enables and nothing
+//! else does: in a release build [`Hooks`] is empty, every question below answers "no", and no
+//! code that could serve wrong bytes or forge a record is in the binary.
+
+/// How a node under test misbehaves when serving.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeFault {
+    /// Serve bytes that do not match the (honest) records.
+    CorruptBytes,
+    /// Serve the same wrong bytes, under records signed for the wrong bytes.
+    ForgeRecords,
+    /// Send a chunk's header and first slice, then nothing more (a peer that hangs).
+    Stall,
+}
+
+/// The misbehaviour a node was built with: none, outside tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// What to do wrong.
+    #[cfg(feature = "test-hooks")]
+    pub fault: Option<ServeFault>,
+}
+
+impl Hooks {
+    /// Flip the first byte of every chunk served ([`corrupt`]).
+    pub fn corrupts(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return matches!(self.fault, Some(ServeFault::CorruptBytes | ServeFault::ForgeRecords));
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
+
+    /// Sign records for the corrupted bytes instead of the true ones.
+    pub fn forges(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.fault == Some(ServeFault::ForgeRecords);
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
+
+    /// Hang after the first slice of a chunk.
+    pub fn stalls(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.fault == Some(ServeFault::Stall);
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
+}
+
+/// The byte a faulty node flips: the first of every chunk.
+pub fn corrupt(chunk_start: &mut [u8]) {
+    if let Some(b) = chunk_start.first_mut() {
+        *b ^= 0xff;
+    }
+}
