@@ -13,17 +13,17 @@
 //! Files already completed are never lost to a later failure: each is published on its own.
 
 pub mod chunk;
-mod peers;
+mod pipeline;
 pub mod progress;
 pub mod select;
-pub mod throttle;
 
 use crate::cache::local_dir::LocalDir;
 use crate::cache::{BlobLock, HubCache, RepoCache};
 use crate::hub::{HubClient, HubError, RemoteFile, RepoRef};
 use crate::store::{PartialFile, StoreError};
 use crate::swarm::NodeHandle;
-use chunk::{ChunkWriter, HubSource};
+use crate::throttle::Throttle;
+use chunk::HubSource;
 use futures_util::StreamExt as _;
 use progress::{FileProgress, Progress};
 use select::Selection;
@@ -34,7 +34,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::repo::is_commit;
-use throttle::Throttle;
 use tokio::sync::{Notify, Semaphore};
 
 /// What to download and where.
@@ -512,7 +511,7 @@ async fn fetch_verified(
     f: &RemoteFile,
     paths: &FilePaths,
     fp: &Arc<FileProgress>,
-    suspects: &mut peers::Suspects,
+    suspects: &mut pipeline::Suspects,
     hub_only: bool,
 ) -> Result<(), FetchError> {
     let (inc, state, etag, size) = (paths.incomplete.clone(), paths.state.clone(), f.etag.clone(), f.size);
@@ -548,37 +547,11 @@ async fn fetch_verified(
     });
     wake.notify_one();
 
-    let failed = if let Some(node) = &ctx.node {
-        peers::fetch_chunks(ctx, node, f, &pf, source.as_ref(), fp, &wake, suspects, hub_only).await.err()
-    } else if let Some(source) = &source {
-        let (pf_all, wake_all) = (pf.clone(), wake.clone());
-        let fetches = futures_util::stream::iter(pf.missing())
-            .map(move |i| {
-                let (pf, wake) = (pf_all.clone(), wake_all.clone());
-                async move {
-                    let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
-                    let range =
-                        layout.range(i).ok_or_else(|| FetchError::Internal(format!("chunk {i} out of range")))?;
-                    let mut w = ChunkWriter::new(pf.clone(), i, range);
-                    source.fetch(&mut w, &ctx.throttle, &ctx.progress, fp).await?;
-                    let hash = w.finish().await?;
-                    w.commit(hash).await?;
-                    wake.notify_one();
-                    Ok::<(), FetchError>(())
-                }
-            })
-            .buffer_unordered(ctx.max_workers);
-        let mut fetches = std::pin::pin!(fetches);
-        let mut failed = None;
-        while let Some(r) = fetches.next().await {
-            if let Err(e) = r {
-                failed = Some(e);
-                break;
-            }
-        }
-        failed
-    } else {
+    let failed = if ctx.node.is_none() && source.is_none() {
         Some(FetchError::Internal("offline without a swarm node: nothing can fetch".into()))
+    } else {
+        let file = pipeline::FileFetch { ctx, f, pf: &pf, hub: source.as_ref(), fp, wake: &wake };
+        pipeline::fetch_chunks(file, suspects, hub_only).await.err()
     };
     if let Some(e) = failed {
         verifier.abort();

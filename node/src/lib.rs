@@ -16,6 +16,7 @@ pub mod hub;
 pub mod scheduler;
 pub mod store;
 pub mod swarm;
+pub mod throttle;
 
 pub use swarm_protocol as protocol;
 

@@ -12,6 +12,8 @@
 //! with the download instead of adding a pass at the end. Nothing is renamed into place unless
 //! that hash equals the ETag.
 
+pub mod writer;
+
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt as _;
@@ -20,6 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use swarm_protocol::hash::{ContentHasher, Etag, Sha256};
 use swarm_protocol::manifest::ChunkManifest;
+pub use writer::ChunkWriter;
 
 /// How often chunk state is saved while a download runs.
 pub const PERSIST_EVERY: Duration = Duration::from_millis(500);
@@ -49,6 +52,9 @@ pub enum StoreError {
         /// What the bytes hash to.
         got: String,
     },
+    /// A blocking task failed, or a writer was misused (a bug).
+    #[error("internal error: {0}")]
+    Task(String),
     /// Another source's copy of the chunk won (endgame): this writer may no longer touch it.
     #[error("chunk {index} was taken over by another source")]
     Superseded {

@@ -161,6 +161,22 @@ enum PeerCommand {
     FindProviders { etag: Etag, reply: oneshot::Sender<Vec<PeerId>> },
 }
 
+/// What a peer holds of a file, its answer checked ([`NodeHandle::have`]).
+#[derive(Debug)]
+pub struct Availability {
+    /// Per held chunk, the record sent for it (`None` for chunks the asker said it knew).
+    pub chunks: Vec<(u32, Option<Record>)>,
+    /// The peer downloads the file too.
+    pub downloading: bool,
+    /// Chunks the peer is fetching from the Hub now.
+    pub fetching: wire::Bitmap,
+}
+
+/// A peer's answer that failed its checks: the peer misbehaved (ban it).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidAnswer(pub String);
+
 /// A peer this node is connected to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerStatus {
@@ -282,7 +298,7 @@ struct Shared {
     takeovers: AtomicU64,
     duplicates: AtomicU64,
     handshake_failures: AtomicU64,
-    download: Option<Arc<crate::fetch::throttle::Throttle>>,
+    download: Option<Arc<crate::throttle::Throttle>>,
 }
 
 /// How long the set of peers must stay the same, once one is connected, before a node that has
@@ -414,7 +430,7 @@ impl Node {
             takeovers: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
-            download: cfg.max_download_rate.map(|r| Arc::new(crate::fetch::throttle::Throttle::new(Some(r)))),
+            download: cfg.max_download_rate.map(|r| Arc::new(crate::throttle::Throttle::new(Some(r)))),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
         let mut bound = 0;
@@ -476,7 +492,7 @@ impl NodeHandle {
     }
 
     /// The node-wide download cap, shared by every download that sets none of its own.
-    pub fn download_throttle(&self) -> Option<Arc<crate::fetch::throttle::Throttle>> {
+    pub fn download_throttle(&self) -> Option<Arc<crate::throttle::Throttle>> {
         self.shared.download.clone()
     }
 
@@ -541,7 +557,7 @@ impl NodeHandle {
             let mut known = wire::Bitmap::new(count);
             (0..count).for_each(|i| known.set(i));
             let req = HaveRequest { etag: etag.clone(), size: *size, known, downloading: false };
-            async move { matches!(self.have(peer, req).await, Ok(Some((_, true, _)))) }
+            async move { matches!(self.have(peer, req).await, Ok(Some(Availability { downloading: true, .. }))) }
         });
         futures::future::join_all(asks).await.into_iter().any(|downloading| downloading)
     }
@@ -599,12 +615,7 @@ impl NodeHandle {
     /// Asks `peer` what it holds of a file, and checks its answer: structure, then every
     /// signature. Records signed by banned nodes are dropped. An answer that fails a check is an
     /// error (the caller bans the peer); a peer that cannot answer is `Ok(None)`.
-    #[allow(clippy::type_complexity)]
-    pub async fn have(
-        &self,
-        peer: PeerId,
-        req: HaveRequest,
-    ) -> Result<Option<(Vec<(u32, Option<Record>)>, bool, wire::Bitmap)>, String> {
+    pub async fn have(&self, peer: PeerId, req: HaveRequest) -> Result<Option<Availability>, InvalidAnswer> {
         let (tx, rx) = oneshot::channel();
         let sent = self.shared.cmd.send(PeerCommand::Have { peer, req: req.clone(), reply: tx }.into()).await;
         if sent.is_err() {
@@ -619,10 +630,12 @@ impl NodeHandle {
             Err(_) => return Ok(None),
         };
         let (downloading, fetching) = (resp.downloading, resp.fetching.clone());
-        tokio::task::spawn_blocking(move || check_have(&req, resp)).await.map_err(|e| e.to_string())?.map(|mut v| {
-            v.retain(|(_, r)| r.as_ref().is_none_or(|r| !self.is_banned(&r.signer.peer)));
-            Some((v, downloading, fetching))
-        })
+        let mut chunks = tokio::task::spawn_blocking(move || check_have(&req, resp))
+            .await
+            .map_err(|e| InvalidAnswer(format!("checking the answer failed: {e}")))?
+            .map_err(InvalidAnswer)?;
+        chunks.retain(|(_, r)| r.as_ref().is_none_or(|r| !self.is_banned(&r.signer.peer)));
+        Ok(Some(Availability { chunks, downloading, fetching }))
     }
 
     /// Asks connected peers, all at once, for a revision's commit and listing; returns the

@@ -13,9 +13,9 @@
 use super::codec::{read_frame, write_frame};
 use super::holdings::Holdings;
 use super::hooks::Hooks;
-use crate::fetch::FetchError;
-use crate::fetch::chunk::ChunkWriter;
-use crate::fetch::throttle::Throttle;
+use crate::store::ChunkWriter;
+use crate::store::StoreError;
+use crate::throttle::Throttle;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use std::collections::HashMap;
@@ -87,7 +87,7 @@ pub enum PeerFetchError {
     BadData,
     /// Writing here failed: stop.
     #[error(transparent)]
-    Local(#[from] FetchError),
+    Local(#[from] StoreError),
 }
 
 /// Both ends of the chunk protocol.

@@ -1,4 +1,5 @@
-//! `--max-download-rate`: one token bucket (bytes per second) shared by every transfer.
+//! A byte-rate cap (`--max-download-rate`, `--max-upload-rate`): one token bucket (bytes per
+//! second) shared by every transfer it governs, Hub and peers alike.
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;

@@ -1,6 +1,9 @@
-//! Fetching one file's chunks through the swarm: peers first, the Hub second.
+//! The one chunk pipeline: fetching one file's chunks, from peers first and the Hub second.
 //!
-//! Drives a [`FileScheduler`] with real sources. Availability is asked of every connected peer
+//! Every download goes through here, with a swarm node or without one (`--no-swarm`, a node
+//! alone): it drives a [`FileScheduler`] with real sources, each a [`ChunkSource`] that streams
+//! a chunk into a [`ChunkWriter`]; one [`Job`] path takes a slot, writes, hashes, checks and
+//! commits, whatever the source. Without a node the scheduler simply has no peers. Availability is asked of every connected peer
 //! (and of DHT providers) when the file starts and again every [`REFRESH`] while chunks are
 //! missing, so chunks that appear at peers mid-download are taken from them. Every chunk from a
 //! peer is checked against the peer's own signed record before it counts; a mismatch bans the
@@ -8,13 +11,12 @@
 //! as chunks are verified. In the endgame a slow chunk is also asked of a second source, into
 //! memory ([`Job`] with `copy`); the first verified copy wins and the other is aborted.
 
-use super::chunk::ChunkWriter;
 use super::{Ctx, FetchError, blocking};
 use crate::fetch::chunk::HubSource;
 use crate::fetch::progress::FileProgress;
 use crate::hub::RemoteFile;
 use crate::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
-use crate::store::{PartialFile, StoreError};
+use crate::store::{ChunkWriter, PartialFile, StoreError};
 use crate::swarm::NodeHandle;
 use crate::swarm::holdings::{Partial, Record};
 use crate::swarm::transfer::PeerFetchError;
@@ -42,23 +44,78 @@ pub const PROVIDER_WAIT: Duration = Duration::from_secs(2);
 /// whole-file mismatch against the Hub's bytes.
 pub type Suspects = Vec<Option<(PeerId, Record)>>;
 
+/// Why one chunk from one source failed.
+#[derive(Debug, thiserror::Error)]
+enum ChunkError {
+    /// The peer could not deliver, or sent bytes that do not match its record: ask elsewhere
+    /// (and, for bad data, ban it).
+    #[error("{why}")]
+    Peer {
+        /// What went wrong, for the scheduler.
+        fault: Fault,
+        /// In words.
+        why: String,
+    },
+    /// A local or Hub failure: the file stops.
+    #[error(transparent)]
+    Fatal(#[from] FetchError),
+}
+
+impl From<StoreError> for ChunkError {
+    fn from(e: StoreError) -> Self {
+        Self::Fatal(e.into())
+    }
+}
+
+impl From<PeerFetchError> for ChunkError {
+    fn from(e: PeerFetchError) -> Self {
+        match e {
+            PeerFetchError::Unavailable(why) => Self::Peer { fault: Fault::Unavailable, why },
+            PeerFetchError::BadData => Self::Peer { fault: Fault::BadData, why: e.to_string() },
+            PeerFetchError::Local(e) => e.into(),
+        }
+    }
+}
+
+/// Where a chunk's bytes come from: it streams chunk `w.index` into `w`.
+trait ChunkSource {
+    async fn fill(&self, w: &mut ChunkWriter, ctx: &Ctx, fp: &FileProgress) -> Result<(), ChunkError>;
+}
+
+impl ChunkSource for HubSource {
+    async fn fill(&self, w: &mut ChunkWriter, ctx: &Ctx, fp: &FileProgress) -> Result<(), ChunkError> {
+        Ok(self.fetch(w, &ctx.throttle, &ctx.progress, fp).await?)
+    }
+}
+
+/// One peer, for one file's chunks.
+struct PeerSource<'a> {
+    node: &'a NodeHandle,
+    peer: PeerId,
+    f: &'a RemoteFile,
+}
+
+impl ChunkSource for PeerSource<'_> {
+    async fn fill(&self, w: &mut ChunkWriter, ctx: &Ctx, fp: &FileProgress) -> Result<(), ChunkError> {
+        let req = ChunkRequest { etag: self.f.etag.clone(), size: self.f.size, index: w.index };
+        let progress = &ctx.progress;
+        self.node.transfer().fetch(self.peer, &req, w, &ctx.throttle, |n| progress.received_from_peer(fp, n)).await?;
+        Ok(())
+    }
+}
+
+/// What a fetch brought.
+enum Fetched {
+    /// Written into the file and committed, with this hash.
+    Written(Sha256),
+    /// An endgame copy, whole in memory, to be written if the chunk is still not done.
+    Copy(Vec<u8>, Sha256),
+}
+
 struct Outcome {
     index: u32,
     source: Source,
-    result: Result<(), PeerFetchError>,
-    /// An endgame copy that arrived whole (and, from a peer, matching its record): its bytes and
-    /// hash, to be written if the chunk is still not done.
-    copy: Option<(Vec<u8>, Sha256)>,
-}
-
-impl Outcome {
-    fn new(index: u32, source: Source, r: Result<Option<(Vec<u8>, Sha256)>, PeerFetchError>) -> Self {
-        let (result, copy) = match r {
-            Ok(copy) => (Ok(()), copy),
-            Err(e) => (Err(e), None),
-        };
-        Self { index, source, result, copy }
-    }
+    result: Result<Fetched, ChunkError>,
 }
 
 /// A fetch in flight: how to stop it, and the bytes it has counted in progress (taken back if
@@ -68,25 +125,37 @@ struct Running {
     got: Arc<AtomicU64>,
 }
 
-/// Fetches the missing chunks of `f` into `pf`. With `hub_only` (the second round after a
-/// whole-file mismatch), peers are not asked, and every chunk the Hub sends is compared with the
-/// record a peer gave for it in the first round: a difference bans the record's signer and the
-/// peer that served it.
-#[allow(clippy::too_many_arguments)]
+/// One file to fetch: where its chunks go and where they may come from.
+pub(crate) struct FileFetch<'a> {
+    /// The download it belongs to (its node, if any, is `ctx.node`).
+    pub ctx: &'a Arc<Ctx>,
+    /// The file.
+    pub f: &'a RemoteFile,
+    /// Its partial file.
+    pub pf: &'a Arc<PartialFile>,
+    /// The Hub, unless offline.
+    pub hub: Option<&'a Arc<HubSource>>,
+    /// Its progress.
+    pub fp: &'a Arc<FileProgress>,
+    /// Woken whenever a chunk is done (the whole-file verifier follows).
+    pub wake: &'a Arc<Notify>,
+}
+
+/// Fetches the missing chunks of a file into its partial file. With `hub_only` (the second round
+/// after a whole-file mismatch), peers are not asked, and every chunk the Hub sends is compared
+/// with the record a peer gave for it in the first round: a difference bans the record's signer
+/// and the peer that served it.
 pub(crate) async fn fetch_chunks(
-    ctx: &Arc<Ctx>,
-    node: &NodeHandle,
-    f: &RemoteFile,
-    pf: &Arc<PartialFile>,
-    source_hub: Option<&Arc<HubSource>>,
-    fp: &Arc<FileProgress>,
-    wake: &Arc<Notify>,
+    file: FileFetch<'_>,
     suspects: &mut Suspects,
     hub_only: bool,
 ) -> Result<(), FetchError> {
+    let FileFetch { ctx, f, pf, hub: source_hub, fp, wake } = file;
+    let node = ctx.node.as_ref();
+    let asks_peers = node.is_some() && !hub_only;
     let layout = ChunkLayout::for_len(f.size);
     let count = layout.count();
-    let partial = node.holdings().add_partial(&f.etag, f.size, pf.clone());
+    let partial = node.map(|n| n.holdings().add_partial(&f.etag, f.size, pf.clone()));
     let missing = pf.missing();
     let done = (0..count).filter(|i| !missing.contains(i));
     let limits =
@@ -94,7 +163,9 @@ pub(crate) async fn fetch_chunks(
     let started = tokio::time::Instant::now();
     let now = || started.elapsed();
     let salt = crate::scheduler::salt_of(f.etag.as_str());
-    let mut sched = FileScheduler::new(node.peer_id(), salt, count, done, source_hub.is_some(), limits);
+    // Alone, the scheduler has no peers: every chunk is this node's, from the Hub.
+    let me = node.map_or_else(PeerId::random, NodeHandle::peer_id);
+    let mut sched = FileScheduler::new(me, salt, count, done, source_hub.is_some(), limits);
     let mut stuck_since: Option<tokio::time::Instant> = None;
     if suspects.len() != count as usize {
         *suspects = vec![None; count as usize];
@@ -105,7 +176,9 @@ pub(crate) async fn fetch_chunks(
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let mut running: HashMap<(u32, Source), Running> = HashMap::new();
     let mut next_refresh = tokio::time::Instant::now();
-    if !hub_only {
+    if let Some(node) = node
+        && asks_peers
+    {
         // Holders announced in the DHT are found (and connected) before the first placement,
         // or everything they hold would already be on its way from the Hub.
         let found = tokio::time::timeout(PROVIDER_WAIT, node.find_providers(&f.etag)).await.unwrap_or_default();
@@ -117,13 +190,15 @@ pub(crate) async fn fetch_chunks(
         }
     }
 
-    let mut actions = if hub_only { sched.assign(now()) } else { Vec::new() };
+    let mut actions = if asks_peers { Vec::new() } else { sched.assign(now()) };
     let result = loop {
         let mut queue: std::collections::VecDeque<Action> = std::mem::take(&mut actions).into();
         while let Some(a) = queue.pop_front() {
             let (index, source, copy) = match a {
                 Action::Ban(p) => {
-                    node.ban(p, "sent bytes that do not match their record");
+                    if let Some(node) = node {
+                        node.ban(p, "sent bytes that do not match their record");
+                    }
                     continue;
                 }
                 Action::Cancel { index, source } => {
@@ -139,7 +214,6 @@ pub(crate) async fn fetch_chunks(
             let got = Arc::new(AtomicU64::new(0));
             let job = Job {
                 ctx: ctx.clone(),
-                node: node.clone(),
                 f: f.clone(),
                 pf: pf.clone(),
                 fp: fp.clone(),
@@ -155,21 +229,23 @@ pub(crate) async fn fetch_chunks(
                     let Some(src) = source_hub.cloned() else { continue };
                     let check = previous.get(index as usize).cloned().flatten();
                     tasks.spawn(async move {
-                        let r = job.hub_chunk(&src, check).await;
+                        let result = job.hub_chunk(&src, check).await;
                         wake.notify_one();
-                        Outcome::new(index, Source::Hub, r.map_err(PeerFetchError::Local))
+                        Outcome { index, source: Source::Hub, result }
                     })
                 }
                 Source::Peer(peer) => {
-                    let Some(record) = records.get(&peer).and_then(|v| v.get(index as usize)).cloned().flatten() else {
+                    let (Some(node), Some(record)) =
+                        (node.cloned(), records.get(&peer).and_then(|v| v.get(index as usize)).cloned().flatten())
+                    else {
                         let fault = Fault::Unavailable;
                         queue.extend(sched.handle(Event::Failed { index, peer, fault }, now()));
                         continue;
                     };
                     tasks.spawn(async move {
-                        let out = job.peer_chunk(peer, record).await;
+                        let result = job.peer_chunk(&node, peer, record).await;
                         wake.notify_one();
-                        out
+                        Outcome { index, source: Source::Peer(peer), result }
                     })
                 }
             };
@@ -201,19 +277,21 @@ pub(crate) async fn fetch_chunks(
                 // A copy cancelled after it ended (it lost a race) has nothing more to say.
                 let Some(run) = running.remove(&(out.index, out.source)) else { continue };
                 match (out.source, out.result) {
-                    (source, Ok(())) => {
+                    (source, Ok(fetched)) => {
                         let record = match source {
                             Source::Peer(p) => records.get(&p).and_then(|v| v.get(out.index as usize)).cloned().flatten(),
                             Source::Hub => None,
                         };
-                        if let Some((bytes, hash)) = out.copy {
+                        if let Fetched::Copy(bytes, hash) = fetched {
                             // An endgame copy arrived first: it takes the chunk over from the
                             // copy writing into the file, unless that one has just finished.
                             let (p, offset) = (pf.clone(), u64::from(out.index) * layout.chunk_size);
                             match blocking(move || adopt(&p, out.index, offset, &bytes, hash)).await {
                                 Ok(Ok(true)) => {
-                                    let record = record.clone().unwrap_or_else(|| node.holdings().sign(&f.etag, f.size, out.index, hash));
-                                    partial.add(out.index, record);
+                                    if let (Some(node), Some(partial)) = (node, &partial) {
+                                        let record = record.clone().unwrap_or_else(|| node.holdings().sign(&f.etag, f.size, out.index, hash));
+                                        partial.add(out.index, record);
+                                    }
                                     wake.notify_one();
                                 }
                                 Ok(Ok(false)) => {
@@ -227,29 +305,31 @@ pub(crate) async fn fetch_chunks(
                         if let Source::Peer(p) = source {
                             suspects[out.index as usize] = record.map(|r| (p, r));
                         }
-                        heard_askers(node, f, &mut sched, now());
+                        if let Some(node) = node {
+                            heard_askers(node, f, &mut sched, now());
+                        }
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
-                    (_, Err(PeerFetchError::Local(FetchError::Store(StoreError::Superseded { .. })))) => {
+                    (_, Err(ChunkError::Fatal(FetchError::Store(StoreError::Superseded { .. })))) => {
                         ctx.progress.take_back(fp, run.got.load(Relaxed));
                     }
-                    (_, Err(PeerFetchError::Local(e))) => break Err(e),
-                    (Source::Peer(peer), Err(e @ (PeerFetchError::Unavailable(_) | PeerFetchError::BadData))) => {
+                    (_, Err(ChunkError::Fatal(e))) => break Err(e),
+                    (Source::Peer(peer), Err(ChunkError::Peer { fault, why })) => {
                         ctx.progress.take_back(fp, run.got.load(Relaxed));
-                        let fault = if matches!(e, PeerFetchError::BadData) { Fault::BadData } else { Fault::Unavailable };
-                        let why = e.to_string();
                         tracing::debug!(%peer, chunk = out.index, %why, "peer fetch failed");
                         actions = sched.handle(Event::Failed { index: out.index, peer, fault }, now());
                     }
                     (Source::Hub, Err(e)) => break Err(FetchError::Internal(e.to_string())),
                 }
             }
-            _ = tokio::time::sleep_until(next_refresh), if !hub_only => {
+            _ = tokio::time::sleep_until(next_refresh), if asks_peers => {
                 // Faster while others download the same file: their chunks are ours to take as
                 // soon as they land.
                 next_refresh = tokio::time::Instant::now() + if sched.interested() > 0 { REFRESH_SHARED } else { REFRESH };
-                actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
-                heard_askers(node, f, &mut sched, now());
+                if let Some(node) = node {
+                    actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
+                    heard_askers(node, f, &mut sched, now());
+                }
                 actions.extend(sched.assign(now()));
             }
         }
@@ -259,15 +339,17 @@ pub(crate) async fn fetch_chunks(
     if duplicates > 0 {
         tracing::info!(file = %f.path, chunks = duplicates, "endgame: asked a second source for slow chunks");
         ctx.progress.duplicates.fetch_add(duplicates, Relaxed);
-        node.count_duplicates(duplicates);
+        node.inspect(|n| n.count_duplicates(duplicates));
     }
     let takeovers = u64::from(sched.takeovers());
     if takeovers > 0 {
         tracing::info!(file = %f.path, chunks = takeovers, "took over chunks of nodes that left or stalled");
         ctx.progress.takeovers.fetch_add(takeovers, Relaxed);
-        node.count_takeovers(takeovers);
+        node.inspect(|n| n.count_takeovers(takeovers));
     }
-    if result.is_err() {
+    if let Some(node) = node
+        && result.is_err()
+    {
         node.holdings().finish_partial(&f.etag, None);
     }
     result
@@ -314,10 +396,10 @@ async fn ask_peers(
     }
     for (peer, answer) in answers {
         match answer {
-            Ok(Some((list, downloading, claimed))) => {
+            Ok(Some(crate::swarm::Availability { chunks, downloading, fetching: claimed })) => {
                 let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
                 let mut have = Bitmap::new(count);
-                for (i, r) in list {
+                for (i, r) in chunks {
                     if let Some(r) = r
                         && let Some(slot) = v.get_mut(i as usize)
                     {
@@ -355,18 +437,22 @@ fn adopt(pf: &PartialFile, index: u32, offset: u64, bytes: &[u8], hash: Sha256) 
 /// memory.
 struct Job {
     ctx: Arc<Ctx>,
-    node: NodeHandle,
     f: RemoteFile,
     pf: Arc<PartialFile>,
     fp: Arc<FileProgress>,
-    partial: Arc<Partial>,
+    /// Where verified chunks are offered to peers (with a node).
+    partial: Option<Arc<Partial>>,
     index: u32,
     copy: bool,
     got: Arc<AtomicU64>,
 }
 
 impl Job {
-    fn writer(&self) -> Result<ChunkWriter, FetchError> {
+    /// The one path every chunk takes: a request slot, a writer, the source's bytes, the hash
+    /// (checked against `expect`, a peer's record), then the commit into the file, or the bytes
+    /// in memory for an endgame copy.
+    async fn fetch_from(&self, source: &impl ChunkSource, expect: Option<Sha256>) -> Result<Fetched, ChunkError> {
+        let _slot = self.ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
         let range = ChunkLayout::for_len(self.f.size)
             .range(self.index)
             .ok_or_else(|| FetchError::Internal(format!("chunk {} out of range", self.index)))?;
@@ -375,16 +461,22 @@ impl Job {
         } else {
             ChunkWriter::new(self.pf.clone(), self.index, range)
         };
-        Ok(w.counting(self.got.clone()))
+        let mut w = w.counting(self.got.clone());
+        source.fill(&mut w, &self.ctx, &self.fp).await?;
+        let hash = w.finish().await?;
+        if expect.is_some_and(|e| e != hash) {
+            return Err(PeerFetchError::BadData.into());
+        }
+        if self.copy {
+            return Ok(Fetched::Copy(w.into_bytes(), hash));
+        }
+        w.commit(hash).await?;
+        Ok(Fetched::Written(hash))
     }
 
-    /// From the Hub. Into the file, the chunk is then signed and offered; an endgame copy is
-    /// returned whole.
-    async fn hub_chunk(
-        self,
-        source: &HubSource,
-        check: Option<(PeerId, Record)>,
-    ) -> Result<Option<(Vec<u8>, Sha256)>, FetchError> {
+    /// From the Hub. A chunk written into the file is then signed and offered, after a check
+    /// against the record a peer gave for it in an earlier round (`check`).
+    async fn hub_chunk(self, source: &HubSource, check: Option<(PeerId, Record)>) -> Result<Fetched, ChunkError> {
         // Announced while in flight, so that a node deciding now waits for it instead of fetching it.
         struct Claim<'a>(&'a Partial, u32);
         impl Drop for Claim<'_> {
@@ -392,57 +484,36 @@ impl Job {
                 self.0.set_fetching(self.1, false);
             }
         }
-        let (ctx, f, index) = (&self.ctx, &self.f, self.index);
-        let _claim = (!self.copy).then(|| {
-            self.partial.set_fetching(index, true);
-            Claim(&self.partial, index)
+        let index = self.index;
+        let _claim = self.partial.as_deref().filter(|_| !self.copy).map(|p| {
+            p.set_fetching(index, true);
+            Claim(p, index)
         });
-        let _slot = ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
-        let mut w = self.writer()?;
-        source.fetch(&mut w, &ctx.throttle, &ctx.progress, &self.fp).await?;
-        let hash = w.finish().await?;
-        if self.copy {
-            return Ok(Some((w.into_bytes(), hash)));
-        }
-        if let Some((server, record)) = check
-            && record.sha256 != hash
-        {
-            // The Hub's bytes decide: whoever signed the false record, and whoever served it, lied.
-            let why = format!("signed a false hash for chunk {index} of {}", f.path);
-            self.node.ban(record.signer.peer, &why);
-            if server != record.signer.peer {
-                self.node.ban(server, &format!("served a chunk of {} under a false record", f.path));
+        let fetched = self.fetch_from(source, None).await?;
+        if let (Fetched::Written(hash), Some(node)) = (&fetched, &self.ctx.node) {
+            if let Some((server, record)) = check
+                && record.sha256 != *hash
+            {
+                // The Hub's bytes decide: whoever signed the false record, and whoever served it, lied.
+                let why = format!("signed a false hash for chunk {index} of {}", self.f.path);
+                node.ban(record.signer.peer, &why);
+                if server != record.signer.peer {
+                    node.ban(server, &format!("served a chunk of {} under a false record", self.f.path));
+                }
+            }
+            if let Some(p) = &self.partial {
+                p.add(index, node.holdings().sign(&self.f.etag, self.f.size, index, *hash));
             }
         }
-        w.commit(hash).await?;
-        self.partial.add(index, self.node.holdings().sign(&f.etag, f.size, index, hash));
-        Ok(None)
+        Ok(fetched)
     }
 
-    /// From a peer, checked against the peer's record before it counts.
-    async fn peer_chunk(self, peer: PeerId, record: Record) -> Outcome {
-        let index = self.index;
-        let result = async {
-            let _slot = self.ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
-            let mut w = self.writer()?;
-            let req = ChunkRequest { etag: self.f.etag.clone(), size: self.f.size, index };
-            let (progress, fp) = (self.ctx.progress.clone(), self.fp.clone());
-            self.node
-                .transfer()
-                .fetch(peer, &req, &mut w, &self.ctx.throttle, |n| progress.received_from_peer(&fp, n))
-                .await?;
-            let hash = w.finish().await?;
-            if hash != record.sha256 {
-                return Err(PeerFetchError::BadData);
-            }
-            if self.copy {
-                return Ok(Some((w.into_bytes(), hash)));
-            }
-            w.commit(hash).await?;
-            self.partial.add(index, record);
-            Ok(None)
+    /// From a peer, checked against the peer's record before it counts, then offered under it.
+    async fn peer_chunk(self, node: &NodeHandle, peer: PeerId, record: Record) -> Result<Fetched, ChunkError> {
+        let fetched = self.fetch_from(&PeerSource { node, peer, f: &self.f }, Some(record.sha256)).await?;
+        if let (Fetched::Written(_), Some(p)) = (&fetched, &self.partial) {
+            p.add(self.index, record);
         }
-        .await;
-        Outcome::new(index, Source::Peer(peer), result)
+        Ok(fetched)
     }
 }

@@ -1,0 +1,154 @@
+//! [`ChunkWriter`]: receives one chunk's bytes in order from any source (the Hub, a peer),
+//! hashes them on the way, and writes them at the chunk's offset in a [`PartialFile`], or keeps
+//! them in memory for an endgame copy that is written only if it wins.
+
+use super::{PartialFile, StoreError, Ticket};
+use bytes::BytesMut;
+use sha2::Digest as _;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use swarm_protocol::hash::Sha256;
+
+const WRITE_BUF: usize = 512 << 10;
+
+/// Receives one chunk's bytes in order, hashes them, and writes them at the chunk's offset in
+/// the file, or, for an endgame duplicate, keeps them in memory until they win.
+#[derive(Debug)]
+pub struct ChunkWriter {
+    sink: Sink,
+    /// The chunk's index.
+    pub index: u32,
+    /// The chunk's byte range in the file.
+    pub range: Range<u64>,
+    flushed: u64,
+    hasher: Option<sha2::Sha256>,
+    buf: BytesMut,
+    /// Bytes received so far, readable from outside (to take them back from progress if this
+    /// copy loses a race).
+    got: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+enum Sink {
+    File { pf: Arc<PartialFile>, ticket: Ticket },
+    Memory(Vec<u8>),
+}
+
+impl ChunkWriter {
+    /// A writer of chunk `index` covering `range` into the file.
+    pub fn new(pf: Arc<PartialFile>, index: u32, range: Range<u64>) -> Self {
+        let ticket = pf.ticket(index);
+        Self::with_sink(Sink::File { pf, ticket }, index, range)
+    }
+
+    /// A writer that keeps the chunk in memory (an endgame duplicate, written only if it wins).
+    pub fn in_memory(index: u32, range: Range<u64>) -> Self {
+        let cap = (range.end - range.start) as usize;
+        Self::with_sink(Sink::Memory(Vec::with_capacity(cap)), index, range)
+    }
+
+    fn with_sink(sink: Sink, index: u32, range: Range<u64>) -> Self {
+        Self {
+            sink,
+            index,
+            range,
+            flushed: 0,
+            hasher: Some(sha2::Sha256::new()),
+            buf: BytesMut::with_capacity(WRITE_BUF),
+            got: Arc::default(),
+        }
+    }
+
+    /// Counts received bytes into `got` as well.
+    pub fn counting(mut self, got: Arc<AtomicU64>) -> Self {
+        self.got = got;
+        self
+    }
+
+    /// Bytes received so far (written or buffered).
+    pub fn received(&self) -> u64 {
+        self.flushed + self.buf.len() as u64
+    }
+
+    /// Bytes still wanted.
+    pub fn remaining(&self) -> u64 {
+        (self.range.end - self.range.start).saturating_sub(self.received())
+    }
+
+    /// Appends bytes (at most [`Self::remaining`] are taken).
+    pub async fn push(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        let room = (self.remaining().min(data.len() as u64)) as usize;
+        self.got.fetch_add(room as u64, Relaxed);
+        if let Sink::Memory(v) = &mut self.sink {
+            v.extend_from_slice(&data[..room]);
+            if let Some(h) = &mut self.hasher {
+                h.update(&data[..room]);
+            }
+            self.flushed += room as u64;
+            return Ok(());
+        }
+        while !data.is_empty() {
+            let room = WRITE_BUF - self.buf.len();
+            let n = room.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() >= WRITE_BUF {
+                self.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        let Sink::File { pf, ticket } = &self.sink else {
+            return Ok(());
+        };
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let mut hasher = self.hasher.take().unwrap_or_default();
+        let (pf, ticket) = (pf.clone(), *ticket);
+        let offset = self.range.start + self.flushed;
+        let (hasher, mut buf, res) = tokio::task::spawn_blocking(move || {
+            hasher.update(&buf);
+            let res = pf.write_at(ticket, offset, &buf);
+            (hasher, buf, res)
+        })
+        .await
+        .map_err(|e| StoreError::Task(format!("writer task failed: {e}")))?;
+        res?;
+        self.flushed += buf.len() as u64;
+        self.hasher = Some(hasher);
+        buf.clear();
+        self.buf = buf;
+        Ok(())
+    }
+
+    /// Writes what is buffered and returns the chunk's sha256.
+    pub async fn finish(&mut self) -> Result<Sha256, StoreError> {
+        self.flush().await?;
+        Ok(Sha256(self.hasher.take().unwrap_or_default().finalize().into()))
+    }
+
+    /// The bytes of an in-memory copy (empty for a writer into the file).
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self.sink {
+            Sink::File { .. } => Vec::new(),
+            Sink::Memory(v) => v,
+        }
+    }
+
+    /// Marks the chunk done in the file with `hash` (after [`Self::finish`]). Refused if
+    /// another copy took the chunk over.
+    pub async fn commit(&self, hash: Sha256) -> Result<(), StoreError> {
+        let Sink::File { pf, ticket } = &self.sink else {
+            return Err(StoreError::Task("an in-memory chunk cannot be committed".into()));
+        };
+        let (pf, ticket) = (pf.clone(), *ticket);
+        tokio::task::spawn_blocking(move || pf.chunk_done(ticket, hash))
+            .await
+            .map_err(|e| StoreError::Task(format!("writer task failed: {e}")))?
+    }
+}
