@@ -17,7 +17,7 @@ use swarm_node::control::{ControlClient, ControlPolicy, ControlServer};
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
 use swarm_node::http::{HubServer, HubServerConfig};
-use swarm_node::hub::{HubClient, HubConfig, RepoRef, RetryPolicy};
+use swarm_node::hub::{HubClient, RepoRef};
 use swarm_node::swarm::libp2p::{Multiaddr, identity::Keypair};
 use swarm_node::swarm::{self, Node, NodeConfig};
 use swarm_protocol::control::GetParams;
@@ -79,7 +79,7 @@ fn swarm_note(cfg: &NodeConfig) {
 }
 
 async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
-    let cache = HubCache::new(settings::cache_dir(a.cache_dir));
+    let cache = HubCache::new(settings::cache_dir(a.cache_dir)).with_copies(settings::copies());
     cache.ensure().with_context(|| format!("cannot use cache '{}'", cache.root().display()))?;
     let state = trust::secure_state_dir(cache.root())
         .with_context(|| format!("refusing to run a node on cache '{}'", cache.root().display()))?;
@@ -230,18 +230,10 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     let repo_type: RepoType = a.repo_type.parse()?;
     let repo = RepoRef { id: RepoId::parse(&a.repo_id)?, ty: repo_type };
     let max_download_rate = a.max_download_rate.as_deref().map(settings::parse_rate).transpose()?;
-    let offline = a.offline || swarm_node::offline_from_env();
-    let hub = if offline {
-        None
-    } else {
-        Some(HubClient::new(HubConfig {
-            endpoint: settings::endpoint(a.endpoint.clone()),
-            token: settings::token(a.token.clone()),
-            read_timeout: settings::read_timeout()?,
-            retry: RetryPolicy { max_attempts: a.retries, ..RetryPolicy::default() },
-            ..HubConfig::default()
-        })?)
-    };
+    let offline = a.offline || settings::offline();
+    // The Hub settings, resolved once: for this process's client, or for the node it asks.
+    let hub_settings = settings::HubSettings::resolve(a.endpoint.clone(), a.token.clone(), a.retries)?;
+    let hub = if offline { None } else { Some(HubClient::new(hub_settings.config())?) };
     // Like `hf download REPO FILE…`: named files replace --include/--exclude, and a single
     // plain file prints its own path.
     let single_file = match a.filenames.as_slice() {
@@ -262,7 +254,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         revision: a.revision.clone(),
         include,
         exclude,
-        cache: HubCache::new(cache_root.clone()),
+        cache: HubCache::new(cache_root.clone()).with_copies(settings::copies()),
         local_dir: a.local_dir.map(LocalDir::new),
         max_workers: a.max_workers,
         max_download_rate,
@@ -289,10 +281,10 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 revision: req.revision.clone(),
                 include: req.include.clone(),
                 exclude: req.exclude.clone(),
-                endpoint: settings::endpoint(a.endpoint.clone()),
-                token: settings::token(a.token.clone()).map(|t| t.expose().to_owned()),
-                retries: a.retries,
-                read_timeout_ms: settings::read_timeout().map(|d| d.as_millis() as u64).unwrap_or(10_000),
+                endpoint: hub_settings.endpoint.clone(),
+                token: hub_settings.token.as_ref().map(|t| t.expose().to_owned()),
+                retries: hub_settings.retries,
+                read_timeout_ms: u64::try_from(hub_settings.read_timeout.as_millis()).unwrap_or(u64::MAX),
                 max_workers: u32::try_from(req.max_workers).unwrap_or(u32::MAX),
                 max_download_rate: req.max_download_rate,
             };

@@ -1,15 +1,90 @@
 //! Resolves raw arguments into settings, once: flag > environment > default, with the
-//! environment variables `huggingface_hub` defines meaning what they mean there
-//! (`shared/reference/hf-hub-protocol.md` §2.1, §3).
+//! environment variables `huggingface_hub` defines meaning what they mean there. This is the
+//! only place that reads the environment: `swarm-node` receives typed values.
 
 use anyhow::{Context as _, bail};
 use std::env;
 use std::path::PathBuf;
 use std::time::Duration;
-use swarm_node::hub::Token;
+use swarm_node::hub::{HubConfig, RetryPolicy, Token};
+
+/// Every environment variable swarm-dl reads, and what it means: the one registry. Variables
+/// that clap reads for a flag (`env = …` in `args.rs`) are here too; a test checks it.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("HF_HOME", "Hugging Face home; the cache is $HF_HOME/hub, the token $HF_HOME/token"),
+    ("HF_HUB_CACHE", "the Hub cache directory (--cache-dir)"),
+    ("HUGGINGFACE_HUB_CACHE", "older name of HF_HUB_CACHE"),
+    ("XDG_CACHE_HOME", "HF_HOME defaults to $XDG_CACHE_HOME/huggingface"),
+    ("HOME", "HF_HOME defaults to ~/.cache/huggingface"),
+    ("HF_TOKEN", "Hub token (--token)"),
+    ("HUGGING_FACE_HUB_TOKEN", "older name of HF_TOKEN"),
+    ("HF_TOKEN_PATH", "file holding the token (default $HF_HOME/token)"),
+    ("HF_ENDPOINT", "Hub URL (--endpoint)"),
+    ("HF_HUB_OFFLINE", "answer from the cache (and peers) only (--offline)"),
+    ("TRANSFORMERS_OFFLINE", "same as HF_HUB_OFFLINE"),
+    ("HF_HUB_DOWNLOAD_TIMEOUT", "seconds without a byte before a connection counts as stalled"),
+    ("HF_HUB_DISABLE_SYMLINKS", "copy blobs into snapshots instead of linking them"),
+    ("SWARM_DL_LOG", "tracing filter for logs on stderr (default warn)"),
+    ("SWARM_DL_PEERS", "peers to dial, comma-separated (--peer)"),
+    ("SWARM_DL_SWARM_KEY", "private swarm key file (--swarm-key)"),
+    ("SWARM_DL_MAX_UPLOAD_RATE", "cap on bytes served to peers (--max-upload-rate)"),
+    ("SWARM_DL_MAX_DOWNLOAD_RATE", "cap on bytes pulled (--max-download-rate)"),
+    ("SWARM_DL_MAX_WORKERS", "requests in flight (--max-workers)"),
+    ("SWARM_DL_RETRIES", "attempts per request (--retries)"),
+    ("SWARM_DL_NO_SWARM", "download from the Hub alone (--no-swarm)"),
+    ("SWARM_DL_CONTROL_GROUP", "group whose members may download through a join node (--control-group)"),
+];
 
 fn var(k: &str) -> Option<String> {
+    debug_assert!(ENV_VARS.iter().any(|(name, _)| *name == k), "{k} is missing from ENV_VARS");
     env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `huggingface_hub`'s boolean rule for environment variables (1/ON/YES/TRUE, any case).
+fn var_true(k: &str) -> bool {
+    var(k).is_some_and(|v| matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE"))
+}
+
+/// `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`): no network.
+pub fn offline() -> bool {
+    var_true("HF_HUB_OFFLINE") || var_true("TRANSFORMERS_OFFLINE")
+}
+
+/// `HF_HUB_DISABLE_SYMLINKS`: snapshots hold copies.
+pub fn copies() -> bool {
+    var_true("HF_HUB_DISABLE_SYMLINKS")
+}
+
+/// How to reach the Hub: resolved once per command, for this process's client or for the
+/// `join` node it asks to download.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// `--endpoint`, `HF_ENDPOINT`, or the Hub.
+    pub endpoint: String,
+    /// The token (never shown).
+    pub token: Option<Token>,
+    /// `HF_HUB_DOWNLOAD_TIMEOUT`.
+    pub read_timeout: Duration,
+    /// Attempts per request.
+    pub retries: u32,
+}
+
+impl HubSettings {
+    /// Resolves the flags against the environment.
+    pub fn resolve(endpoint_flag: Option<String>, token_flag: Option<String>, retries: u32) -> anyhow::Result<Self> {
+        Ok(Self { endpoint: endpoint(endpoint_flag), token: token(token_flag), read_timeout: read_timeout()?, retries })
+    }
+
+    /// The Hub client's configuration.
+    pub fn config(&self) -> HubConfig {
+        HubConfig {
+            endpoint: self.endpoint.clone(),
+            token: self.token.clone(),
+            read_timeout: self.read_timeout,
+            retry: RetryPolicy { max_attempts: self.retries, ..RetryPolicy::default() },
+            ..HubConfig::default()
+        }
+    }
 }
 
 fn home() -> PathBuf {
@@ -96,6 +171,15 @@ pub fn parse_rate(s: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_variable_a_flag_reads_is_in_the_registry() {
+        let args = include_str!("args.rs");
+        for part in args.split("env = \"").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert!(ENV_VARS.iter().any(|(k, _)| *k == name), "{name} is read by clap but missing from ENV_VARS");
+        }
+    }
 
     #[test]
     fn rates() {

@@ -35,12 +35,21 @@ pub const CHUNK_STATE_SUFFIX: &str = ".incomplete.chunks.json";
 #[derive(Debug, Clone)]
 pub struct HubCache {
     root: PathBuf,
+    /// Copy blobs into snapshots instead of linking them (`HF_HUB_DISABLE_SYMLINKS`).
+    copies: bool,
 }
 
 impl HubCache {
     /// A cache rooted at `root` (not created yet).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), copies: false }
+    }
+
+    /// The same cache, with snapshots that hold copies of blobs instead of symlinks to them
+    /// (`HF_HUB_DISABLE_SYMLINKS`, or a file system without symlinks).
+    pub fn with_copies(mut self, copies: bool) -> Self {
+        self.copies = copies;
+        self
     }
 
     /// The root directory.
@@ -115,7 +124,7 @@ impl HubCache {
     /// The folder of one repo.
     pub fn repo(&self, repo: &RepoRef) -> RepoCache {
         let folder = repo.id.folder_name(repo.ty);
-        RepoCache { dir: self.root.join(&folder), locks: self.root.join(".locks").join(folder) }
+        RepoCache { dir: self.root.join(&folder), locks: self.root.join(".locks").join(folder), copies: self.copies }
     }
 }
 
@@ -124,6 +133,7 @@ impl HubCache {
 pub struct RepoCache {
     dir: PathBuf,
     locks: PathBuf,
+    copies: bool,
 }
 
 /// `trees/<commit>.json`, format version 1 (`huggingface_hub._tree_cache`).
@@ -241,7 +251,7 @@ impl RepoCache {
         let parent = pointer.parent().unwrap_or(&self.dir).to_path_buf();
         fs::create_dir_all(&parent)?;
         let tmp = unique_tmp(&parent, "link");
-        if !symlinks_disabled() {
+        if !self.copies {
             let depth = path.split('/').count() + 1; // snapshots/<commit>/<path…>
             let mut target = PathBuf::new();
             for _ in 0..depth {
@@ -264,10 +274,6 @@ impl RepoCache {
         fs::create_dir_all(self.snapshot(commit))?;
         fs::create_dir_all(&self.locks)
     }
-}
-
-fn symlinks_disabled() -> bool {
-    std::env::var("HF_HUB_DISABLE_SYMLINKS").is_ok_and(|v| crate::env_true(&v))
 }
 
 /// Joins a `/`-separated repo path (already checked by `check_repo_path`) under `base`.

@@ -19,14 +19,3 @@ pub mod swarm;
 pub mod throttle;
 
 pub use swarm_protocol as protocol;
-
-/// True when `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) asks for no network, with
-/// `huggingface_hub`'s boolean rule (1/ON/YES/TRUE, any case).
-pub fn offline_from_env() -> bool {
-    ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| std::env::var(k).is_ok_and(|v| env_true(&v)))
-}
-
-/// `huggingface_hub`'s boolean rule for environment variables.
-pub fn env_true(v: &str) -> bool {
-    matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
-}
