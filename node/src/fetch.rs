@@ -388,7 +388,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
     });
     // Say what this node is about to download before waiting for peers, so that nodes starting
     // together count each other in when they share out the Hub work.
-    let _wanted = node.as_ref().map(|node| Wanted::new(node, &todo));
+    let _wanted = node.as_ref().map(|node| node.want(todo.iter().map(|f| f.etag.clone()).collect()));
     if let Some(node) = &node
         && !todo.is_empty()
     {
@@ -492,7 +492,7 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
         // Offer the blob under this node's signature; a local-dir copy is the user's to edit, so
         // it is not offered.
         let blob = matches!(ctx.dest, Dest::Cache(_)).then_some(paths.final_path.as_path());
-        node.holdings().finish_partial(&f.etag, blob);
+        node.finish_offer(&f.etag, blob);
         if blob.is_some() {
             node.provide(&f.etag).await;
         }
@@ -581,26 +581,6 @@ async fn fetch_verified(
         blocking(move || cache.save_manifest(&m)).await?;
     }
     Ok(())
-}
-
-/// Files announced as about to be downloaded, withdrawn when the `get` ends.
-struct Wanted {
-    node: NodeHandle,
-    etags: Vec<swarm_protocol::hash::Etag>,
-}
-
-impl Wanted {
-    fn new(node: &NodeHandle, files: &[RemoteFile]) -> Self {
-        let etags: Vec<_> = files.iter().map(|f| f.etag.clone()).collect();
-        node.holdings().want(etags.iter().cloned());
-        Self { node: node.clone(), etags }
-    }
-}
-
-impl Drop for Wanted {
-    fn drop(&mut self) {
-        self.node.holdings().unwant(self.etags.drain(..));
-    }
 }
 
 /// How old a member's answer for a branch or tag may be to be used instead of the Hub's.

@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarm_protocol::chunk::ChunkLayout;
-use swarm_protocol::hash::Etag;
+use swarm_protocol::hash::{Etag, Sha256};
 use swarm_protocol::wire::{self, HaveRequest, HaveResponse, MetaRequest, MetaResponse};
 use tokio::sync::{Notify, mpsc, oneshot};
 use transfer::Transfer;
@@ -159,6 +159,48 @@ enum PeerCommand {
     MetaRespond { channel: request_response::ResponseChannel<MetaResponse>, resp: MetaResponse },
     Provide(Etag),
     FindProviders { etag: Etag, reply: oneshot::Sender<Vec<PeerId>> },
+}
+
+/// A file being downloaded here, offered to peers chunk by chunk ([`NodeHandle::offer`]).
+#[derive(Debug, Clone)]
+pub struct Offer {
+    node: NodeHandle,
+    etag: Etag,
+    size: u64,
+    partial: Arc<holdings::Partial>,
+}
+
+impl Offer {
+    /// Marks chunk `index` as being fetched from the Hub now (`on`), or no longer: nodes
+    /// deciding meanwhile wait for it instead of fetching it too.
+    pub fn claim(&self, index: u32, on: bool) {
+        self.partial.set_fetching(index, on);
+    }
+
+    /// Offers chunk `index`, whose bytes this node fetched from the Hub and hashed to `sha256`,
+    /// under this node's signature.
+    pub fn add_own(&self, index: u32, sha256: Sha256) {
+        self.partial.add(index, self.node.shared.holdings.sign(&self.etag, self.size, index, sha256));
+    }
+
+    /// Offers chunk `index`, received from a peer and checked against `record`, under that
+    /// record (its signer stays answerable for it).
+    pub fn add_relayed(&self, index: u32, record: Record) {
+        self.partial.add(index, record);
+    }
+}
+
+/// Files announced as about to be downloaded ([`NodeHandle::want`]), withdrawn on drop.
+#[derive(Debug)]
+pub struct Wanted {
+    node: NodeHandle,
+    etags: Vec<Etag>,
+}
+
+impl Drop for Wanted {
+    fn drop(&mut self) {
+        self.node.shared.holdings.unwant(self.etags.drain(..));
+    }
 }
 
 /// What a peer holds of a file, its answer checked ([`NodeHandle::have`]).
@@ -512,14 +554,42 @@ impl NodeHandle {
         lock(&self.shared.connected).keys().filter(|p| !self.shared.bans.is_banned(p)).copied().collect()
     }
 
-    /// What this node serves.
-    pub fn holdings(&self) -> &Arc<Holdings> {
-        &self.shared.holdings
+    /// Starts offering a file this node is downloading: its chunks are offered to peers one by
+    /// one, through the returned [`Offer`], as they are verified.
+    pub fn offer(&self, etag: &Etag, size: u64, pf: Arc<crate::store::PartialFile>) -> Offer {
+        let partial = self.shared.holdings.add_partial(etag, size, pf);
+        Offer { node: self.clone(), etag: etag.clone(), size, partial }
     }
 
-    /// The chunk protocol's client side.
-    pub fn transfer(&self) -> &Arc<Transfer> {
-        &self.shared.transfer
+    /// Stops offering a file being downloaded. If it completed, `blob` is where its verified
+    /// bytes now are, and every chunk is offered from there under this node's signature.
+    pub fn finish_offer(&self, etag: &Etag, blob: Option<&Path>) {
+        self.shared.holdings.finish_partial(etag, blob);
+    }
+
+    /// Says that this node is about to download these files (peers count it among the owners
+    /// of their chunks at once), until the returned guard is dropped.
+    pub fn want(&self, etags: Vec<Etag>) -> Wanted {
+        self.shared.holdings.want(etags.iter().cloned());
+        Wanted { node: self.clone(), etags }
+    }
+
+    /// Peers that, asking about `etag`, said they download it too, since the last call.
+    pub fn take_askers(&self, etag: &Etag) -> Vec<PeerId> {
+        self.shared.holdings.take_askers(etag)
+    }
+
+    /// Fetches chunk `req.index` from `peer` into `w`, calling `on_bytes` as bytes arrive. The
+    /// caller checks the chunk's hash against the peer's record.
+    pub async fn fetch_chunk(
+        &self,
+        peer: PeerId,
+        req: &wire::ChunkRequest,
+        w: &mut crate::store::ChunkWriter,
+        throttle: &crate::throttle::Throttle,
+        on_bytes: impl FnMut(u64),
+    ) -> Result<(), transfer::PeerFetchError> {
+        self.shared.transfer.fetch(peer, req, w, throttle, on_bytes).await
     }
 
     /// Bans a peer for the configured time (its records and bytes are refused).

@@ -17,9 +17,9 @@ use crate::fetch::progress::FileProgress;
 use crate::hub::RemoteFile;
 use crate::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
 use crate::store::{ChunkWriter, PartialFile, StoreError};
-use crate::swarm::NodeHandle;
-use crate::swarm::holdings::{Partial, Record};
+use crate::swarm::holdings::Record;
 use crate::swarm::transfer::PeerFetchError;
+use crate::swarm::{NodeHandle, Offer};
 use libp2p::PeerId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,7 +99,7 @@ impl ChunkSource for PeerSource<'_> {
     async fn fill(&self, w: &mut ChunkWriter, ctx: &Ctx, fp: &FileProgress) -> Result<(), ChunkError> {
         let req = ChunkRequest { etag: self.f.etag.clone(), size: self.f.size, index: w.index };
         let progress = &ctx.progress;
-        self.node.transfer().fetch(self.peer, &req, w, &ctx.throttle, |n| progress.received_from_peer(fp, n)).await?;
+        self.node.fetch_chunk(self.peer, &req, w, &ctx.throttle, |n| progress.received_from_peer(fp, n)).await?;
         Ok(())
     }
 }
@@ -155,7 +155,7 @@ pub(crate) async fn fetch_chunks(
     let asks_peers = node.is_some() && !hub_only;
     let layout = ChunkLayout::for_len(f.size);
     let count = layout.count();
-    let partial = node.map(|n| n.holdings().add_partial(&f.etag, f.size, pf.clone()));
+    let partial = node.map(|n| n.offer(&f.etag, f.size, pf.clone()));
     let missing = pf.missing();
     let done = (0..count).filter(|i| !missing.contains(i));
     let limits =
@@ -288,9 +288,11 @@ pub(crate) async fn fetch_chunks(
                             let (p, offset) = (pf.clone(), u64::from(out.index) * layout.chunk_size);
                             match blocking(move || adopt(&p, out.index, offset, &bytes, hash)).await {
                                 Ok(Ok(true)) => {
-                                    if let (Some(node), Some(partial)) = (node, &partial) {
-                                        let record = record.clone().unwrap_or_else(|| node.holdings().sign(&f.etag, f.size, out.index, hash));
-                                        partial.add(out.index, record);
+                                    if let Some(offer) = &partial {
+                                        match record.clone() {
+                                            Some(r) => offer.add_relayed(out.index, r),
+                                            None => offer.add_own(out.index, hash),
+                                        }
                                     }
                                     wake.notify_one();
                                 }
@@ -350,7 +352,7 @@ pub(crate) async fn fetch_chunks(
     if let Some(node) = node
         && result.is_err()
     {
-        node.holdings().finish_partial(&f.etag, None);
+        node.finish_offer(&f.etag, None);
     }
     result
 }
@@ -359,7 +361,7 @@ pub(crate) async fn fetch_chunks(
 /// on: without this, a node alone would go on fetching their chunks until its next round of
 /// questions (up to [`REFRESH`]) and the chunks would cross the uplink twice.
 fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, now: Duration) {
-    for peer in node.holdings().take_askers(&f.etag) {
+    for peer in node.take_askers(&f.etag) {
         let _ = sched.observe(Event::Member { peer, downloading: true, held: 0 }, now);
     }
 }
@@ -441,7 +443,7 @@ struct Job {
     pf: Arc<PartialFile>,
     fp: Arc<FileProgress>,
     /// Where verified chunks are offered to peers (with a node).
-    partial: Option<Arc<Partial>>,
+    partial: Option<Offer>,
     index: u32,
     copy: bool,
     got: Arc<AtomicU64>,
@@ -478,31 +480,31 @@ impl Job {
     /// against the record a peer gave for it in an earlier round (`check`).
     async fn hub_chunk(self, source: &HubSource, check: Option<(PeerId, Record)>) -> Result<Fetched, ChunkError> {
         // Announced while in flight, so that a node deciding now waits for it instead of fetching it.
-        struct Claim<'a>(&'a Partial, u32);
+        struct Claim<'a>(&'a Offer, u32);
         impl Drop for Claim<'_> {
             fn drop(&mut self) {
-                self.0.set_fetching(self.1, false);
+                self.0.claim(self.1, false);
             }
         }
         let index = self.index;
-        let _claim = self.partial.as_deref().filter(|_| !self.copy).map(|p| {
-            p.set_fetching(index, true);
+        let _claim = self.partial.as_ref().filter(|_| !self.copy).map(|p| {
+            p.claim(index, true);
             Claim(p, index)
         });
         let fetched = self.fetch_from(source, None).await?;
         if let (Fetched::Written(hash), Some(node)) = (&fetched, &self.ctx.node) {
             if let Some((server, record)) = check
-                && record.sha256 != *hash
+                && record.sha256() != *hash
             {
                 // The Hub's bytes decide: whoever signed the false record, and whoever served it, lied.
                 let why = format!("signed a false hash for chunk {index} of {}", self.f.path);
-                node.ban(record.signer.peer, &why);
-                if server != record.signer.peer {
+                node.ban(record.signer(), &why);
+                if server != record.signer() {
                     node.ban(server, &format!("served a chunk of {} under a false record", self.f.path));
                 }
             }
             if let Some(p) = &self.partial {
-                p.add(index, node.holdings().sign(&self.f.etag, self.f.size, index, *hash));
+                p.add_own(index, *hash);
             }
         }
         Ok(fetched)
@@ -510,9 +512,9 @@ impl Job {
 
     /// From a peer, checked against the peer's record before it counts, then offered under it.
     async fn peer_chunk(self, node: &NodeHandle, peer: PeerId, record: Record) -> Result<Fetched, ChunkError> {
-        let fetched = self.fetch_from(&PeerSource { node, peer, f: &self.f }, Some(record.sha256)).await?;
+        let fetched = self.fetch_from(&PeerSource { node, peer, f: &self.f }, Some(record.sha256())).await?;
         if let (Fetched::Written(_), Some(p)) = (&fetched, &self.partial) {
-            p.add(self.index, record);
+            p.add_relayed(self.index, record);
         }
         Ok(fetched)
     }

@@ -52,14 +52,24 @@ impl Signer {
 #[derive(Debug, Clone)]
 pub struct Record {
     /// The hash.
-    pub sha256: Sha256,
+    pub(in crate::swarm) sha256: Sha256,
     /// Who vouches for it.
-    pub signer: Arc<Signer>,
+    pub(in crate::swarm) signer: Arc<Signer>,
     /// The signature over [`record_signing_bytes`].
-    pub signature: Arc<[u8]>,
+    pub(in crate::swarm) signature: Arc<[u8]>,
 }
 
 impl Record {
+    /// The chunk's sha256 that the record vouches for.
+    pub fn sha256(&self) -> Sha256 {
+        self.sha256
+    }
+
+    /// The node that signed it.
+    pub fn signer(&self) -> PeerId {
+        self.signer.peer
+    }
+
     /// Whether the signature is valid for this chunk of this file.
     pub fn verify(&self, etag: &Etag, size: u64, index: u32) -> bool {
         self.signer.key.verify(&record_signing_bytes(etag, size, index, &self.sha256), &self.signature)
