@@ -226,6 +226,14 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Why a `get` failed.
+enum GetFailure {
+    /// In this process: files completed before the failure were kept.
+    Local(fetch::FetchError),
+    /// In the `join` node (whose sentence says what it kept), or setting up the node.
+    Elsewhere(anyhow::Error),
+}
+
 async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     let repo_type: RepoType = a.repo_type.parse()?;
     let repo = RepoRef { id: RepoId::parse(&a.repo_id)?, ty: repo_type };
@@ -264,15 +272,18 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     let progress = Arc::new(Progress::default());
     let display = Display::start(progress.clone(), a.quiet);
     let run = async {
+        // Typed until printed: only a failure here adds how many files were kept; the node
+        // says so in its own sentence.
+        let local = GetFailure::Local;
         if hub.is_none() {
             // Offline: the cache first; peers (trusting their metadata, and saying so) only if
             // the cache cannot answer.
             match fetch::get(&req, None, progress.clone()).await {
                 Err(fetch::FetchError::Offline(why)) if !a.no_swarm => tracing::info!(%why, "asking peers"),
-                other => return other.map_err(|e| e.to_string()),
+                other => return other.map_err(local),
             }
         } else if a.no_swarm {
-            return fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
+            return fetch::get(&req, hub, progress.clone()).await.map_err(local);
         } else if let Some(client) = ControlClient::find(&cache_root).await {
             tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
             let g = GetParams {
@@ -288,15 +299,15 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 max_workers: u32::try_from(req.max_workers).unwrap_or(u32::MAX),
                 max_download_rate: req.max_download_rate,
             };
-            let out = client.get(g, &progress).await.map_err(|e| e.to_string())?;
+            let out = client.get(g, &progress).await.map_err(|e| GetFailure::Elsewhere(e.into()))?;
             // The node wrote its cache; the folder asked for is written here, with our rights.
-            return fetch::publish_local_dir(&req, out).map_err(|e| e.to_string());
+            return fetch::publish_local_dir(&req, out).map_err(local);
         }
         let state = match trust::secure_state_dir(&cache_root) {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!("not joining the swarm from this cache ({e}); downloading from the Hub alone");
-                return fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
+                return fetch::get(&req, hub, progress.clone()).await.map_err(local);
             }
         };
         let (key, _lock) = match swarm::load_identity(&state) {
@@ -306,15 +317,15 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 (Keypair::generate_ed25519(), None)
             }
         };
-        let cfg = node_config(&cache_root, &a.swarm, key).map_err(|e| e.to_string())?;
+        let cfg = node_config(&cache_root, &a.swarm, key).map_err(GetFailure::Elsewhere)?;
         if !a.quiet {
             swarm_note(&cfg);
         }
         let waits = cfg.mdns || !cfg.peers.is_empty();
-        let node = Node::start(cfg).await.map_err(|e| e.to_string())?;
+        let node = Node::start(cfg).await.map_err(|e| GetFailure::Elsewhere(e.into()))?;
         req.node = Some(node.handle());
         req.peer_wait = if waits { Duration::from_secs_f64(a.peer_wait.max(0.0)) } else { Duration::ZERO };
-        let r = fetch::get(&req, hub, progress.clone()).await.map_err(|e| e.to_string());
+        let r = fetch::get(&req, hub, progress.clone()).await.map_err(local);
         // Peers still downloading may need chunks only this node holds: stay while they are.
         node.handle().linger_while_needed(Duration::from_secs(15)).await;
         node.shutdown().await;
@@ -331,15 +342,14 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     drop(display);
     let out = match result {
         Ok(out) => out,
-        Err(e) => {
+        Err(GetFailure::Local(e)) => {
             let (done, total) = (progress.files_done.load(Relaxed), progress.files_total.load(Relaxed));
-            let kept = if done > 0 && !e.contains("files are complete and were kept") {
-                format!(" ({done} of {total} files are complete and were kept)")
-            } else {
-                String::new()
-            };
-            return Err(anyhow!("{e}{kept}"));
+            if done > 0 {
+                return Err(anyhow!("{e} ({done} of {total} files are complete and were kept)"));
+            }
+            return Err(anyhow!("{e}"));
         }
+        Err(GetFailure::Elsewhere(e)) => return Err(e),
     };
     let result_path = match &single_file {
         Some(f) => f.split('/').fold(out.path.clone(), |p, seg| p.join(seg)),

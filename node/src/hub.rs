@@ -598,6 +598,29 @@ pub fn enc_path(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Backoff in virtual time: a Hub that keeps answering "try later" is asked `max_attempts`
+    /// times, `Retry-After` is obeyed (capped), and the error says how often it was tried. No
+    /// real second passes.
+    #[tokio::test(start_paused = true)]
+    async fn retries_obey_the_servers_hint_and_give_up_after_max_attempts() {
+        let retry = RetryPolicy { max_attempts: 4, ..RetryPolicy::default() };
+        let client = HubClient::new(HubConfig { retry, ..HubConfig::default() }).expect("client");
+        let url = Url::parse("https://huggingface.co/api/models/org/m").expect("url");
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let r: Result<(), HubError> = client
+            .with_retries(&url, || async {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let hint = if n == 0 { Duration::from_secs(30) } else { Duration::from_secs(3600) };
+                Err(Attempt::Retry { last: "503 Service Unavailable".into(), hint: Some(hint) })
+            })
+            .await;
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 4);
+        assert!(matches!(r, Err(HubError::Unreachable { attempts: 4, .. })), "{r:?}");
+        // 30 s as asked, then twice the cap (an hour is too long to park a download).
+        assert_eq!(started.elapsed(), Duration::from_secs(30) + 2 * retry::MAX_HINT);
+    }
+
     #[test]
     fn token_never_shows_in_debug() {
         let t = Token::new("hf_secret\n").expect("token");
