@@ -170,8 +170,8 @@ pub struct GetArgs {
     /// Download from the Hub alone: no swarm node, no peers.
     #[arg(long, env = "SWARM_DL_NO_SWARM", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_swarm: bool,
-    /// Seconds to wait for a first peer before starting (when no `join` node runs; peers that
-    /// appear later are still used).
+    /// Seconds to wait for a first peer before starting (peers that appear later are still
+    /// used; while configured --peers are unreachable, the first get waits up to 3 s for them).
     #[arg(long, default_value_t = 0.5, value_name = "SECS")]
     pub peer_wait: f64,
 }

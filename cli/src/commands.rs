@@ -267,7 +267,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         max_workers: a.max_workers,
         max_download_rate,
         node: None,
-        peer_wait: Duration::ZERO,
+        peer_wait: Duration::from_secs_f64(a.peer_wait.clamp(0.0, 600.0)),
     };
     let progress = Arc::new(Progress::default());
     let display = Display::start(progress.clone(), a.quiet);
@@ -298,6 +298,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 read_timeout_ms: u64::try_from(hub_settings.read_timeout.as_millis()).unwrap_or(u64::MAX),
                 max_workers: u32::try_from(req.max_workers).unwrap_or(u32::MAX),
                 max_download_rate: req.max_download_rate,
+                peer_wait_ms: u64::try_from(req.peer_wait.as_millis()).unwrap_or(u64::MAX),
             };
             let out = client.get(g, &progress).await.map_err(|e| GetFailure::Elsewhere(e.into()))?;
             // The node wrote its cache; the folder asked for is written here, with our rights.
@@ -321,10 +322,8 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         if !a.quiet {
             swarm_note(&cfg);
         }
-        let waits = cfg.mdns || !cfg.peers.is_empty();
         let node = Node::start(cfg).await.map_err(|e| GetFailure::Elsewhere(e.into()))?;
         req.node = Some(node.handle());
-        req.peer_wait = if waits { Duration::from_secs_f64(a.peer_wait.max(0.0)) } else { Duration::ZERO };
         let r = fetch::get(&req, hub, progress.clone()).await.map_err(local);
         // Peers still downloading may need chunks only this node holds: stay while they are.
         node.handle().linger_while_needed(Duration::from_secs(15)).await;

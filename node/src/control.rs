@@ -45,6 +45,8 @@ pub enum Line {
     Status(Box<NodeStatus>),
     /// Download counters now.
     Progress(Snapshot),
+    /// A warning for the user (the `get` shows it on stderr).
+    Note(String),
     /// The download finished.
     Done(fetch::GetOutcome),
     /// Failed or refused: one sentence.
@@ -310,6 +312,9 @@ async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::O
                 Err(e) => Line::Error(e),
             },
             _ = tick.tick() => {
+                for note in progress.take_notes() {
+                    let _ = send(write, &Line::Note(note)).await;
+                }
                 if send(write, &Line::Progress(progress.snapshot())).await.is_err() {
                     tracing::info!("the get that asked for this download went away; stopping it");
                     return;
@@ -317,6 +322,9 @@ async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::O
             }
         }
     };
+    for note in progress.take_notes() {
+        let _ = send(write, &Line::Note(note)).await;
+    }
     let _ = send(write, &Line::Progress(progress.snapshot())).await;
     let _ = send(write, &last).await;
 }
@@ -340,7 +348,8 @@ async fn run_get(s: &AppState, g: GetParams, progress: Arc<Progress>) -> Result<
         max_workers: g.max_workers as usize,
         max_download_rate: g.max_download_rate,
         node: Some(s.node.clone()),
-        peer_wait: Duration::ZERO,
+        // As an embedded node would: the node itself decides whether it can wait for peers.
+        peer_wait: Duration::from_millis(g.peer_wait_ms),
     };
     fetch::get(&req, Some(hub), progress.clone()).await.map_err(|e| {
         let (done, total) = (
@@ -495,6 +504,7 @@ impl ControlClient {
         loop {
             match self.next(&mut lines).await? {
                 Line::Progress(s) => progress.apply(&s),
+                Line::Note(n) => tracing::warn!("{}", swarm_protocol::repo::Printable(&n)),
                 Line::Done(o) => return Ok(o),
                 Line::Error(e) => return Err(ControlError::Failed(e)),
                 Line::Status(_) => return Err(self.lost("unexpected status line")),
@@ -526,7 +536,7 @@ mod tests {
         let mut g: GetParams = serde_json::from_value(serde_json::json!({
             "repo_type": "model", "repo_id": "org/m", "revision": "main", "include": [], "exclude": [],
             "endpoint": "https://huggingface.co/", "token": null, "retries": 1, "read_timeout_ms": 1,
-            "max_workers": 1, "max_download_rate": null
+            "max_workers": 1, "max_download_rate": null, "peer_wait_ms": 0
         }))
         .expect("params");
         assert!(allowed(Role::Member, 7, &g, &policy).is_ok());

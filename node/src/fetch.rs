@@ -57,7 +57,8 @@ pub struct GetRequest {
     pub max_download_rate: Option<u64>,
     /// The swarm node to fetch through (peers first); `None` fetches from the Hub alone.
     pub node: Option<NodeHandle>,
-    /// How long to wait for a first peer before starting (discovery at start-up).
+    /// How long to wait for a first peer before starting (discovery at start-up; a node with
+    /// no discovery does not wait, one with unreachable `--peer`s waits longer the first time).
     pub peer_wait: Duration,
 }
 
@@ -274,7 +275,8 @@ fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
 pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progress>) -> Result<GetOutcome, FetchError> {
     let started = Instant::now();
     // One wait for peers in all, however many steps wait for them.
-    let peers_until = tokio::time::Instant::now() + req.peer_wait;
+    let wait = req.node.as_ref().map_or(Duration::ZERO, |n| n.peer_wait(req.peer_wait));
+    let peers_until = tokio::time::Instant::now() + wait;
     swarm_protocol::repo::check_revision(&req.revision).map_err(|e| FetchError::Usage(e.to_string()))?;
     let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
     let mut shared_age: Option<u64> = None;
@@ -393,6 +395,12 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         && !todo.is_empty()
     {
         let n = node.wait_for_peers(peers_until).await;
+        if node.gave_up_on_static_peers() {
+            progress.note(format!(
+                "no --peer could be reached within {} s: downloading without them for now (they are dialled again and used as soon as they answer)",
+                crate::swarm::STATIC_PEER_WAIT.as_secs()
+            ));
+        }
         tracing::info!(peers = n, "swarm peers at start");
     }
     // After a failure no new file starts, but files in flight run to their end: whatever can

@@ -340,6 +340,12 @@ struct Shared {
     takeovers: AtomicU64,
     duplicates: AtomicU64,
     handshake_failures: AtomicU64,
+    /// mDNS or `--peer`s: something can bring peers, so a download may wait for them.
+    discovers: bool,
+    /// `--peer`s were given.
+    has_static_peers: bool,
+    /// A download already waited for unreachable `--peer`s and went on without them.
+    static_wait_spent: std::sync::atomic::AtomicBool,
     download: Option<Arc<crate::throttle::Throttle>>,
 }
 
@@ -472,6 +478,9 @@ impl Node {
             takeovers: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
+            discovers: cfg.mdns || !cfg.peers.is_empty(),
+            has_static_peers: !cfg.peers.is_empty(),
+            static_wait_spent: std::sync::atomic::AtomicBool::new(false),
             download: cfg.max_download_rate.map(|r| Arc::new(crate::throttle::Throttle::new(Some(r)))),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
@@ -664,6 +673,25 @@ impl NodeHandle {
         }
     }
 
+    /// How long a download that asked to wait `asked` for peers should wait: not at all
+    /// without discovery; at least [`STATIC_PEER_WAIT`] while `--peer`s are configured, none is
+    /// connected, and no download has yet given up on them.
+    pub fn peer_wait(&self, asked: Duration) -> Duration {
+        if !self.shared.discovers {
+            return Duration::ZERO;
+        }
+        let waiting_for_seed =
+            self.shared.has_static_peers && self.peers().is_empty() && !self.shared.static_wait_spent.load(Relaxed);
+        if waiting_for_seed { asked.max(STATIC_PEER_WAIT) } else { asked }
+    }
+
+    /// After a download's wait for peers: true (once) if `--peer`s are configured and none
+    /// could be reached, so that the download says it goes on without them (they are still
+    /// dialled, and used as soon as they answer).
+    pub fn gave_up_on_static_peers(&self) -> bool {
+        self.shared.has_static_peers && self.peers().is_empty() && !self.shared.static_wait_spent.swap(true, Relaxed)
+    }
+
     /// Waits until all of `peers` are connected, or `timeout` passes.
     pub async fn wait_connected(&self, peers: &[PeerId], timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -812,12 +840,32 @@ fn check_have(req: &HaveRequest, resp: HaveResponse) -> Result<Vec<(u32, Option<
     Ok(out)
 }
 
+/// First wait before dialling a `--peer` address again.
+pub const STATIC_REDIAL_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two dials of a `--peer` address that does not answer.
+pub const STATIC_REDIAL_MAX: Duration = Duration::from_secs(1);
+/// How long the first `get` waits for a `--peer` when none is connected yet.
+pub const STATIC_PEER_WAIT: Duration = Duration::from_secs(3);
+
+/// A `--peer` address and when to dial it next.
+struct StaticPeer {
+    addr: Multiaddr,
+    next: tokio::time::Instant,
+    delay: Duration,
+}
+
+impl StaticPeer {
+    fn new(addr: Multiaddr) -> Self {
+        Self { addr, next: tokio::time::Instant::now(), delay: STATIC_REDIAL_MIN }
+    }
+}
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     cache_root: PathBuf,
     key: Keypair,
     shared: Arc<Shared>,
-    static_peers: Vec<Multiaddr>,
+    static_peers: Vec<StaticPeer>,
     pending_have: HashMap<OutboundRequestId, oneshot::Sender<Result<HaveResponse, String>>>,
     pending_meta: HashMap<OutboundRequestId, oneshot::Sender<Result<MetaResponse, String>>>,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
@@ -833,7 +881,7 @@ impl EventLoop {
             cache_root: cfg.cache_root.clone(),
             key: cfg.key.clone(),
             shared,
-            static_peers: cfg.peers.clone(),
+            static_peers: cfg.peers.iter().map(|a| StaticPeer::new(a.clone())).collect(),
             pending_have: HashMap::new(),
             pending_meta: HashMap::new(),
             pending_providers: HashMap::new(),
@@ -842,24 +890,56 @@ impl EventLoop {
         }
     }
 
+    /// Dials the `--peer` addresses that are not connected and are due: each is tried again
+    /// after 100 ms, then twice as long each time up to [`STATIC_REDIAL_MAX`], so a seed that
+    /// comes up late is reached within moments of listening.
     fn dial_static(&mut self) {
         let connected: HashSet<PeerId> = lock(&self.shared.connected).keys().copied().collect();
-        for addr in self.static_peers.clone() {
-            let known = addr.iter().find_map(|p| match p {
+        let addrs: Vec<Multiaddr> = lock(&self.shared.connected).values().cloned().collect();
+        let now = tokio::time::Instant::now();
+        for sp in &mut self.static_peers {
+            let known = sp.addr.iter().find_map(|p| match p {
                 libp2p::multiaddr::Protocol::P2p(id) => Some(id),
                 _ => None,
             });
-            if known.is_some_and(|id| connected.contains(&id)) {
+            let up = match known {
+                Some(id) => connected.contains(&id),
+                None => addrs.iter().any(|a| same_host_port(a, &sp.addr)),
+            };
+            if up {
+                // Looked at again later; a disconnection redials at once.
+                sp.delay = STATIC_REDIAL_MIN;
+                sp.next = now + STATIC_REDIAL_MAX;
                 continue;
             }
-            if known.is_none() && lock(&self.shared.connected).values().any(|a| same_host_port(a, &addr)) {
+            if now < sp.next {
                 continue;
             }
-            if let Err(e) =
-                self.swarm.dial(DialOpts::unknown_peer_id().address(addr.clone()).allocate_new_port().build())
-            {
-                tracing::debug!(%addr, error = %e, "cannot dial peer");
+            sp.next = now + sp.delay;
+            sp.delay = (sp.delay * 2).min(STATIC_REDIAL_MAX);
+            let opts = DialOpts::unknown_peer_id().address(sp.addr.clone()).allocate_new_port().build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(addr = %sp.addr, error = %e, "cannot dial peer");
             }
+        }
+    }
+
+    /// When the next `--peer` address is due (far away when all are connected or none exist).
+    fn next_static_dial(&self) -> tokio::time::Instant {
+        self.static_peers
+            .iter()
+            .map(|sp| sp.next)
+            .min()
+            .unwrap_or_else(|| tokio::time::Instant::now() + STATIC_REDIAL_MAX)
+    }
+
+    /// Dials every `--peer` address at once, from the first backoff step (a listener of ours
+    /// appeared, or a static peer went away).
+    fn redial_static_now(&mut self) {
+        let now = tokio::time::Instant::now();
+        for sp in &mut self.static_peers {
+            sp.next = now;
+            sp.delay = STATIC_REDIAL_MIN;
         }
     }
 
@@ -880,16 +960,17 @@ impl EventLoop {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         self.dial_static();
         self.provide_blobs();
-        let mut redial = tokio::time::interval(Duration::from_secs(5));
+
         let mut rescan = tokio::time::interval(Duration::from_secs(30));
         loop {
+            let next_dial = self.next_static_dial();
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     None | Some(Command::Shutdown) => break,
                     Some(Command::Peer(cmd)) => self.command(cmd),
                 },
                 ev = self.swarm.select_next_some() => self.event(ev),
-                _ = redial.tick() => self.dial_static(),
+                _ = tokio::time::sleep_until(next_dial) => self.dial_static(),
                 _ = rescan.tick() => self.provide_blobs(),
             }
         }
@@ -926,7 +1007,10 @@ impl EventLoop {
 
     fn event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => lock(&self.shared.listen).push(address),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                lock(&self.shared.listen).push(address);
+                self.redial_static_now();
+            }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 let addr = endpoint.get_remote_address().clone();
                 tracing::info!(peer = %peer_id, %addr, "peer connected");
@@ -939,6 +1023,7 @@ impl EventLoop {
                 self.shared.peers_changed.notify_waiters();
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.redial_static_now();
                 tracing::info!(peer = %peer_id, "peer disconnected");
                 lock(&self.shared.connected).remove(&peer_id);
                 self.shared.transfer.forget(&peer_id);

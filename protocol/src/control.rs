@@ -55,6 +55,10 @@ pub struct GetParams {
     pub max_workers: u32,
     /// Total download rate cap (bytes/s); the node's own cap applies when unset.
     pub max_download_rate: Option<u64>,
+    /// How long to wait for a first peer, milliseconds (`get --peer-wait`), as an embedded node
+    /// would.
+    #[serde(default)]
+    pub peer_wait_ms: u64,
 }
 
 impl fmt::Debug for GetParams {
@@ -71,6 +75,7 @@ impl fmt::Debug for GetParams {
             .field("read_timeout_ms", &self.read_timeout_ms)
             .field("max_workers", &self.max_workers)
             .field("max_download_rate", &self.max_download_rate)
+            .field("peer_wait_ms", &self.peer_wait_ms)
             .finish()
     }
 }
@@ -146,6 +151,9 @@ impl GetParams {
         if self.max_download_rate == Some(0) {
             return invalid("a download rate of 0".into());
         }
+        if self.peer_wait_ms > 600_000 {
+            return invalid(format!("a peer wait of {} ms (at most 10 min)", self.peer_wait_ms));
+        }
         Ok(())
     }
 }
@@ -167,6 +175,7 @@ mod tests {
             read_timeout_ms: 10_000,
             max_workers: 32,
             max_download_rate: None,
+            peer_wait_ms: 500,
         }
     }
 

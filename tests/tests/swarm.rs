@@ -382,3 +382,58 @@ async fn in_a_private_swarm_metadata_comes_from_a_member_and_the_hub_is_not_aske
     assert_eq!(out["bytes_from_peers"], out["bytes"], "{out}");
     assert!(api() > api2, "open swarm: metadata from the Hub");
 }
+
+/// A port free on 127.0.0.1 now (for a node that will listen there later).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_through_a_join_node_waits_for_a_seed_that_comes_up_late() {
+    // Before: a `join --peer SEED` node whose seed was not up yet dialled it again only every
+    // 5 s, and a `get` through a join node did not wait for peers at all (peer wait zero): it
+    // fetched the whole repo from the Hub while the seed, up a second later, held all of it.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 12 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let seed_cache = tmp.path().join("seed");
+    seed(tmp.path(), &hub, &seed_cache).await;
+    let seed_addr = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let cache_b = tmp.path().join("b");
+    let _b = JoinNode::loopback(tmp.path(), &cache_b, &["--peer", &seed_addr]).await;
+
+    let before = hub.stats().file_bytes();
+    let get = {
+        let (home, endpoint, cache) = (tmp.path().to_path_buf(), hub.endpoint.clone(), cache_b.clone());
+        tokio::spawn(async move {
+            let mut c = swarm_command(&home);
+            c.args(["get", "org/model", "--json", "--no-mdns", "--endpoint", &endpoint, "--cache-dir"]).arg(&cache);
+            c.output().await.expect("get")
+        })
+    };
+    // The scenario, not a synchronisation: the seed starts a second after the download.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _seed = JoinNode::loopback(tmp.path(), &seed_cache, &["--listen", &seed_addr]).await;
+    let o = get.await.expect("join");
+    let out = json(&o);
+    assert_eq!(out["bytes_from_peers"], out["bytes"], "all from the late seed: {out}");
+    assert_eq!(hub.stats().file_bytes() - before, 0, "the Hub sent no file bytes");
+    assert!(!stderr(&o).contains("no --peer could be reached"), "{}", stderr(&o));
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_seed_never_answers_says_so_and_goes_on_alone() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 3 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let cache_b = tmp.path().join("b");
+    let dead = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let _b = JoinNode::loopback(tmp.path(), &cache_b, &["--peer", &dead]).await;
+    let o = swarm_get(tmp.path(), &hub, &cache_b, &[]).await;
+    let out = json(&o);
+    assert_eq!(out["bytes_from_hub"], out["bytes"], "{out}");
+    // Said by the node, shown by the `get` that asked it.
+    assert!(stderr(&o).contains("no --peer could be reached within 3 s"), "{}", stderr(&o));
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+}

@@ -41,9 +41,22 @@ pub struct Progress {
     pub takeovers: AtomicU64,
     /// Endgame duplicates: chunks asked of a second source because the first was slow.
     pub duplicates: AtomicU64,
+    /// Warnings for the user, not yet passed on to a remote `get` ([`Progress::take_notes`]).
+    notes: Mutex<Vec<String>>,
 }
 
 impl Progress {
+    /// Warns the user: logged here, and passed on to the `get` a `join` node runs this for.
+    pub fn note(&self, message: String) {
+        tracing::warn!("{message}");
+        self.notes.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+    }
+
+    /// The warnings since the last call.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Registers a file about to be fetched.
     pub fn start_file(&self, path: &str, size: u64) -> Arc<FileProgress> {
         let fp = Arc::new(FileProgress {
