@@ -27,7 +27,11 @@
 //!   chunk not done is in flight, or waits for another owner's Hub fetch), a chunk in flight for
 //!   three times as long as a peer chunk usually takes (at least [`ENDGAME_MIN_AGE`]) is asked of a second source too: another
 //!   peer that holds it, or, once the first source has been slow for [`Limits::stall_after`],
-//!   the Hub. The first verified copy wins and the other is cancelled. The second copy is
+//!   the Hub. A chunk this node fetches from the Hub and nobody holds is asked of the Hub again
+//!   on a second connection: alone on the file, once it is three times as old as a Hub chunk
+//!   usually takes (at least [`ENDGAME_FIRST_AGE`]); with other nodes downloading it, only after
+//!   [`Limits::stall_after`] too, since they share the uplink. The first verified copy wins and
+//!   the other is cancelled. The second copy is
 //!   received into memory and written only if it wins (the store refuses the loser's writes), so
 //!   two writers never share a chunk's bytes. Endgame duplicates are counted.
 
@@ -110,14 +114,16 @@ pub enum Action {
         source: Source,
     },
     /// Endgame: fetch chunk `index` from `source` too, into memory; it is written only if it
-    /// arrives (verified) before the copy already in flight.
+    /// arrives (verified) before the copy already in flight. `source` may be the first copy's
+    /// (the Hub, on a second connection).
     Duplicate {
         /// Which.
         index: u32,
         /// From where.
         source: Source,
     },
-    /// Stop fetching chunk `index` from `source`: another copy won.
+    /// Stop fetching chunk `index` from `source`: another copy won. When both copies came
+    /// from the same source (the Hub), this is the one that did not report `Done`.
     Cancel {
         /// Which.
         index: u32,
@@ -236,6 +242,8 @@ pub struct FileScheduler {
     last_stall_check: Option<Duration>,
     /// How long a chunk from a peer usually takes (a moving average).
     typical_peer_chunk: Option<Duration>,
+    /// How long a chunk from the Hub usually takes (a moving average).
+    typical_hub_chunk: Option<Duration>,
     /// Endgame duplicates asked for.
     duplicates: u32,
 }
@@ -274,6 +282,7 @@ impl FileScheduler {
             live_interested: 0,
             last_stall_check: None,
             typical_peer_chunk: None,
+            typical_hub_chunk: None,
             duplicates: 0,
         }
     }
@@ -445,15 +454,23 @@ impl FileScheduler {
             }
             Event::Done { index, source } => {
                 if let Some(Chunk::InFlight { source: first, since, dup }) = self.chunks.get(index as usize).copied() {
-                    for s in [Some(first), dup].into_iter().flatten() {
-                        self.free_slot(s);
-                        if s != source {
-                            out.push(Action::Cancel { index, source: s });
-                        }
+                    self.free_slot(first);
+                    // The copy that did not finish is stopped (with two Hub copies, the
+                    // driver knows which one reported).
+                    let loser = if source == first { dup } else { Some(first) };
+                    if let Some(d) = dup {
+                        self.free_slot(d);
                     }
-                    if matches!(source, Source::Peer(_)) && source == first && dup.is_none() {
+                    if let Some(l) = loser {
+                        out.push(Action::Cancel { index, source: l });
+                    }
+                    if source == first && dup.is_none() {
                         let took = now.saturating_sub(since);
-                        self.typical_peer_chunk = Some(self.typical_peer_chunk.map_or(took, |t| (t * 7 + took) / 8));
+                        let typical = match source {
+                            Source::Peer(_) => &mut self.typical_peer_chunk,
+                            Source::Hub => &mut self.typical_hub_chunk,
+                        };
+                        *typical = Some(typical.map_or(took, |t| (t * 7 + took) / 8));
                     }
                 }
                 if let Some(c) = self.chunks.get_mut(index as usize) {
@@ -619,16 +636,13 @@ impl FileScheduler {
                 .filter(|(id, p)| Source::Peer(**id) != source && p.have.get(i) && p.in_flight < per_peer)
                 .min_by_key(|(id, p)| (p.in_flight, **id))
                 .map(|(id, _)| *id);
-            let dup = match other_peer {
-                Some(p) => Source::Peer(p),
-                None if matches!(source, Source::Peer(_))
-                    && self.hub_allowed
-                    && age >= self.limits.stall_after
-                    && self.hub_in_flight < self.hub_limit() =>
-                {
-                    Source::Hub
-                }
-                None => continue,
+            let hub_free = self.hub_allowed && self.hub_in_flight < self.hub_limit();
+            let dup = match (other_peer, source) {
+                (Some(p), _) => Source::Peer(p),
+                (None, Source::Peer(_)) if hub_free && age >= self.limits.stall_after => Source::Hub,
+                // A Hub chunk on a slow or stuck connection: the Hub again, on another.
+                (None, Source::Hub) if hub_free && age >= self.hub_copy_after() => Source::Hub,
+                (None, _) => continue,
             };
             match dup {
                 Source::Hub => self.hub_in_flight += 1,
@@ -647,6 +661,13 @@ impl FileScheduler {
 }
 
 impl FileScheduler {
+    /// How old a chunk this node fetches from the Hub must be before the Hub is asked for it a
+    /// second time.
+    fn hub_copy_after(&self) -> Duration {
+        let slow = self.typical_hub_chunk.map_or(self.limits.stall_after, |t| (t * 3).max(ENDGAME_FIRST_AGE));
+        if self.live_interested > 0 { slow.max(self.limits.stall_after) } else { slow }
+    }
+
     fn held_by_any(&self, index: u32) -> bool {
         self.peers.values().any(|p| p.have.get(index))
     }
@@ -1026,5 +1047,49 @@ mod tests {
         assert_eq!(duplicates(&s.assign(Duration::from_secs(11))), vec![(0, Source::Hub)]);
         let out = s.handle(Event::Done { index: 0, source: Source::Hub }, Duration::from_secs(12));
         assert_eq!(out, vec![Action::Cancel { index: 0, source: Source::Peer(a) }]);
+    }
+
+    #[test]
+    fn alone_a_hub_chunk_on_a_stuck_connection_is_asked_of_the_hub_again() {
+        let limits = Limits { hub: 4, stall_after: Duration::from_secs(20), ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 4, [], true, limits);
+        assert_eq!(hub_chunks(&s.assign(T0)), vec![0, 1, 2, 3]);
+        // Three chunks take a second each; the fourth hangs.
+        for i in 0..3 {
+            assert!(duplicates(&s.handle(Event::Done { index: i, source: Source::Hub }, ms(1000))).is_empty());
+        }
+        // Not before three times the usual second (nor the first-copy minimum).
+        assert!(duplicates(&s.assign(ms(2900))).is_empty());
+        assert_eq!(duplicates(&s.assign(ms(3000))), vec![(3, Source::Hub)]);
+        assert!(duplicates(&s.assign(ms(9000))).is_empty(), "never a third copy");
+        // Either copy finishing stops the other: the driver is told to cancel "the other Hub copy".
+        let out = s.handle(Event::Done { index: 3, source: Source::Hub }, ms(3500));
+        assert_eq!(out, vec![Action::Cancel { index: 3, source: Source::Hub }]);
+        assert!(s.is_complete());
+        assert_eq!((s.duplicates(), s.in_flight()), (1, 0));
+    }
+
+    #[test]
+    fn with_others_on_the_file_a_second_hub_copy_waits_for_the_stall_timeout() {
+        let other = PeerId::random();
+        let limits = Limits { hub: 8, stall_after: Duration::from_secs(20), ..wide() };
+        let mut s = FileScheduler::new(me(), 7, 64, [], true, limits);
+        s.observe(Event::Member { peer: other, downloading: true, held: 0 }, T0);
+        let mut started = hub_chunks(&s.assign(T0));
+        let stuck = started[0];
+        // Every chunk this node owns comes in a second, but the first, which hangs.
+        while let Some(i) = started.pop() {
+            if i != stuck {
+                started.extend(hub_chunks(&s.handle(Event::Done { index: i, source: Source::Hub }, ms(1000))));
+            }
+        }
+        assert_eq!(s.in_flight(), 1);
+        // The other node keeps growing, so it is not passed over; its chunks are not ours.
+        let grow = |held| Event::Member { peer: other, downloading: true, held };
+        s.observe(grow(10), ms(9000));
+        assert!(duplicates(&s.assign(ms(10_000))).is_empty(), "only 3× the usual time: the uplink is shared");
+        s.observe(grow(20), ms(18_000));
+        assert!(duplicates(&s.assign(ms(19_000))).is_empty());
+        assert_eq!(duplicates(&s.assign(ms(21_000))), vec![(stuck, Source::Hub)]);
     }
 }

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// One failure to inject.
 #[derive(Debug, Clone)]
@@ -27,6 +28,9 @@ pub enum Fault {
     StallAfter(u64),
     /// Forward, flipping one byte of the body.
     Corrupt,
+    /// Forward the body at this many bytes a second (a slow path, never silent long enough to
+    /// time out).
+    Trickle(u64),
 }
 
 /// The faults to inject, in order, and how many were.
@@ -178,6 +182,24 @@ async fn handle(State(st): State<Arc<ProxyState>>, method: Method, uri: Uri, hea
             }
         }
     });
+    if let Some(Fault::Trickle(rate)) = fault {
+        // A tenth of a second's worth every tenth of a second.
+        let piece = (rate / 10).max(1) as usize;
+        let body = body
+            .flat_map(move |item| {
+                let pieces: Vec<Result<Bytes, std::io::Error>> = match item {
+                    Ok(b) => (0..b.len()).step_by(piece).map(|i| Ok(b.slice(i..(i + piece).min(b.len())))).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                futures_util::stream::iter(pieces)
+            })
+            .then(|item| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                item
+            });
+        *resp.body_mut() = Body::from_stream(body);
+        return resp;
+    }
     *resp.body_mut() = Body::from_stream(body);
     resp
 }

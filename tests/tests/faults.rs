@@ -50,7 +50,7 @@ async fn fetch(hub: &TestHub, cache: &Path, attempts: u32) -> Result<GetOutcome,
 }
 
 /// Runs a download with `faults` queued and checks the cache is exactly the repo.
-async fn survives(faults: &[(&str, Fault)]) -> (TestHub, tempfile::TempDir) {
+async fn survives(faults: &[(&str, Fault)]) -> (TestHub, tempfile::TempDir, GetOutcome) {
     let tmp = tempfile::tempdir().expect("tmp");
     let r = repo(&tmp.path().join("hub"));
     let hub = TestHub::start(&tmp.path().join("hub")).await;
@@ -63,7 +63,7 @@ async fn survives(faults: &[(&str, Fault)]) -> (TestHub, tempfile::TempDir) {
     assert_eq!(out.files, 3);
     assert_snapshot(&only_snapshot(&cache.join("models--org--model")), &r.files);
     assert!(partial_files(&cache.join("models--org--model")).is_empty());
-    (hub, tmp)
+    (hub, tmp, out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,6 +110,16 @@ async fn server_ignoring_range_answers_200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connection_times_out_and_resumes() {
     survives(&[("/lfs/", Fault::StallAfter(500_000))]).await;
+}
+
+/// A node alone gets the endgame too: the last chunk, on a connection that trickles (64 KiB/s,
+/// never silent long enough to time out), is asked of the Hub again on another connection, and
+/// the first copy to arrive whole is the one written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_connection_at_the_end_is_overtaken_by_a_second_one() {
+    let (_hub, _tmp, out) = survives(&[("/lfs/", Fault::Trickle(64 * 1024))]).await;
+    assert_eq!(out.chunks_duplicated, 1, "{out:?}");
+    assert_eq!(out.chunks_taken_over, 0, "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

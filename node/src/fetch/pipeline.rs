@@ -113,14 +113,18 @@ enum Fetched {
 }
 
 struct Outcome {
+    job: u64,
     index: u32,
     source: Source,
     result: Result<Fetched, ChunkError>,
 }
 
-/// A fetch in flight: how to stop it, and the bytes it has counted in progress (taken back if
-/// it fails or loses).
+/// A fetch in flight (keyed by a number of its own: two copies of a chunk may come from the
+/// same source): its chunk and source, how to stop it, and the bytes it has counted in progress
+/// (taken back if it fails or loses).
 struct Running {
+    index: u32,
+    source: Source,
     abort: AbortHandle,
     got: Arc<AtomicU64>,
 }
@@ -174,7 +178,8 @@ pub(crate) async fn fetch_chunks(
         if hub_only { std::mem::replace(suspects, vec![None; count as usize]) } else { Vec::new() };
     let mut records: HashMap<PeerId, Vec<Option<Record>>> = HashMap::new();
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
-    let mut running: HashMap<(u32, Source), Running> = HashMap::new();
+    let mut running: HashMap<u64, Running> = HashMap::new();
+    let mut jobs = 0u64;
     let mut next_refresh = tokio::time::Instant::now();
     if let Some(node) = node
         && asks_peers
@@ -202,16 +207,24 @@ pub(crate) async fn fetch_chunks(
                     continue;
                 }
                 Action::Cancel { index, source } => {
-                    if let Some(r) = running.remove(&(index, source)) {
-                        r.abort.abort();
-                        ctx.progress.take_back(fp, r.got.load(Relaxed));
-                    }
+                    // The copy that reported is no longer running: what is left from `source`
+                    // is the other one, even when both came from the Hub.
+                    running.retain(|_, r| {
+                        let stop = r.index == index && r.source == source;
+                        if stop {
+                            r.abort.abort();
+                            ctx.progress.take_back(fp, r.got.load(Relaxed));
+                        }
+                        !stop
+                    });
                     continue;
                 }
                 Action::Fetch { index, source } => (index, source, false),
                 Action::Duplicate { index, source } => (index, source, true),
             };
             let got = Arc::new(AtomicU64::new(0));
+            jobs += 1;
+            let id = jobs;
             let job = Job {
                 ctx: ctx.clone(),
                 f: f.clone(),
@@ -231,7 +244,7 @@ pub(crate) async fn fetch_chunks(
                     tasks.spawn(async move {
                         let result = job.hub_chunk(&src, check).await;
                         wake.notify_one();
-                        Outcome { index, source: Source::Hub, result }
+                        Outcome { job: id, index, source: Source::Hub, result }
                     })
                 }
                 Source::Peer(peer) => {
@@ -245,11 +258,11 @@ pub(crate) async fn fetch_chunks(
                     tasks.spawn(async move {
                         let result = job.peer_chunk(&node, peer, record).await;
                         wake.notify_one();
-                        Outcome { index, source: Source::Peer(peer), result }
+                        Outcome { job: id, index, source: Source::Peer(peer), result }
                     })
                 }
             };
-            running.insert((index, source), Running { abort, got });
+            running.insert(id, Running { index, source, abort, got });
         }
         if sched.is_complete() {
             break Ok(());
@@ -275,7 +288,7 @@ pub(crate) async fn fetch_chunks(
                     Err(e) => break Err(FetchError::Internal(format!("chunk task failed: {e}"))),
                 };
                 // A copy cancelled after it ended (it lost a race) has nothing more to say.
-                let Some(run) = running.remove(&(out.index, out.source)) else { continue };
+                let Some(run) = running.remove(&out.job) else { continue };
                 match (out.source, out.result) {
                     (source, Ok(fetched)) => {
                         let record = match source {
@@ -324,11 +337,13 @@ pub(crate) async fn fetch_chunks(
                     (Source::Hub, Err(e)) => break Err(FetchError::Internal(e.to_string())),
                 }
             }
-            _ = tokio::time::sleep_until(next_refresh), if asks_peers => {
+            _ = tokio::time::sleep_until(next_refresh) => {
                 // Faster while others download the same file: their chunks are ours to take as
-                // soon as they land.
-                next_refresh = tokio::time::Instant::now() + if sched.interested() > 0 { REFRESH_SHARED } else { REFRESH };
-                if let Some(node) = node {
+                // soon as they land. Alone, the tick still lets the endgame see a slow chunk.
+                next_refresh = tokio::time::Instant::now() + if sched.interested() > 0 || !asks_peers { REFRESH_SHARED } else { REFRESH };
+                if let Some(node) = node
+                    && asks_peers
+                {
                     actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
                     heard_askers(node, f, &mut sched, now());
                 }
