@@ -15,9 +15,15 @@
 //!   at the owner and takes it from there, chunk by chunk. Alone, a node owns everything.
 //!   Hub requests are at most [`Limits::hub`] at a time (shared out among interested nodes), and
 //!   only if the Hub is allowed (offline runs finish from peers or not at all).
-//! - An owner that leaves loses its chunks at once (they hash to the others); one whose
-//!   availability has not grown for [`Limits::stall_after`] while it owes chunks is passed over
-//!   until it grows again. Chunks fetched from the Hub that another node owned are counted as
+//! - An owner that leaves loses its chunks at once (they hash to the others); one that owes
+//!   chunks and has made no progress for [`Limits::stall_after`] is passed over until it
+//!   progresses again. Progress is bytes arriving from the Hub ([`Event::Progress`], announced
+//!   with availability), not only chunks completed: behind a slow, shared uplink a chunk takes
+//!   long, and judging owners by chunks passed healthy ones over and made the uplink busier
+//!   still. Chunks fetched from the Hub that this node no longer owns (nodes it has just met
+//!   outscore it) are released ([`Action::Release`]): the driver stops those of which little has
+//!   arrived, and their owners fetch them; the others finish here, claimed, so nobody fetches
+//!   them twice. Chunks fetched from the Hub that another node owned are counted as
 //!   take-overs: the only way (besides two views of the membership disagreeing for a moment)
 //!   that a chunk crosses the uplink twice.
 //! - A peer that sent bytes not matching their record is banned: none of its chunks are asked
@@ -85,6 +91,19 @@ pub enum Event {
         /// Chunks it holds (for stall detection).
         held: u32,
     },
+    /// How many bytes a peer downloading the file has received from the Hub for it so far (a
+    /// counter that only grows): for stall detection.
+    Progress {
+        /// Who.
+        peer: PeerId,
+        /// Bytes.
+        bytes: u64,
+    },
+    /// The driver stopped a Hub fetch this node was asked to [`Action::Release`].
+    Released {
+        /// Which chunk.
+        index: u32,
+    },
     /// A chunk arrived and was verified.
     Done {
         /// Which.
@@ -129,6 +148,13 @@ pub enum Action {
         index: u32,
         /// From where.
         source: Source,
+    },
+    /// Chunk `index`, fetched from the Hub now, is no longer this node's: stop the fetch if
+    /// little of it has arrived (then report [`Event::Released`]), or let it finish. Asked once
+    /// per fetch.
+    Release {
+        /// Which.
+        index: u32,
     },
     /// Stop using this peer for this file (banned).
     Ban(PeerId),
@@ -182,6 +208,8 @@ fn node_hash(node: &PeerId) -> u64 {
 #[derive(Debug, Clone, Copy)]
 struct Interest {
     held: u32,
+    /// Bytes it has received from the Hub for the file, as last heard.
+    progress: u64,
     last_growth: Duration,
     stalled: bool,
     /// [`node_hash`] of the peer, computed once.
@@ -246,6 +274,14 @@ pub struct FileScheduler {
     typical_hub_chunk: Option<Duration>,
     /// Endgame duplicates asked for.
     duplicates: u32,
+    /// Hub fetches this node was asked to release and has not heard back about.
+    release_asked: HashSet<u32>,
+    /// Hub fetches released (stopped early because another node owns the chunk now).
+    released: u32,
+    /// Bumped whenever the owners may have changed (members come, go, stall or revive).
+    membership: u64,
+    /// [`Self::membership`] when in-flight Hub fetches were last checked for release.
+    release_checked: u64,
 }
 
 impl FileScheduler {
@@ -284,6 +320,10 @@ impl FileScheduler {
             typical_peer_chunk: None,
             typical_hub_chunk: None,
             duplicates: 0,
+            release_asked: HashSet::new(),
+            released: 0,
+            membership: 0,
+            release_checked: 0,
         }
     }
 
@@ -295,6 +335,11 @@ impl FileScheduler {
     /// Chunks this node fetched from the Hub that another node owned (it left or stalled).
     pub fn takeovers(&self) -> u32 {
         self.takeovers
+    }
+
+    /// Hub fetches stopped early because nodes met mid-file own the chunk.
+    pub fn released(&self) -> u32 {
+        self.released
     }
 
     /// Peers downloading the file now, as this node sees them.
@@ -323,6 +368,7 @@ impl FileScheduler {
 
     /// A candidate owner arrived: it takes the chunks where it outscores the cached owner.
     fn member_joined(&mut self, peer: PeerId, hash: u64) {
+        self.membership += 1;
         let salt = self.salt;
         for (i, slot) in self.owner_cache.iter_mut().enumerate() {
             if let Some((s, _)) = slot
@@ -335,6 +381,7 @@ impl FileScheduler {
 
     /// A candidate owner left (or was passed over): its chunks are worked out again.
     fn member_left(&mut self, peer: &PeerId) {
+        self.membership += 1;
         for slot in self.owner_cache.iter_mut() {
             if slot.is_some_and(|(_, o)| o == *peer) {
                 *slot = None;
@@ -349,16 +396,32 @@ impl FileScheduler {
         let mut revived = false;
         let i = self.interested.entry(peer).or_insert_with(|| {
             changed = true;
-            Interest { held, last_growth: now, stalled: false, hash: node_hash(&peer) }
+            Interest { held, progress: 0, last_growth: now, stalled: false, hash: node_hash(&peer) }
         });
         if held > i.held {
             revived = i.stalled;
-            *i = Interest { held, last_growth: now, stalled: false, hash: i.hash };
+            *i = Interest { held, last_growth: now, stalled: false, ..*i };
         }
         if changed || revived {
             self.live_interested += 1;
             let hash = self.interested.get(&peer).map_or(0, |i| i.hash);
             self.member_joined(peer, hash);
+        }
+    }
+
+    /// Records that `peer` has received `bytes` from the Hub for the file: if that grew, it is
+    /// making progress (and, if it was passed over, owns chunks again).
+    fn progressed(&mut self, peer: &PeerId, bytes: u64, now: Duration) {
+        let Some(i) = self.interested.get_mut(peer) else { return };
+        if bytes <= i.progress {
+            return;
+        }
+        let revived = i.stalled;
+        *i = Interest { progress: bytes, last_growth: now, stalled: false, ..*i };
+        if revived {
+            let hash = i.hash;
+            self.live_interested += 1;
+            self.member_joined(*peer, hash);
         }
     }
 
@@ -444,6 +507,15 @@ impl FileScheduler {
                 }
             }
             Event::PeerGone(peer) => self.drop_peer(&peer),
+            Event::Progress { peer, bytes } => self.progressed(&peer, bytes, now),
+            Event::Released { index } => {
+                if let Some(Chunk::InFlight { source: Source::Hub, dup: None, .. }) = self.chunks.get(index as usize) {
+                    self.free_slot(Source::Hub);
+                    self.chunks[index as usize] = Chunk::Missing;
+                    self.released += 1;
+                }
+                self.release_asked.remove(&index);
+            }
             Event::Member { peer, downloading, held } => {
                 if self.banned.contains(&peer) {
                 } else if downloading {
@@ -476,6 +548,7 @@ impl FileScheduler {
                 if let Some(c) = self.chunks.get_mut(index as usize) {
                     *c = Chunk::Done;
                 }
+                self.release_asked.remove(&index);
                 if let Source::Peer(p) = source
                     && let Some(peer) = self.peers.get_mut(&p)
                 {
@@ -565,6 +638,18 @@ impl FileScheduler {
             }
         }
         let mut out = Vec::new();
+        if self.membership != self.release_checked {
+            self.release_checked = self.membership;
+            for i in 0..self.chunks.len() as u32 {
+                if let Chunk::InFlight { source: Source::Hub, dup: None, .. } = self.chunks[i as usize]
+                    && !self.release_asked.contains(&i)
+                    && self.owner_cached(i) != self.me
+                {
+                    self.release_asked.insert(i);
+                    out.push(Action::Release { index: i });
+                }
+            }
+        }
         let mut holders: Vec<(u32, u32)> = Vec::new(); // (holder count, index)
         let mut hub_only = Vec::new();
         for (i, c) in self.chunks.iter().enumerate() {
@@ -1091,5 +1176,58 @@ mod tests {
         s.observe(grow(20), ms(18_000));
         assert!(duplicates(&s.assign(ms(19_000))).is_empty());
         assert_eq!(duplicates(&s.assign(ms(21_000))), vec![(stuck, Source::Hub)]);
+    }
+
+    #[test]
+    fn an_owner_whose_hub_bytes_grow_is_never_passed_over_however_slow_its_chunks() {
+        let (me, other) = (me(), PeerId::random());
+        let limits = Limits { stall_after: Duration::from_secs(10), ..wide() };
+        let mut s = FileScheduler::new(me, 1, 32, [], true, limits);
+        let joined = Event::Have { peer: other, have: bits(32, &[]), downloading: true, claimed: Bitmap::default() };
+        let mine = hub_chunks(&s.handle(joined, T0));
+        // A minute without a chunk done, but bytes keep arriving at the other owner.
+        for t in (5..=60).step_by(5) {
+            s.observe(Event::Progress { peer: other, bytes: t * 100_000 }, Duration::from_secs(t));
+            assert!(hub_chunks(&s.assign(Duration::from_secs(t))).is_empty(), "took over at {t} s");
+        }
+        assert_eq!(s.takeovers(), 0);
+        // Its bytes stop: after the timeout, its chunks are taken over.
+        assert!(hub_chunks(&s.assign(Duration::from_secs(70))).is_empty());
+        let rest = hub_chunks(&s.assign(Duration::from_secs(71)));
+        assert_eq!(mine.len() + rest.len(), 32);
+        // Bytes again: it owns its chunks again (those not yet started here go back to it).
+        s.observe(Event::Progress { peer: other, bytes: 7_000_000 }, Duration::from_secs(72));
+        assert!(s.owner(rest[0]) == other);
+    }
+
+    #[test]
+    fn hub_fetches_a_node_met_mid_file_owns_are_released_once() {
+        let (me, other) = (me(), PeerId::random());
+        let mut s = FileScheduler::new(me, 1, 64, [], true, Limits { hub: 16, ..Limits::default() });
+        // Alone: 16 chunks from the Hub at once.
+        let started = hub_chunks(&s.assign(T0));
+        assert_eq!(started.len(), 16);
+        // Another node downloading the file appears: those it owns now are released, once.
+        let out = s.handle(
+            Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() },
+            ms(500),
+        );
+        let released: Vec<u32> =
+            out.iter().filter_map(|a| if let Action::Release { index } = a { Some(*index) } else { None }).collect();
+        assert!(!released.is_empty() && released.len() < 16, "{released:?}");
+        assert!(released.iter().all(|&i| s.owner(i) == other));
+        assert!(!s.assign(ms(600)).iter().any(|a| matches!(a, Action::Release { .. })), "asked once");
+        // The driver stops the first (little had arrived) and lets the second finish.
+        let out = s.handle(Event::Released { index: released[0] }, ms(700));
+        assert!(!hub_chunks(&out).contains(&released[0]), "not fetched again here: its owner fetches it");
+        if let Some(&kept) = released.get(1) {
+            let _ = s.handle(Event::Done { index: kept, source: Source::Hub }, ms(900));
+        }
+        assert_eq!(s.released(), 1);
+        // The owner has it: it comes from there.
+        let have = bits(64, &[released[0]]);
+        let out = s.handle(Event::Have { peer: other, have, downloading: true, claimed: Bitmap::default() }, ms(1000));
+        assert!(fetches(&out).contains(&(released[0], Source::Peer(other))), "{out:?}");
+        assert_eq!(s.takeovers(), 0);
     }
 }

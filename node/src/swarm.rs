@@ -8,7 +8,7 @@
 //!
 //! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
 //! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
-//! blob), `/swarm-dl/have/2` (availability with signed chunk records, [`holdings`]) and
+//! blob), `/swarm-dl/have/3` (availability with signed chunk records, [`holdings`]) and
 //! `/swarm-dl/chunk/1` (bytes, [`transfer`]).
 //!
 //! It must not decide what to fetch (that is [`crate::scheduler`] and [`crate::fetch`]) nor write
@@ -183,6 +183,11 @@ impl Offer {
         self.partial.add(index, self.node.shared.holdings.sign(&self.etag, self.size, index, sha256));
     }
 
+    /// The counter of bytes received from the Hub for this file, announced to peers.
+    pub fn hub_bytes(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.partial.hub_bytes.clone()
+    }
+
     /// Offers chunk `index`, received from a peer and checked against `record`, under that
     /// record (its signer stays answerable for it).
     pub fn add_relayed(&self, index: u32, record: Record) {
@@ -212,6 +217,8 @@ pub struct Availability {
     pub downloading: bool,
     /// Chunks the peer is fetching from the Hub now.
     pub fetching: wire::Bitmap,
+    /// Bytes it has received from the Hub for the file so far (only grows while it progresses).
+    pub hub_bytes: u64,
 }
 
 /// A peer's answer that failed its checks: the peer misbehaved (ban it).
@@ -727,13 +734,13 @@ impl NodeHandle {
             }
             Err(_) => return Ok(None),
         };
-        let (downloading, fetching) = (resp.downloading, resp.fetching.clone());
+        let (downloading, fetching, hub_bytes) = (resp.downloading, resp.fetching.clone(), resp.hub_bytes);
         let mut chunks = tokio::task::spawn_blocking(move || check_have(&req, resp))
             .await
             .map_err(|e| InvalidAnswer(format!("checking the answer failed: {e}")))?
             .map_err(InvalidAnswer)?;
         chunks.retain(|(_, r)| r.as_ref().is_none_or(|r| !self.is_banned(&r.signer.peer)));
-        Ok(Some(Availability { chunks, downloading, fetching }))
+        Ok(Some(Availability { chunks, downloading, fetching, hub_bytes }))
     }
 
     /// Asks connected peers, all at once, for a revision's commit and listing; returns the

@@ -17,7 +17,7 @@ use crate::hash::{Etag, Sha256};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name of the availability exchange.
-pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/2";
+pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/3";
 /// Protocol name of chunk transfer.
 pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
 /// Protocol name of the metadata exchange (a revision's commit and file listing).
@@ -148,6 +148,10 @@ pub struct HaveResponse {
     /// Chunks it is fetching from the Hub right now: the asker waits for them rather than
     /// fetching them too.
     pub fetching: Bitmap,
+    /// Bytes it has received from the Hub for this file in its current download, chunks in
+    /// flight included (0 when not downloading it). It only grows: an owner whose count does
+    /// not grow while it owes chunks is stalled.
+    pub hub_bytes: u64,
 }
 
 impl HaveRequest {
@@ -170,6 +174,7 @@ impl HaveResponse {
             records: Vec::new(),
             downloading: false,
             fetching: Bitmap::default(),
+            hub_bytes: 0,
         }
     }
 
@@ -465,6 +470,7 @@ mod tests {
             records: vec![rec(0, 0)],
             downloading: true,
             fetching: Bitmap::new(3),
+            hub_bytes: 5 << 20,
         };
         ok.validate(&req).expect("valid");
         let not_held = HaveResponse { records: vec![rec(1, 0)], ..ok.clone() };
@@ -499,6 +505,7 @@ mod tests {
                 records: (0..recs as u32).map(|i| ChunkRecord { index: i, sha256: Sha256([i as u8; 32]), signer: 0, signature: vec![3; 64] }).collect(),
                 downloading: recs % 2 == 0,
                 fetching: Bitmap(vec![recs as u8]),
+                hub_bytes: (recs as u64) << 22,
             };
             prop_assert_eq!(decode_frame::<HaveResponse>(&encode_frame(&resp), MAX_HAVE_RESPONSE)?, resp);
         }

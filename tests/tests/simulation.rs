@@ -24,6 +24,8 @@ struct Node {
     sched: FileScheduler,
     have: Bitmap,
     claimed: Bitmap,
+    /// Bytes received from the Hub (announced with availability, for stall detection).
+    hub_bytes: f64,
     alive: bool,
     finished_at: Option<f64>,
     neighbours: Vec<usize>,
@@ -66,7 +68,7 @@ impl World {
         let id = swarm_node::swarm::libp2p::identity::Keypair::ed25519_from_bytes(secret)
             .map(|k| k.public().to_peer_id())
             .unwrap_or_else(|_| PeerId::random());
-        let limits = Limits { hub: 16, stall_after: Duration::from_secs(3600), ..Limits::default() };
+        let limits = Limits { hub: 16, stall_after: Limits::stall_for(CHUNK as u64), ..Limits::default() };
         let mut sched = FileScheduler::new(id, self.salt, self.chunks, [], true, limits);
         let at = Duration::from_secs_f64(now);
         for other in self.nodes.iter_mut().filter(|n| n.alive && n.finished_at.is_none()) {
@@ -85,7 +87,7 @@ impl World {
         }
         let (have, claimed) = (Bitmap::new(self.chunks), Bitmap::new(self.chunks));
         self.index.insert(id, self.nodes.len());
-        self.nodes.push(Node { id, sched, have, claimed, alive: true, finished_at: None, neighbours });
+        self.nodes.push(Node { id, sched, have, claimed, hub_bytes: 0.0, alive: true, finished_at: None, neighbours });
     }
 
     fn kill(&mut self, victim: usize, now: f64) {
@@ -107,8 +109,21 @@ impl World {
         }
     }
 
-    fn start(&mut self, dst: usize, actions: Vec<Action>) {
-        for a in actions {
+    fn start(&mut self, dst: usize, actions: Vec<Action>, at: Duration) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            if let Action::Release { index } = a {
+                // Stopped if less than half has arrived, as the real driver does.
+                let little = |t: &Transfer| {
+                    t.dst == dst && t.index == index && t.src.is_none() && !t.cancelled && t.left > CHUNK / 2.0
+                };
+                if let Some(t) = self.transfers.iter_mut().find(|t| little(t)) {
+                    t.cancelled = true;
+                    let b = &mut self.nodes[dst].claimed.0[(index / 8) as usize];
+                    *b &= !(1 << (index % 8));
+                    queue.extend(self.nodes[dst].sched.handle(Event::Released { index }, at));
+                }
+            }
             if let Action::Cancel { index, source } = a {
                 let src = match source {
                     Source::Hub => None,
@@ -158,8 +173,17 @@ impl World {
             for e in news {
                 let _ = self.nodes[i].sched.observe(e, at);
             }
+            let progress: Vec<Event> = self.nodes[i]
+                .neighbours
+                .iter()
+                .filter(|&&j| self.nodes[j].alive)
+                .map(|&j| Event::Progress { peer: self.nodes[j].id, bytes: self.nodes[j].hub_bytes as u64 })
+                .collect();
+            for e in progress {
+                let _ = self.nodes[i].sched.observe(e, at);
+            }
             let actions = self.nodes[i].sched.assign(at);
-            self.start(i, actions);
+            self.start(i, actions, at);
         }
         // Move bytes.
         self.transfers.retain(|t| !t.cancelled);
@@ -173,6 +197,7 @@ impl World {
             }
         }
         let mut done = Vec::new();
+        let mut hub_moved = Vec::new();
         for (k, t) in self.transfers.iter_mut().enumerate() {
             let rate = match t.src {
                 None => (UPLINK / hub_flows).min(LAN / down[t.dst] as f64),
@@ -182,10 +207,14 @@ impl World {
             t.left -= moved;
             if t.src.is_none() {
                 self.hub_bytes += moved;
+                hub_moved.push((t.dst, moved));
             }
             if t.left <= 0.0 {
                 done.push(k);
             }
+        }
+        for (dst, moved) in hub_moved {
+            self.nodes[dst].hub_bytes += moved;
         }
         for k in done.into_iter().rev() {
             let t = self.transfers.swap_remove(k);
@@ -207,7 +236,7 @@ impl World {
                     let _ = o.sched.observe(Event::Member { peer: id, downloading: false, held: 0 }, at);
                 }
             } else {
-                self.start(t.dst, actions);
+                self.start(t.dst, actions, at);
             }
         }
     }

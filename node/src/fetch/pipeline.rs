@@ -39,6 +39,10 @@ pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
 pub const OFFLINE_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for the DHT's answer (and for connections to the holders it names).
 pub const PROVIDER_WAIT: Duration = Duration::from_secs(2);
+/// A Hub fetch of a chunk this node no longer owns is stopped if less than this fraction
+/// (1/`RELEASE_BELOW`) of the chunk has arrived; past that, finishing it costs the uplink less
+/// than fetching it again.
+pub const RELEASE_BELOW: u64 = 2;
 
 /// Chunks of this file that came from peers in this run: (server, record), for settling a
 /// whole-file mismatch against the Hub's bytes.
@@ -219,6 +223,21 @@ pub(crate) async fn fetch_chunks(
                     });
                     continue;
                 }
+                Action::Release { index } => {
+                    // Another node owns it now: stop it unless much of it is here already
+                    // (then it finishes here; it stays claimed, so nobody fetches it twice).
+                    let little = |r: &Running| r.got.load(Relaxed) < layout.chunk_size / RELEASE_BELOW;
+                    if let Some((&id, _)) =
+                        running.iter().find(|(_, r)| r.index == index && r.source == Source::Hub && little(r))
+                        && let Some(r) = running.remove(&id)
+                    {
+                        r.abort.abort();
+                        ctx.progress.take_back(fp, r.got.load(Relaxed));
+                        tracing::debug!(file = %f.path, chunk = index, "released to its owner");
+                        queue.extend(sched.handle(Event::Released { index }, now()));
+                    }
+                    continue;
+                }
                 Action::Fetch { index, source } => (index, source, false),
                 Action::Duplicate { index, source } => (index, source, true),
             };
@@ -364,6 +383,9 @@ pub(crate) async fn fetch_chunks(
         ctx.progress.takeovers.fetch_add(takeovers, Relaxed);
         node.inspect(|n| n.count_takeovers(takeovers));
     }
+    if sched.released() > 0 {
+        tracing::info!(file = %f.path, chunks = sched.released(), "released Hub fetches to the nodes that own them now");
+    }
     if let Some(node) = node
         && result.is_err()
     {
@@ -413,7 +435,7 @@ async fn ask_peers(
     }
     for (peer, answer) in answers {
         match answer {
-            Ok(Some(crate::swarm::Availability { chunks, downloading, fetching: claimed })) => {
+            Ok(Some(crate::swarm::Availability { chunks, downloading, fetching: claimed, hub_bytes })) => {
                 let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
                 let mut have = Bitmap::new(count);
                 for (i, r) in chunks {
@@ -428,6 +450,7 @@ async fn ask_peers(
                 }
                 tracing::debug!(%peer, file = %f.path, held = have.count_ones(), "peer availability");
                 actions.extend(sched.observe(Event::Have { peer, have, downloading, claimed }, now));
+                actions.extend(sched.observe(Event::Progress { peer, bytes: hub_bytes }, now));
             }
             Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer), now)),
             Err(why) => {
@@ -468,7 +491,12 @@ impl Job {
     /// The one path every chunk takes: a request slot, a writer, the source's bytes, the hash
     /// (checked against `expect`, a peer's record), then the commit into the file, or the bytes
     /// in memory for an endgame copy.
-    async fn fetch_from(&self, source: &impl ChunkSource, expect: Option<Sha256>) -> Result<Fetched, ChunkError> {
+    async fn fetch_from(
+        &self,
+        source: &impl ChunkSource,
+        expect: Option<Sha256>,
+        also_count: Option<Arc<AtomicU64>>,
+    ) -> Result<Fetched, ChunkError> {
         let _slot = self.ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
         let range = ChunkLayout::for_len(self.f.size)
             .range(self.index)
@@ -478,7 +506,7 @@ impl Job {
         } else {
             ChunkWriter::new(self.pf.clone(), self.index, range)
         };
-        let mut w = w.counting(self.got.clone());
+        let mut w = w.counting(self.got.clone()).also_counting(also_count);
         source.fill(&mut w, &self.ctx, &self.fp).await?;
         let hash = w.finish().await?;
         if expect.is_some_and(|e| e != hash) {
@@ -506,7 +534,8 @@ impl Job {
             p.claim(index, true);
             Claim(p, index)
         });
-        let fetched = self.fetch_from(source, None).await?;
+        // Bytes arriving are announced as this node's Hub progress (so it is not taken for stalled).
+        let fetched = self.fetch_from(source, None, self.partial.as_ref().map(Offer::hub_bytes)).await?;
         if let (Fetched::Written(hash), Some(node)) = (&fetched, &self.ctx.node) {
             if let Some((server, record)) = check
                 && record.sha256() != *hash
@@ -527,7 +556,7 @@ impl Job {
 
     /// From a peer, checked against the peer's record before it counts, then offered under it.
     async fn peer_chunk(self, node: &NodeHandle, peer: PeerId, record: Record) -> Result<Fetched, ChunkError> {
-        let fetched = self.fetch_from(&PeerSource { node, peer, f: &self.f }, Some(record.sha256())).await?;
+        let fetched = self.fetch_from(&PeerSource { node, peer, f: &self.f }, Some(record.sha256()), None).await?;
         if let (Fetched::Written(_), Some(p)) = (&fetched, &self.partial) {
             p.add_relayed(self.index, record);
         }

@@ -27,6 +27,8 @@ pub struct ChunkWriter {
     /// Bytes received so far, readable from outside (to take them back from progress if this
     /// copy loses a race).
     got: Arc<AtomicU64>,
+    /// Another counter of received bytes (the file's Hub bytes, announced to peers).
+    also: Option<Arc<AtomicU64>>,
 }
 
 #[derive(Debug)]
@@ -57,12 +59,19 @@ impl ChunkWriter {
             hasher: Some(sha2::Sha256::new()),
             buf: BytesMut::with_capacity(WRITE_BUF),
             got: Arc::default(),
+            also: None,
         }
     }
 
     /// Counts received bytes into `got` as well.
     pub fn counting(mut self, got: Arc<AtomicU64>) -> Self {
         self.got = got;
+        self
+    }
+
+    /// Counts received bytes into `also` too.
+    pub fn also_counting(mut self, also: Option<Arc<AtomicU64>>) -> Self {
+        self.also = also;
         self
     }
 
@@ -80,6 +89,9 @@ impl ChunkWriter {
     pub async fn push(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
         let room = (self.remaining().min(data.len() as u64)) as usize;
         self.got.fetch_add(room as u64, Relaxed);
+        if let Some(a) = &self.also {
+            a.fetch_add(room as u64, Relaxed);
+        }
         if let Sink::Memory(v) = &mut self.sink {
             v.extend_from_slice(&data[..room]);
             if let Some(h) = &mut self.hasher {

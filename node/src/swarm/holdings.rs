@@ -24,6 +24,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::hash::{Etag, Sha256};
@@ -85,6 +86,8 @@ pub struct Partial {
     pub pf: Arc<PartialFile>,
     records: Mutex<Vec<Option<Record>>>,
     fetching: Mutex<Bitmap>,
+    /// Bytes received from the Hub for the file in this download (announced: stall detection).
+    pub hub_bytes: Arc<AtomicU64>,
 }
 
 impl Partial {
@@ -219,6 +222,7 @@ impl Holdings {
             pf,
             records: Mutex::new(vec![None; count]),
             fetching: Mutex::new(Bitmap::new(count as u32)),
+            hub_bytes: Arc::default(),
         });
         lock(&self.partial).insert(etag.clone(), p.clone());
         p
@@ -386,6 +390,7 @@ impl Holdings {
             lock(&self.askers).entry(req.etag.clone()).or_default().insert(from);
         }
         let fetching = partial.as_ref().map(|p| lock(&p.fetching).clone()).unwrap_or_default();
+        let hub_bytes = partial.as_ref().map_or(0, |p| p.hub_bytes.load(Relaxed));
         let records: Vec<Option<Record>> = match partial {
             Some(p) => lock(&p.records).clone(),
             None => match self.complete(&req.etag, req.size) {
@@ -395,8 +400,14 @@ impl Holdings {
                 }
             },
         };
-        let mut resp =
-            HaveResponse { have: Bitmap::new(count), signers: Vec::new(), records: Vec::new(), downloading, fetching };
+        let mut resp = HaveResponse {
+            have: Bitmap::new(count),
+            signers: Vec::new(),
+            records: Vec::new(),
+            downloading,
+            fetching,
+            hub_bytes,
+        };
         let mut signer_index: HashMap<PeerId, u16> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
             let Some(r) = r else { continue };
