@@ -8,7 +8,12 @@ size, and the Hub API requests; first with `swarm-dl get` in a private swarm (mD
 peers first, cooperative Hub fetching, shared metadata), then with N parallel `huggingface_hub.snapshot_download` as the
 baseline. The bound is repo size / uplink rate.
 
+Scenarios (--scenarios, comma-separated) vary the start order, discovery, swarm and get mode;
+--runs K repeats each and reports the worst run (and the median). --binary measures another build
+(e.g. an older commit's, for a before/after).
+
 Usage: sudo python3 bench/cluster.py [--size-mib 512] [--uplink-mbit 400] [--nodes 1,2,4,8]
+           [--scenarios together,join,join-private,seed-last,staggered] [--runs 5] [--skip-baseline]
 Needs: root, iproute2 (ip, tc), a release build (built here), .venv with huggingface_hub
 (scripts/test makes it).
 """
@@ -99,30 +104,60 @@ def clean_env(home):
     return env
 
 
-def run_round(tool, n, hub_dir, size, uplink_mbit, work, key_file):
+SCENARIOS = {
+    # name: (how the node runs, swarm, delay of host i in seconds)
+    "together": ("embedded", "private", lambda i: 0.0),
+    "join": ("join", "open", lambda i: 0.0),
+    "join-private": ("join", "private", lambda i: 0.0),
+    "seed-last": ("join", "open", lambda i: 2.0 if i == 1 else 0.0),
+    "staggered": ("join", "open", lambda i: 0.5 * (i - 1)),
+}
+SCENARIO_HELP = """together: every node runs `get` (its own node) at the same instant, private swarm, mDNS.
+join: every node runs `join --no-mdns --peer <node 1>` and then `get` through it, open swarm.
+join-private: the same with a swarm key.
+seed-last: as join, but node 1 (the seed every --peer names) starts 2 s after the others.
+staggered: as join, nodes starting one every 0.5 s, the seed first."""
+
+
+def spawn(i, cmd, env):
+    return subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, binary):
+    mode, swarm, delay = SCENARIOS[scenario]
     tb = Testbed(n, uplink_mbit)
+    joins = []
     try:
-        hub = subprocess.Popen(["ip", "netns", "exec", ns(0), BIN, "hub", "serve", hub_dir, "--json",
+        hub = subprocess.Popen(["ip", "netns", "exec", ns(0), binary, "hub", "serve", hub_dir, "--json",
                                 "--listen", f"{addr(0)}:8080", "--data-listen", f"{addr(0)}:8081"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         endpoint = json.loads(hub.stdout.readline())["endpoint"]
         procs = []
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
-        for i in range(1, n + 1):
-            home = os.path.join(work, f"{tool}-{n}-{i}")
+        for i in sorted(range(1, n + 1), key=lambda i: (delay(i) if tool == "swarm-dl" else 0.0, i)):
+            if tool == "swarm-dl":
+                time.sleep(max(0.0, t0 + delay(i) - time.monotonic()))
+            home = os.path.join(work, f"{tool}-{scenario}-{n}-{i}-{time.monotonic_ns()}")
             os.makedirs(home, exist_ok=True)
             env = clean_env(home)
             cache = os.path.join(home, "cache")
-            if tool == "swarm-dl":
-                cmd = [BIN, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json",
-                       "--swarm-key", key_file]
+            keys = ["--swarm-key", key_file] if swarm == "private" else []
+            if tool == "swarm-dl" and mode == "join":
+                peer = [] if i == 1 else ["--peer", f"/ip4/{addr(1)}/tcp/4001"]
+                j = spawn(i, [binary, "join", "--cache-dir", cache, "--json", "--no-mdns", "--endpoint", endpoint,
+                              "--listen", f"/ip4/{addr(i)}/tcp/4001", *peer, *keys], env)
+                j.stdout.readline()  # ready: a get now goes through this node
+                joins.append(j)
+                cmd = [binary, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json"]
+            elif tool == "swarm-dl":
+                cmd = [binary, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json", *keys]
             else:
                 env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                            HF_HUB_DISABLE_TELEMETRY="1")
                 cmd = [PY, "-c", f"from huggingface_hub import snapshot_download as s; print(s({REPO!r}, cache_dir={cache!r}))"]
-            procs.append(subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            procs.append(spawn(i, cmd, env))
         ends = []
         dups = 0
         for p in procs:
@@ -132,52 +167,79 @@ def run_round(tool, n, hub_dir, size, uplink_mbit, work, key_file):
                 sys.exit(f"{tool} failed on a node: {err[-1500:]}")
             if tool == "swarm-dl":
                 dups += json.loads(out.splitlines()[-1]).get("chunks_duplicated", 0)
+        for j in joins:
+            j.terminate()
+            j.communicate()
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         served, api = stats(endpoint)
         hub.terminate()
+        hub.wait()
         makespan = max(ends) - t0
         # CPU busy: the nodes' CPU time over what the machine's cores offer in the makespan
         # (near 1.0: CPU, not the uplink, is the limit).
         busy = cpu / ((os.cpu_count() or 1) * makespan)
         return {"makespan": makespan, "hub_ratio": served / size, "api": api, "cpu": cpu, "busy": busy, "dups": dups}
     finally:
+        for j in joins:
+            if j.poll() is None:
+                j.kill()
         tb.close()
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(epilog=SCENARIO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--uplink-mbit", type=int, default=400)
     ap.add_argument("--nodes", default="1,2,4,8")
+    ap.add_argument("--scenarios", default="together", help="comma-separated: " + ",".join(SCENARIOS))
+    ap.add_argument("--runs", type=int, default=1, help="runs per scenario and N; the worst is reported")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--binary", default=BIN, help="swarm-dl binary to measure (default: the release build, built here)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("the cluster benchmark builds network namespaces: run it as root")
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "swarm-dl"], cwd=ROOT, check=True)
+    scenarios = args.scenarios.split(",")
+    for sc in scenarios:
+        if sc not in SCENARIOS:
+            sys.exit(f"unknown scenario {sc!r}; known: {', '.join(SCENARIOS)}")
+    if args.binary == BIN:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "swarm-dl"], cwd=ROOT, check=True)
     hub_dir, size = make_repo(args.size_mib)
     bound = size * 8 / (args.uplink_mbit * 1e6)
     work = tempfile.mkdtemp(prefix="swarm-dl-cluster-", dir=OUT)
-    # A private swarm, so that members share metadata (the Hub's API count shows it).
     key_file = os.path.join(work, "swarm.key")
-    subprocess.run([BIN, "keygen", key_file], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([args.binary, "keygen", key_file], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
         for n in [int(x) for x in args.nodes.split(",")]:
-            for tool in ["swarm-dl"] + ([] if args.skip_baseline else ["huggingface_hub"]):
-                r = run_round(tool, n, hub_dir, size, args.uplink_mbit, work, key_file)
-                rows.append((n, tool, r))
-                print(f"N={n} {tool}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
-                      f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests, "
-                      f"CPU {r['cpu']:.1f}s ({r['busy']:.0%} of the cores), {r['dups']} endgame duplicates", flush=True)
+            cases = [("swarm-dl", sc) for sc in scenarios] + ([] if args.skip_baseline else [("huggingface_hub", "together")])
+            for tool, sc in cases:
+                runs = []
+                for k in range(args.runs):
+                    r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary)
+                    runs.append(r)
+                    print(f"N={n} {tool} {sc} run {k + 1}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
+                          f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests, "
+                          f"CPU {r['cpu']:.1f}s ({r['busy']:.0%} of the cores), {r['dups']} endgame duplicates", flush=True)
+                rows.append((n, tool, sc, runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nrepo {size / 2**20:.0f} MiB, uplink {args.uplink_mbit} Mbit/s: bound = repo / uplink = {bound:.1f} s\n")
-    print("| N | tool | makespan s | makespan / bound | Hub bytes / repo | Hub API requests | node CPU s | cores busy | endgame dups |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    for n, tool, r in rows:
-        print(f"| {n} | {tool} | {r['makespan']:.1f} | {r['makespan'] / bound:.2f} | {r['hub_ratio']:.3f} | {r['api']} "
-              f"| {r['cpu']:.1f} | {r['busy']:.0%} | {r['dups'] if tool == 'swarm-dl' else ''} |")
+    print(f"\nrepo {size / 2**20:.0f} MiB, uplink {args.uplink_mbit} Mbit/s: bound = repo / uplink = {bound:.1f} s; "
+          f"{args.runs} run(s) each: worst (and median)\n")
+    print("| N | tool | scenario | makespan s | makespan / bound | Hub bytes / repo | Hub API requests | node CPU s | endgame dups |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    for n, tool, sc, runs in rows:
+        def worst(key):
+            return max(r[key] for r in runs)
+
+        def med(key):
+            v = sorted(r[key] for r in runs)
+            return v[len(v) // 2]
+        print(f"| {n} | {tool} | {sc} | {worst('makespan'):.1f} ({med('makespan'):.1f}) "
+              f"| {worst('makespan') / bound:.2f} ({med('makespan') / bound:.2f}) "
+              f"| {worst('hub_ratio'):.3f} ({med('hub_ratio'):.3f}) | {worst('api')} "
+              f"| {worst('cpu'):.1f} ({med('cpu'):.1f}) | {worst('dups') if tool == 'swarm-dl' else ''} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 //! Cooperative downloads on the multi-host testbed: a Hub host behind a shaped uplink and node
-//! hosts on a LAN, each running the real binary, finding each other by mDNS. What crosses the
+//! hosts on a LAN, each running the real binary, finding each other by mDNS, or (the `field_`
+//! tests) through one seed named with `--peer`, in the start orders clusters really have. What crosses the
 //! uplink is read from the Hub stand-in's own counters. Root only (CI runs as root).
 
 use std::path::PathBuf;
@@ -163,4 +164,91 @@ async fn a_node_cut_off_from_its_peers_but_not_the_hub_still_finishes_correctly(
     for (i, g) in gets.into_iter().enumerate() {
         c.check(i + 1, &finish(g).await);
     }
+}
+
+/// How the nodes of a field start-up test find each other and whom they serve.
+#[derive(Clone, Copy)]
+enum Swarm {
+    /// No key: anyone may join (repos recorded public are served).
+    Open,
+    /// A swarm key shared by every node.
+    Private,
+}
+
+/// The field start-up pattern: on each node host, `join --no-mdns --peer <node 1>` (node 1, the
+/// seed, has no `--peer`), then a `get` through that join node. `delay(i)` is when host `i`
+/// starts both. Every node must finish with a verified snapshot, and the Hub must serve the repo
+/// about once.
+async fn field_start(nodes: usize, swarm: Swarm, delay: impl Fn(usize) -> Duration) {
+    let c = Cluster::new(nodes, 64 << 20).await;
+    let key = c.tmp.path().join("swarm.key");
+    if matches!(swarm, Swarm::Private) {
+        let o = prefixed(&[], c.tmp.path(), false).arg("keygen").arg(&key).output().await.expect("keygen");
+        assert!(o.status.success(), "keygen: {}", stderr(&o));
+    }
+    let seed = format!("/ip4/{}/tcp/4001", c.tb.addr(1));
+    let mut order: Vec<usize> = (1..=nodes).collect();
+    order.sort_by_key(|&i| delay(i));
+    let t0 = tokio::time::Instant::now();
+    let mut joins = Vec::new();
+    let mut gets = Vec::new();
+    for i in order {
+        tokio::time::sleep_until(t0 + delay(i)).await;
+        let listen = format!("/ip4/{}/tcp/4001", c.tb.addr(i));
+        let mut args = vec!["--no-mdns", "--listen", &listen, "--endpoint", &c.endpoint];
+        if i != 1 {
+            args.extend(["--peer", &seed]);
+        }
+        let key_arg = key.display().to_string();
+        if matches!(swarm, Swarm::Private) {
+            args.extend(["--swarm-key", &key_arg]);
+        }
+        let home = c.tmp.path().join(format!("home{i}"));
+        std::fs::create_dir_all(&home).expect("home");
+        joins.push(swarm_tests::node::JoinNode::start_with(&c.tb.exec(i), &home, &c.cache(i), &args).await);
+        let mut g = prefixed(&c.tb.exec(i), &home, true);
+        g.args(["get", "org/model", "--json", "--quiet", "--endpoint", &c.endpoint]);
+        g.arg("--cache-dir").arg(c.cache(i));
+        g.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        gets.push((i, g.spawn().expect("spawn get")));
+    }
+    for (i, g) in gets {
+        let o = finish(g).await;
+        c.check(i, &o);
+    }
+    let served = c.hub_bytes();
+    assert!(
+        served as f64 <= 1.05 * c.repo_bytes as f64,
+        "the Hub served {:.2}x the repo for {nodes} downloads",
+        served as f64 / c.repo_bytes as f64
+    );
+    drop(joins);
+}
+
+/// (e) The seed named in every `--peer` starts 2 s after the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_the_seed_comes_up_two_seconds_after_the_others() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    field_start(4, Swarm::Open, |i| if i == 1 { Duration::from_secs(2) } else { Duration::ZERO }).await;
+}
+
+/// (f) Nodes start one every 0.5 s, the seed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_nodes_start_one_every_half_second() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    field_start(4, Swarm::Open, |i| Duration::from_millis(500 * (i as u64 - 1))).await;
+}
+
+/// (g) All at once, no mDNS, a single seed, `get` through each join node: an open swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_a_single_seed_and_gets_through_join_nodes_in_an_open_swarm() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    field_start(4, Swarm::Open, |_| Duration::ZERO).await;
+}
+
+/// (h) The same in a private swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_a_single_seed_and_gets_through_join_nodes_in_a_private_swarm() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    field_start(4, Swarm::Private, |_| Duration::ZERO).await;
 }

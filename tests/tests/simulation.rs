@@ -113,7 +113,7 @@ impl World {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
             if let Action::Release { index } = a {
-                // Stopped if less than half has arrived, as the real driver does.
+                // Stopped if less than an eighth has arrived, as the real driver does.
                 let little = |t: &Transfer| {
                     t.dst == dst && t.index == index && t.src.is_none() && !t.cancelled && t.left > CHUNK / 2.0
                 };
