@@ -12,8 +12,11 @@ Scenarios:
 For each run: wall time, MiB/s, CPU seconds of A and of B (user+sys), peak RSS of A and B,
 bytes B took from peers vs the Hub, and the file bytes the Hub stand-in served during the run.
 
-Usage: python3 bench/p2p.py [--size-mib 1024] [--repeat 3]
-Needs: a release build (built here).
+With --private, both nodes share a swarm key (a private swarm). CPU is also given per GiB moved:
+A's per GiB served, B's per GiB received.
+
+Usage: python3 bench/p2p.py [--size-mib 1024] [--repeat 3] [--private] [--binary PATH]
+Needs: a release build (built here unless --binary names one).
 """
 import argparse
 import json
@@ -29,6 +32,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 BIN = os.path.join(ROOT, "target", "release", "swarm-dl")
+KEY = []  # ["--swarm-key", FILE] with --private
 
 
 def random_file(path, size):
@@ -110,7 +114,7 @@ def one_run(scenario, hub, work):
     subprocess.run([BIN, "get", repo, "--endpoint", hub.info["endpoint"], "--cache-dir", cache_a, "--no-swarm", "--quiet"],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["sync"], check=True)
-    swarm = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"]
+    swarm = ["--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"] + KEY
     a = Proc(["join", "--cache-dir", cache_a, "--json"] + swarm, env)
     b = None
     try:
@@ -127,7 +131,10 @@ def one_run(scenario, hub, work):
             cpu_b = b.cpu() - cpu_b0 + cpu_get
             rss_b = b.peak_rss_mb()
         served = hub_served(hub.info["endpoint"]) - served0
+        gib = out["bytes_from_peers"] / (1 << 30)
         return {
+            "cpu_a_gib": (a.cpu() - cpu_a0) / gib if gib else 0.0,
+            "cpu_b_gib": cpu_b / gib if gib else 0.0,
             "wall_s": dt,
             "mib_s": out["bytes"] / dt / (1 << 20),
             "cpu_a_s": a.cpu() - cpu_a0,
@@ -147,8 +154,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--private", action="store_true", help="both nodes in a private swarm (one swarm key)")
+    ap.add_argument("--binary", default=None, help="swarm-dl binary to measure (default: the release build, built here)")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "swarm-dl"], cwd=ROOT, check=True)
+    global BIN
+    if args.binary is None:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "swarm-dl"], cwd=ROOT, check=True)
+    else:
+        BIN = args.binary
+    if args.private:
+        key = os.path.join(tempfile.mkdtemp(prefix="swarm-dl-p2p-key-"), "swarm.key")
+        subprocess.run([BIN, "keygen", key], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        KEY.extend(["--swarm-key", key])
     hub_dir = make_repos(args.size_mib)
     env = env_for(tempfile.gettempdir())
     hub = Proc(["hub", "serve", hub_dir, "--listen", "127.0.0.1:0", "--json"], env)
@@ -167,12 +184,13 @@ def main():
             rows.append((scenario, med, min(walls), max(walls), max(r["rss_a_mb"] for r in runs), max(r["rss_b_mb"] for r in runs)))
     finally:
         hub.stop()
-    print(f"\n{args.size_mib} MiB over loopback, {args.repeat} runs each; median run shown (wall range in brackets)\n")
-    print("| scenario | wall s (range) | MiB/s | CPU A s | CPU B s | peak RSS A MB | peak RSS B MB | from peers | Hub file bytes |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    swarm = "private swarm" if args.private else "open swarm"
+    print(f"\n{args.size_mib} MiB over loopback, {swarm}, {args.repeat} runs each; median run shown (wall range in brackets)\n")
+    print("| scenario | wall s (range) | MiB/s | CPU A s | CPU B s | CPU-s/GiB A serving | CPU-s/GiB B receiving | peak RSS A MB | peak RSS B MB | from peers | Hub file bytes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s, m, lo, hi, ra, rb in rows:
         print(f"| {s} | {m['wall_s']:.2f} ({lo:.2f}–{hi:.2f}) | {m['mib_s']:.0f} | {m['cpu_a_s']:.2f} | {m['cpu_b_s']:.2f} "
-              f"| {ra:.0f} | {rb:.0f} | {m['from_peers']:.3f} | {m['hub_file_bytes']} |")
+              f"| {m['cpu_a_gib']:.2f} | {m['cpu_b_gib']:.2f} | {ra:.0f} | {rb:.0f} | {m['from_peers']:.3f} | {m['hub_file_bytes']} |")
 
 
 if __name__ == "__main__":

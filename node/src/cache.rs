@@ -1,5 +1,4 @@
-//! The Hugging Face cache on disk, exactly as `huggingface_hub` writes it
-//! (`shared/reference/hf-hub-protocol.md` §2): `blobs/<etag>`, `snapshots/<commit>/<path>` as
+//! The Hugging Face cache on disk, exactly as `huggingface_hub` writes it: `blobs/<etag>`, `snapshots/<commit>/<path>` as
 //! relative symlinks, `refs/<rev>` holding the bare commit, `trees/<commit>.json`, `.no_exist/`,
 //! `.locks/<repo>/<etag>.lock` (BSD `flock`, so Python and Rust exclude each other) and
 //! `CACHEDIR.TAG`. Also the `--local-dir` layout ([`local_dir`]) and the `cache ls|verify|clean`

@@ -3,7 +3,7 @@
 //! Two listeners, like the real Hub: the **API listener** answers repo info, tree listings and
 //! `/resolve/` (regular files directly, LFS files with a redirect), and the **data listener**
 //! stands in for the CDN on another origin, serving LFS blobs by sha256 with single ranges. Status
-//! codes and headers follow `shared/reference/hf-hub-protocol.md` §1 and §6.2 so that the real
+//! codes and headers follow the Hub's (errors, `X-Repo-Commit`, `X-Linked-Etag`, redirects) so that the real
 //! `huggingface_hub` client can use it. It is a mirror for air-gapped sites and the origin every
 //! test runs against; `/_swarm-dl/stats` counts what it served.
 //!

@@ -1,6 +1,6 @@
 //! The Hub client: repo info, tree listings, resolve redirects and ranged GETs, with retries.
 //!
-//! Speaks the protocol of `shared/reference/hf-hub-protocol.md` §1: metadata from the API, data
+//! Speaks the Hub's HTTP protocol as `huggingface_hub` does: metadata from the API, data
 //! from `/resolve/<commit>/<path>`, whose LFS answers redirect to a CDN on another origin. The
 //! `Authorization` header goes only to the Hub's own origin, never to the CDN. The token is
 //! never logged or printed ([`Token`]'s `Debug` is redacted).

@@ -2,9 +2,10 @@
 //! cloneable [`NodeHandle`] through which everything else talks to it (commands with one-shot
 //! replies), as in rust-libp2p's `file-sharing` example.
 //!
-//! Transport: TCP + noise + yamux, optionally behind a pre-shared swarm key (pnet). QUIC is not
-//! enabled: pnet cannot protect it (rust-libp2p #3275), and on loopback and LANs it measured no
-//! faster than TCP on two cores (`shared/reference/libp2p.md` §2.2).
+//! Transport: TCP + noise + yamux: one encryption layer. A private swarm's key goes into noise's
+//! prologue ([`noise_prologue`]): both ends mix it into the handshake hash, so a node without the
+//! same key fails the handshake, and no byte of the swarm flows to it. (It was libp2p's pnet, an
+//! XSalsa20 layer under noise: every byte encrypted twice.)
 //!
 //! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
 //! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
@@ -28,7 +29,7 @@ use hooks::Hooks;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
-use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::pnet::PreSharedKey;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, identify, mdns, noise, tcp, yamux};
@@ -418,30 +419,19 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let swarm_cfg = |c: libp2p::swarm::Config| {
         c.with_idle_connection_timeout(Duration::from_secs(300)).with_max_negotiating_inbound_streams(256)
     };
-    // One transport: TCP, then the swarm key's pnet layer in a private swarm, then noise and
-    // yamux. libp2p's own `with_tcp` would do the same without pnet.
-    let psk = cfg.swarm_key;
+    // One transport: TCP, noise (with the swarm key in its prologue in a private swarm), yamux.
+    let prologue = noise_prologue(cfg.swarm_key);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.key.clone())
         .with_tokio()
         .with_other_transport(move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
-            let noise = noise::Config::new(key)?;
-            let transport = match psk {
-                Some(psk) => tcp
-                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                    .upgrade(Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .timeout(Duration::from_secs(10))
-                    .boxed(),
-                None => tcp
-                    .upgrade(Version::V1Lazy)
-                    .authenticate(noise)
-                    .multiplex(yamux::Config::default())
-                    .timeout(Duration::from_secs(10))
-                    .boxed(),
-            };
-            Ok(transport)
+            let noise = noise::Config::new(key)?.with_prologue(prologue);
+            Ok(tcp
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .timeout(Duration::from_secs(10))
+                .boxed())
         })
         .map_err(|e| build(&e))?
         .with_dns()
@@ -1272,6 +1262,22 @@ pub fn read_swarm_key(path: &Path) -> Result<PreSharedKey, NodeError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| NodeError::SwarmKey { path: path.to_path_buf(), reason: e.to_string() })?;
     text.parse().map_err(|e| NodeError::SwarmKey { path: path.to_path_buf(), reason: format!("{e}") })
+}
+
+/// The noise prologue for a swarm: empty when open; for a private one, a hash of its key. Both
+/// ends of a handshake mix their prologue into the handshake hash, which authenticates every
+/// handshake message, so ends with different prologues never complete one. The prologue itself is
+/// never sent. (A node without the key still learns, from the answer to its first message, the
+/// public key of the node it dialled, as it could from mDNS; nothing else.)
+fn noise_prologue(key: Option<PreSharedKey>) -> Vec<u8> {
+    use sha2::Digest as _;
+    key.map(|k| {
+        let mut h = sha2::Sha256::new();
+        h.update(b"swarm-dl noise prologue v1\n");
+        h.update(k.to_key_file().as_bytes());
+        h.finalize().to_vec()
+    })
+    .unwrap_or_default()
 }
 
 /// A new random swarm key, in the file format.

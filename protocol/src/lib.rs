@@ -19,7 +19,7 @@
 //! ## Non-goals
 //! - Transport, discovery, scheduling, signing: those live in `swarm-node` (this crate fixes the
 //!   bytes that are signed, not the crypto).
-//! - Xet's content-defined chunks: a later step (see `shared/reference/hf-hub-protocol.md` §1.9).
+//! - Xet's content-defined chunks: a later step.
 //!
 //! ## Message kinds
 //! - [`manifest::ChunkManifest`]: per file, its ETag, size, chunk size and chunk hashes. Written today

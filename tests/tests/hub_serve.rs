@@ -1,5 +1,5 @@
-//! `swarm-dl hub serve` speaks the Hub's protocol (`shared/reference/hf-hub-protocol.md` §1,
-//! §6.2): checked here request by request, with a plain HTTP client that follows nothing.
+//! `swarm-dl hub serve` speaks the Hub's protocol (API, resolve, redirects to a CDN origin, error
+//! headers): checked here request by request, with a plain HTTP client that follows nothing.
 
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, LINK, LOCATION, RANGE};

@@ -314,6 +314,8 @@ async fn nodes_with_different_swarm_keys_exchange_no_byte() {
     let st = a.status(tmp.path()).await;
     assert_eq!(st["bytes_out"], 0, "{st}");
     assert_eq!(st["open_swarm"], false);
+    // Refused in the noise handshake (the key is its prologue), not later.
+    assert!(st["handshake_failures"].as_u64().is_some_and(|n| n >= 2), "{st}");
     // The same key: bytes flow.
     let cache = tmp.path().join("same");
     let out = json(

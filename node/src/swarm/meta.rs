@@ -3,7 +3,7 @@
 //! The Hub is the root of trust for metadata; a listing from a peer is only as good as the
 //! peer that signed it. It is used where the Hub cannot be asked (offline runs, said so), and
 //! in a private swarm, whose members trust each other, so that the Hub sees about one metadata
-//! request per repo and revision per swarm rather than one per node (DESIGN §3).
+//! request per repo and revision per swarm rather than one per node.
 
 use crate::cache::HubCache;
 use crate::hub::{RemoteFile, RepoRef};

@@ -2,8 +2,7 @@
 //!
 //! A stream carries many requests, one after another (request frame → header frame → raw bytes),
 //! so a peer keeps a few long-lived streams instead of opening one per chunk: libp2p-stream's
-//! inbound queue holds a single pending stream and drops the rest under bursts
-//! (`shared/reference/libp2p.md` §1.5). Bytes are copied in slices, never buffered whole;
+//! inbound queue holds a single pending stream and drops the rest under bursts. Bytes are copied in slices, never buffered whole;
 //! yamux's flow control carries back-pressure from a slow reader to our disk reads.
 //!
 //! Serving limits: [`SERVE_PER_PEER`] requests at a time per peer and [`SERVE_TOTAL`] in all;
