@@ -119,12 +119,12 @@ seed-last: as join, but node 1 (the seed every --peer names) starts 2 s after th
 staggered: as join, nodes starting one every 0.5 s, the seed first."""
 
 
-def spawn(i, cmd, env):
-    return subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def spawn(i, cmd, env, log=None):
+    return subprocess.Popen(["ip", "netns", "exec", ns(i), *cmd], env=env, stdout=subprocess.PIPE,
+                            stderr=open(log, "w") if log else subprocess.PIPE, text=True)
 
 
-def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, binary):
+def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, binary, log_dir=None):
     mode, swarm, delay = SCENARIOS[scenario]
     tb = Testbed(n, uplink_mbit)
     joins = []
@@ -142,6 +142,8 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
             home = os.path.join(work, f"{tool}-{scenario}-{n}-{i}-{time.monotonic_ns()}")
             os.makedirs(home, exist_ok=True)
             env = clean_env(home)
+            if log_dir:
+                env["SWARM_DL_LOG"] = "info,swarm_node::fetch=debug"
             cache = os.path.join(home, "cache")
             keys = ["--swarm-key", key_file] if swarm == "private" else []
             if tool == "swarm-dl" and mode == "join":
@@ -157,16 +159,18 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
                 env.update(HF_ENDPOINT=endpoint, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                            HF_HUB_DISABLE_TELEMETRY="1")
                 cmd = [PY, "-c", f"from huggingface_hub import snapshot_download as s; print(s({REPO!r}, cache_dir={cache!r}))"]
-            procs.append(spawn(i, cmd, env))
+            procs.append(spawn(i, cmd, env, os.path.join(log_dir, f"{scenario}-{n}-node{i}.log") if log_dir else None))
         ends = []
-        dups = 0
+        dups = takeovers = 0
         for p in procs:
             out, err = p.communicate()
             ends.append(time.monotonic())
             if p.returncode != 0:
-                sys.exit(f"{tool} failed on a node: {err[-1500:]}")
+                sys.exit(f"{tool} failed on a node: {(err or '(see its log)')[-1500:]}")
             if tool == "swarm-dl":
-                dups += json.loads(out.splitlines()[-1]).get("chunks_duplicated", 0)
+                o = json.loads(out.splitlines()[-1])
+                dups += o.get("chunks_duplicated", 0)
+                takeovers += o.get("chunks_taken_over", 0)
         for j in joins:
             j.terminate()
             j.communicate()
@@ -179,7 +183,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
         # CPU busy: the nodes' CPU time over what the machine's cores offer in the makespan
         # (near 1.0: CPU, not the uplink, is the limit).
         busy = cpu / ((os.cpu_count() or 1) * makespan)
-        return {"makespan": makespan, "hub_ratio": served / size, "api": api, "cpu": cpu, "busy": busy, "dups": dups}
+        return {"makespan": makespan, "hub_ratio": served / size, "api": api, "cpu": cpu, "busy": busy, "dups": dups, "takeovers": takeovers}
     finally:
         for j in joins:
             if j.poll() is None:
@@ -195,10 +199,13 @@ def main():
     ap.add_argument("--scenarios", default="together", help="comma-separated: " + ",".join(SCENARIOS))
     ap.add_argument("--runs", type=int, default=1, help="runs per scenario and N; the worst is reported")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--log", help="keep each get's log (info, fetch at debug) in this directory")
     ap.add_argument("--binary", default=BIN, help="swarm-dl binary to measure (default: the release build, built here)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("the cluster benchmark builds network namespaces: run it as root")
+    if args.log:
+        os.makedirs(args.log, exist_ok=True)
     scenarios = args.scenarios.split(",")
     for sc in scenarios:
         if sc not in SCENARIOS:
@@ -217,18 +224,19 @@ def main():
             for tool, sc in cases:
                 runs = []
                 for k in range(args.runs):
-                    r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary)
+                    r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary, args.log)
                     runs.append(r)
                     print(f"N={n} {tool} {sc} run {k + 1}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
                           f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests, "
-                          f"CPU {r['cpu']:.1f}s ({r['busy']:.0%} of the cores), {r['dups']} endgame duplicates", flush=True)
+                          f"CPU {r['cpu']:.1f}s ({r['busy']:.0%} of the cores), {r['dups']} endgame duplicates, "
+                          f"{r['takeovers']} take-overs", flush=True)
                 rows.append((n, tool, sc, runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nrepo {size / 2**20:.0f} MiB, uplink {args.uplink_mbit} Mbit/s: bound = repo / uplink = {bound:.1f} s; "
           f"{args.runs} run(s) each: worst (and median)\n")
-    print("| N | tool | scenario | makespan s | makespan / bound | Hub bytes / repo | Hub API requests | node CPU s | endgame dups |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| N | tool | scenario | makespan s | makespan / bound | Hub bytes / repo | Hub API requests | node CPU s | endgame dups | take-overs |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for n, tool, sc, runs in rows:
         def worst(key):
             return max(r[key] for r in runs)
@@ -239,7 +247,8 @@ def main():
         print(f"| {n} | {tool} | {sc} | {worst('makespan'):.1f} ({med('makespan'):.1f}) "
               f"| {worst('makespan') / bound:.2f} ({med('makespan') / bound:.2f}) "
               f"| {worst('hub_ratio'):.3f} ({med('hub_ratio'):.3f}) | {worst('api')} "
-              f"| {worst('cpu'):.1f} ({med('cpu'):.1f}) | {worst('dups') if tool == 'swarm-dl' else ''} |")
+              f"| {worst('cpu'):.1f} ({med('cpu'):.1f}) | {worst('dups') if tool == 'swarm-dl' else ''} "
+              f"| {worst('takeovers') if tool == 'swarm-dl' else ''} |")
 
 
 if __name__ == "__main__":

@@ -151,10 +151,13 @@ pub enum Action {
     },
     /// Chunk `index`, fetched from the Hub now, is no longer this node's: stop the fetch if
     /// little of it has arrived (then report [`Event::Released`]), or let it finish. Asked once
-    /// per fetch.
+    /// per fetch, and again if it turns out to be a `duplicate`.
     Release {
         /// Which.
         index: u32,
+        /// Another node fetches it from the Hub too (the two met while both fetched it): stop
+        /// unless nearly all of it is here, or both copies cross the uplink whole.
+        duplicate: bool,
     },
     /// Stop using this peer for this file (banned).
     Ban(PeerId),
@@ -171,11 +174,22 @@ pub struct Limits {
     pub max_peer_failures: u32,
     /// How long an owner may go without a new chunk before its chunks are taken over.
     pub stall_after: Duration,
+    /// For this long after the file starts, every known peer counts as a node about to download
+    /// it when the Hub requests are shared out: peers that start the file a moment later say so
+    /// only when they ask, and a node that began alone with all its connections threw away
+    /// what they had in flight (bytes a CDN has sent are counted whether or not they arrive).
+    pub warmup: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { per_peer: 4, hub: 16, max_peer_failures: 3, stall_after: Duration::from_secs(20) }
+        Self {
+            per_peer: 4,
+            hub: 16,
+            max_peer_failures: 3,
+            stall_after: Duration::from_secs(20),
+            warmup: Duration::ZERO,
+        }
     }
 }
 
@@ -274,8 +288,15 @@ pub struct FileScheduler {
     typical_hub_chunk: Option<Duration>,
     /// Endgame duplicates asked for.
     duplicates: u32,
-    /// Hub fetches this node was asked to release and has not heard back about.
-    release_asked: HashSet<u32>,
+    /// When placement first ran (for [`Limits::warmup`]).
+    started: Option<Duration>,
+    /// Within [`Limits::warmup`] of `started`.
+    warming_up: bool,
+    /// Hub fetches this node was asked to release and has not heard back about (true: as a
+    /// duplicate).
+    release_asked: HashMap<u32, bool>,
+    /// A peer said it fetches chunks from the Hub since in-flight fetches were last checked.
+    claims_heard: bool,
     /// Hub fetches released (stopped early because another node owns the chunk now).
     released: u32,
     /// Bumped whenever the owners may have changed (members come, go, stall or revive).
@@ -320,7 +341,10 @@ impl FileScheduler {
             typical_peer_chunk: None,
             typical_hub_chunk: None,
             duplicates: 0,
-            release_asked: HashSet::new(),
+            release_asked: HashMap::new(),
+            started: None,
+            warming_up: false,
+            claims_heard: false,
             released: 0,
             membership: 0,
             release_checked: 0,
@@ -443,7 +467,10 @@ impl FileScheduler {
     /// few, so that owned chunks complete one after another and reach the other nodes early
     /// (pipelining), and a node that dies leaves little half-fetched.
     fn hub_limit(&self) -> u32 {
-        let n = 1 + self.live_interested;
+        let mut n = 1 + self.live_interested;
+        if self.warming_up {
+            n = n.max(1 + self.peers.len() as u32);
+        }
         if n == 1 { self.limits.hub } else { (self.limits.hub / (2 * n)).clamp(2, self.limits.hub.max(2)) }
     }
 
@@ -503,6 +530,7 @@ impl FileScheduler {
                         self.uninterest(&peer);
                     }
                     let in_flight = self.peers.get(&peer).map_or(0, |p| p.in_flight);
+                    self.claims_heard |= claimed.0.iter().any(|b| *b != 0);
                     self.peers.insert(peer, Peer { have, claimed, in_flight, failures: 0 });
                 }
             }
@@ -614,6 +642,8 @@ impl FileScheduler {
     /// Starts as many fetches as the limits allow: rarest peer-held chunks first, then the Hub
     /// for chunks no peer holds. Idempotent: call it whenever capacity may have freed.
     pub fn assign(&mut self, now: Duration) -> Vec<Action> {
+        let started = *self.started.get_or_insert(now);
+        self.warming_up = now.saturating_sub(started) < self.limits.warmup;
         // Owners that owe chunks and have not grown for too long are passed over.
         let stall_after = self.limits.stall_after;
         let mut stalled = Vec::new();
@@ -638,15 +668,21 @@ impl FileScheduler {
             }
         }
         let mut out = Vec::new();
-        if self.membership != self.release_checked {
+        if self.membership != self.release_checked || self.claims_heard {
             self.release_checked = self.membership;
+            self.claims_heard = false;
             for i in 0..self.chunks.len() as u32 {
-                if let Chunk::InFlight { source: Source::Hub, dup: None, .. } = self.chunks[i as usize]
-                    && !self.release_asked.contains(&i)
-                    && self.owner_cached(i) != self.me
-                {
-                    self.release_asked.insert(i);
-                    out.push(Action::Release { index: i });
+                let Chunk::InFlight { source: Source::Hub, dup: None, .. } = self.chunks[i as usize] else {
+                    continue;
+                };
+                if self.owner_cached(i) == self.me {
+                    continue;
+                }
+                let duplicate = self.claimed_by_live_peer(i);
+                let asked = self.release_asked.get(&i).copied();
+                if asked.is_none() || (duplicate && asked == Some(false)) {
+                    self.release_asked.insert(i, duplicate);
+                    out.push(Action::Release { index: i, duplicate });
                 }
             }
         }
@@ -1221,8 +1257,10 @@ mod tests {
             Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() },
             ms(500),
         );
-        let released: Vec<u32> =
-            out.iter().filter_map(|a| if let Action::Release { index } = a { Some(*index) } else { None }).collect();
+        let released: Vec<u32> = out
+            .iter()
+            .filter_map(|a| if let Action::Release { index, duplicate: false } = a { Some(*index) } else { None })
+            .collect();
         assert!(!released.is_empty() && released.len() < 16, "{released:?}");
         assert!(released.iter().all(|&i| s.owner(i) == other));
         assert!(!s.assign(ms(600)).iter().any(|a| matches!(a, Action::Release { .. })), "asked once");
@@ -1271,5 +1309,50 @@ mod tests {
         }
         out.extend(s.assign(Duration::from_secs(32)));
         assert_eq!(duplicates(&out), vec![(theirs[0], Source::Peer(b))]);
+    }
+
+    #[test]
+    fn a_hub_fetch_the_owner_makes_too_is_released_as_a_duplicate() {
+        let (me, other) = (me(), PeerId::random());
+        let mut s = FileScheduler::new(me, 1, 64, [], true, Limits { hub: 16, ..Limits::default() });
+        let started = hub_chunks(&s.assign(T0));
+        // The other node appears, not yet fetching anything: the chunks it owns are released
+        // (stopped only if barely started).
+        let member = Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() };
+        let first = s.handle(member, ms(100));
+        let theirs: Vec<u32> = started.iter().copied().filter(|&i| s.owner(i) == other).collect();
+        assert!(!theirs.is_empty());
+        for &i in &theirs {
+            assert!(first.contains(&Action::Release { index: i, duplicate: false }), "{first:?}");
+        }
+        // It turns out it fetches one of them too (it started before it heard of us): that one
+        // is asked again, as a duplicate; the others are not asked twice.
+        let claimed = bits(64, &theirs[..1]);
+        let out = s.handle(Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed }, ms(200));
+        let released: Vec<&Action> = out.iter().filter(|a| matches!(a, Action::Release { .. })).collect();
+        assert_eq!(released, vec![&Action::Release { index: theirs[0], duplicate: true }]);
+        let claimed = bits(64, &theirs[..1]);
+        let again = s.handle(Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed }, ms(300));
+        assert!(!again.iter().any(|a| matches!(a, Action::Release { .. })), "asked once: {again:?}");
+    }
+
+    #[test]
+    fn while_warming_up_known_peers_count_when_hub_requests_are_shared_out() {
+        let limits = Limits { hub: 32, warmup: Duration::from_secs(1), ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 64, [], true, limits);
+        for _ in 0..7 {
+            let idle = Event::Have {
+                peer: PeerId::random(),
+                have: bits(64, &[]),
+                downloading: false,
+                claimed: Bitmap::default(),
+            };
+            s.observe(idle, T0);
+        }
+        // Seven peers, none downloading yet: a share as if all eight were (32 / 16).
+        assert_eq!(hub_chunks(&s.assign(T0)).len(), 2);
+        assert!(hub_chunks(&s.assign(ms(900))).is_empty());
+        // After the warm-up nobody else turned out to download it: all 32 connections.
+        assert_eq!(hub_chunks(&s.assign(ms(1000))).len(), 30);
     }
 }

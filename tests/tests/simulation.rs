@@ -112,10 +112,12 @@ impl World {
     fn start(&mut self, dst: usize, actions: Vec<Action>, at: Duration) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
-            if let Action::Release { index } = a {
-                // Stopped if less than an eighth has arrived, as the real driver does.
+            if let Action::Release { index, duplicate } = a {
+                // Stopped if less than an eighth has arrived (seven eighths when the owner
+                // fetches it too), as the real driver does.
+                let keep_from = if duplicate { CHUNK / 8.0 } else { CHUNK * 7.0 / 8.0 }; // bytes left
                 let little = |t: &Transfer| {
-                    t.dst == dst && t.index == index && t.src.is_none() && !t.cancelled && t.left > CHUNK / 2.0
+                    t.dst == dst && t.index == index && t.src.is_none() && !t.cancelled && t.left > keep_from
                 };
                 if let Some(t) = self.transfers.iter_mut().find(|t| little(t)) {
                     t.cancelled = true;

@@ -39,6 +39,8 @@ pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
 pub const OFFLINE_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for the DHT's answer (and for connections to the holders it names).
 pub const PROVIDER_WAIT: Duration = Duration::from_secs(2);
+/// How often peers that said they download the file too (asking this node) are looked for.
+pub const ASKERS_EVERY: Duration = Duration::from_millis(100);
 /// A Hub fetch of a chunk this node no longer owns is stopped only if less than this fraction
 /// (1/`RELEASE_BELOW`) of the chunk has arrived. What arrived is thrown away, and the uplink
 /// carries it again; a fetch that goes on is claimed, so nobody fetches it twice and only its
@@ -168,8 +170,12 @@ pub(crate) async fn fetch_chunks(
     let partial = node.map(|n| n.offer(&f.etag, f.size, pf.clone()));
     let missing = pf.missing();
     let done = (0..count).filter(|i| !missing.contains(i));
-    let limits =
-        Limits { hub: ctx.max_workers as u32, stall_after: Limits::stall_for(layout.chunk_size), ..Limits::default() };
+    let limits = Limits {
+        hub: ctx.max_workers as u32,
+        stall_after: Limits::stall_for(layout.chunk_size),
+        warmup: if asks_peers { REFRESH } else { Duration::ZERO },
+        ..Limits::default()
+    };
     let started = tokio::time::Instant::now();
     let now = || started.elapsed();
     let salt = crate::scheduler::salt_of(f.etag.as_str());
@@ -187,6 +193,11 @@ pub(crate) async fn fetch_chunks(
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut jobs = 0u64;
     let mut next_refresh = tokio::time::Instant::now();
+    // Nodes that start the file after this one say so when they ask it (`have` with
+    // `downloading`); they are heard within [`ASKERS_EVERY`], not at the next round of questions,
+    // so that Hub fetches that are theirs now are released before much of them has arrived.
+    let mut askers_tick = tokio::time::interval(ASKERS_EVERY);
+    askers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if let Some(node) = node
         && asks_peers
     {
@@ -225,10 +236,16 @@ pub(crate) async fn fetch_chunks(
                     });
                     continue;
                 }
-                Action::Release { index } => {
+                Action::Release { index, duplicate } => {
                     // Another node owns it now: stop it unless much of it is here already
-                    // (then it finishes here; it stays claimed, so nobody fetches it twice).
-                    let little = |r: &Running| r.got.load(Relaxed) < layout.chunk_size / RELEASE_BELOW;
+                    // (then it finishes here; it stays claimed, so nobody fetches it twice). If
+                    // that node fetches it too, stop it unless it is nearly done.
+                    let keep_from = if duplicate {
+                        layout.chunk_size - layout.chunk_size / RELEASE_BELOW
+                    } else {
+                        layout.chunk_size / RELEASE_BELOW
+                    };
+                    let little = |r: &Running| r.got.load(Relaxed) < keep_from;
                     if let Some((&id, _)) =
                         running.iter().find(|(_, r)| r.index == index && r.source == Source::Hub && little(r))
                         && let Some(r) = running.remove(&id)
@@ -342,7 +359,7 @@ pub(crate) async fn fetch_chunks(
                             suspects[out.index as usize] = record.map(|r| (p, r));
                         }
                         if let Some(node) = node {
-                            heard_askers(node, f, &mut sched, now());
+                            let _ = heard_askers(node, f, &mut sched, now());
                         }
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
@@ -358,6 +375,13 @@ pub(crate) async fn fetch_chunks(
                     (Source::Hub, Err(e)) => break Err(FetchError::Internal(e.to_string())),
                 }
             }
+            _ = askers_tick.tick(), if asks_peers => {
+                if let Some(node) = node
+                    && heard_askers(node, f, &mut sched, now())
+                {
+                    actions = sched.assign(now());
+                }
+            }
             _ = tokio::time::sleep_until(next_refresh) => {
                 // Faster while others download the same file: their chunks are ours to take as
                 // soon as they land. Alone, the tick still lets the endgame see a slow chunk.
@@ -366,7 +390,7 @@ pub(crate) async fn fetch_chunks(
                     && asks_peers
                 {
                     actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
-                    heard_askers(node, f, &mut sched, now());
+                    let _ = heard_askers(node, f, &mut sched, now());
                 }
                 actions.extend(sched.assign(now()));
             }
@@ -399,10 +423,12 @@ pub(crate) async fn fetch_chunks(
 /// Peers that asked this node about the file saying they download it too are owners from now
 /// on: without this, a node alone would go on fetching their chunks until its next round of
 /// questions (up to [`REFRESH`]) and the chunks would cross the uplink twice.
-fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, now: Duration) {
-    for peer in node.take_askers(&f.etag) {
+fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, now: Duration) -> bool {
+    let askers = node.take_askers(&f.etag);
+    for &peer in &askers {
         let _ = sched.observe(Event::Member { peer, downloading: true, held: 0 }, now);
     }
+    !askers.is_empty()
 }
 
 /// Asks peers what they hold, merges their records, and feeds the scheduler.
