@@ -139,7 +139,8 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
         for i in sorted(range(1, n + 1), key=lambda i: (delay(i) if tool == "swarm-dl" else 0.0, i)):
             if tool == "swarm-dl":
                 time.sleep(max(0.0, t0 + delay(i) - time.monotonic()))
-            home = os.path.join(work, f"{tool}-{scenario}-{n}-{i}-{time.monotonic_ns()}")
+            # Short: a join node's control socket path must fit in 107 bytes.
+            home = os.path.join(work, f"{tool[0]}{scenario[:3]}{n}-{i}-{time.monotonic_ns() % 10**6}")
             os.makedirs(home, exist_ok=True)
             env = clean_env(home)
             if log_dir:
@@ -149,7 +150,8 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
             if tool == "swarm-dl" and mode == "join":
                 peer = [] if i == 1 else ["--peer", f"/ip4/{addr(1)}/tcp/4001"]
                 j = spawn(i, [binary, "join", "--cache-dir", cache, "--json", "--no-mdns", "--endpoint", endpoint,
-                              "--listen", f"/ip4/{addr(i)}/tcp/4001", *peer, *keys], env)
+                              "--listen", f"/ip4/{addr(i)}/tcp/4001", *peer, *keys], env,
+                          os.path.join(log_dir, f"{scenario}-{n}-join{i}.log") if log_dir else os.devnull)
                 j.stdout.readline()  # ready: a get now goes through this node
                 joins.append(j)
                 cmd = [binary, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json"]

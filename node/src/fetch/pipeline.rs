@@ -135,6 +135,9 @@ struct Running {
     source: Source,
     abort: AbortHandle,
     got: Arc<AtomicU64>,
+    /// Stopped by a release: the scheduler hears [`Event::Released`] once the task has ended
+    /// cancelled (a task that finished first reports its chunk as usual).
+    released: bool,
 }
 
 /// One file to fetch: where its chunks go and where they may come from.
@@ -246,14 +249,11 @@ pub(crate) async fn fetch_chunks(
                         layout.chunk_size / RELEASE_BELOW
                     };
                     let little = |r: &Running| r.got.load(Relaxed) < keep_from;
-                    if let Some((&id, _)) =
-                        running.iter().find(|(_, r)| r.index == index && r.source == Source::Hub && little(r))
-                        && let Some(r) = running.remove(&id)
+                    if let Some(r) =
+                        running.values_mut().find(|r| r.index == index && r.source == Source::Hub && little(r))
                     {
+                        r.released = true;
                         r.abort.abort();
-                        ctx.progress.take_back(fp, r.got.load(Relaxed));
-                        tracing::debug!(file = %f.path, chunk = index, "released to its owner");
-                        queue.extend(sched.handle(Event::Released { index }, now()));
                     }
                     continue;
                 }
@@ -300,7 +300,7 @@ pub(crate) async fn fetch_chunks(
                     })
                 }
             };
-            running.insert(id, Running { index, source, abort, got });
+            running.insert(id, Running { index, source, abort, got, released: false });
         }
         if sched.is_complete() {
             break Ok(());
@@ -322,7 +322,17 @@ pub(crate) async fn fetch_chunks(
             Some(joined) = tasks.join_next() => {
                 let out = match joined {
                     Ok(o) => o,
-                    Err(e) if e.is_cancelled() => continue, // a copy that lost (endgame)
+                    Err(e) if e.is_cancelled() => {
+                        // A released fetch, stopped: its owner fetches it. (A copy that lost the
+                        // endgame was forgotten when it was cancelled.)
+                        let released = running.iter().find(|(_, r)| r.released && r.abort.id() == e.id()).map(|(&id, _)| id);
+                        if let Some(r) = released.and_then(|id| running.remove(&id)) {
+                            ctx.progress.take_back(fp, r.got.load(Relaxed));
+                            tracing::debug!(file = %f.path, chunk = r.index, "released to its owner");
+                            actions = sched.handle(Event::Released { index: r.index }, now());
+                        }
+                        continue;
+                    }
                     Err(e) => break Err(FetchError::Internal(format!("chunk task failed: {e}"))),
                 };
                 // A copy cancelled after it ended (it lost a race) has nothing more to say.
