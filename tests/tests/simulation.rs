@@ -113,9 +113,9 @@ impl World {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
             if let Action::Release { index, duplicate } = a {
-                // Stopped if less than an eighth has arrived (seven eighths when the owner
-                // fetches it too), as the real driver does.
-                let keep_from = if duplicate { CHUNK / 8.0 } else { CHUNK * 7.0 / 8.0 }; // bytes left
+                // Stopped if nothing has arrived, as the real driver does.
+                let _ = duplicate;
+                let keep_from = CHUNK - 1.0; // bytes left
                 let little = |t: &Transfer| {
                     t.dst == dst && t.index == index && t.src.is_none() && !t.cancelled && t.left > keep_from
                 };
