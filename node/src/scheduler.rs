@@ -151,13 +151,10 @@ pub enum Action {
     },
     /// Chunk `index`, fetched from the Hub now, is no longer this node's: stop the fetch if
     /// little of it has arrived (then report [`Event::Released`]), or let it finish. Asked once
-    /// per fetch, and again if it turns out to be a `duplicate`.
+    /// per fetch.
     Release {
         /// Which.
         index: u32,
-        /// Another node fetches it from the Hub too (the two met while both fetched it): stop
-        /// unless nearly all of it is here, or both copies cross the uplink whole.
-        duplicate: bool,
     },
     /// Stop using this peer for this file (banned).
     Ban(PeerId),
@@ -292,11 +289,8 @@ pub struct FileScheduler {
     started: Option<Duration>,
     /// Within [`Limits::warmup`] of `started`.
     warming_up: bool,
-    /// Hub fetches this node was asked to release and has not heard back about (true: as a
-    /// duplicate).
-    release_asked: HashMap<u32, bool>,
-    /// A peer said it fetches chunks from the Hub since in-flight fetches were last checked.
-    claims_heard: bool,
+    /// Hub fetches this node was asked to release and has not heard back about.
+    release_asked: HashSet<u32>,
     /// Hub fetches released (stopped early because another node owns the chunk now).
     released: u32,
     /// Bumped whenever the owners may have changed (members come, go, stall or revive).
@@ -341,10 +335,9 @@ impl FileScheduler {
             typical_peer_chunk: None,
             typical_hub_chunk: None,
             duplicates: 0,
-            release_asked: HashMap::new(),
+            release_asked: HashSet::new(),
             started: None,
             warming_up: false,
-            claims_heard: false,
             released: 0,
             membership: 0,
             release_checked: 0,
@@ -530,7 +523,6 @@ impl FileScheduler {
                         self.uninterest(&peer);
                     }
                     let in_flight = self.peers.get(&peer).map_or(0, |p| p.in_flight);
-                    self.claims_heard |= claimed.0.iter().any(|b| *b != 0);
                     self.peers.insert(peer, Peer { have, claimed, in_flight, failures: 0 });
                 }
             }
@@ -668,9 +660,8 @@ impl FileScheduler {
             }
         }
         let mut out = Vec::new();
-        if self.membership != self.release_checked || self.claims_heard {
+        if self.membership != self.release_checked {
             self.release_checked = self.membership;
-            self.claims_heard = false;
             for i in 0..self.chunks.len() as u32 {
                 let Chunk::InFlight { source: Source::Hub, dup: None, .. } = self.chunks[i as usize] else {
                     continue;
@@ -678,11 +669,8 @@ impl FileScheduler {
                 if self.owner_cached(i) == self.me {
                     continue;
                 }
-                let duplicate = self.claimed_by_live_peer(i);
-                let asked = self.release_asked.get(&i).copied();
-                if asked.is_none() || (duplicate && asked == Some(false)) {
-                    self.release_asked.insert(i, duplicate);
-                    out.push(Action::Release { index: i, duplicate });
+                if self.release_asked.insert(i) {
+                    out.push(Action::Release { index: i });
                 }
             }
         }
@@ -1257,10 +1245,8 @@ mod tests {
             Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() },
             ms(500),
         );
-        let released: Vec<u32> = out
-            .iter()
-            .filter_map(|a| if let Action::Release { index, duplicate: false } = a { Some(*index) } else { None })
-            .collect();
+        let released: Vec<u32> =
+            out.iter().filter_map(|a| if let Action::Release { index } = a { Some(*index) } else { None }).collect();
         assert!(!released.is_empty() && released.len() < 16, "{released:?}");
         assert!(released.iter().all(|&i| s.owner(i) == other));
         assert!(!s.assign(ms(600)).iter().any(|a| matches!(a, Action::Release { .. })), "asked once");
@@ -1309,31 +1295,6 @@ mod tests {
         }
         out.extend(s.assign(Duration::from_secs(32)));
         assert_eq!(duplicates(&out), vec![(theirs[0], Source::Peer(b))]);
-    }
-
-    #[test]
-    fn a_hub_fetch_the_owner_makes_too_is_released_as_a_duplicate() {
-        let (me, other) = (me(), PeerId::random());
-        let mut s = FileScheduler::new(me, 1, 64, [], true, Limits { hub: 16, ..Limits::default() });
-        let started = hub_chunks(&s.assign(T0));
-        // The other node appears, not yet fetching anything: the chunks it owns are released
-        // (stopped only if barely started).
-        let member = Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() };
-        let first = s.handle(member, ms(100));
-        let theirs: Vec<u32> = started.iter().copied().filter(|&i| s.owner(i) == other).collect();
-        assert!(!theirs.is_empty());
-        for &i in &theirs {
-            assert!(first.contains(&Action::Release { index: i, duplicate: false }), "{first:?}");
-        }
-        // It turns out it fetches one of them too (it started before it heard of us): that one
-        // is asked again, as a duplicate; the others are not asked twice.
-        let claimed = bits(64, &theirs[..1]);
-        let out = s.handle(Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed }, ms(200));
-        let released: Vec<&Action> = out.iter().filter(|a| matches!(a, Action::Release { .. })).collect();
-        assert_eq!(released, vec![&Action::Release { index: theirs[0], duplicate: true }]);
-        let claimed = bits(64, &theirs[..1]);
-        let again = s.handle(Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed }, ms(300));
-        assert!(!again.iter().any(|a| matches!(a, Action::Release { .. })), "asked once: {again:?}");
     }
 
     #[test]

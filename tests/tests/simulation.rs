@@ -112,9 +112,8 @@ impl World {
     fn start(&mut self, dst: usize, actions: Vec<Action>, at: Duration) {
         let mut queue: std::collections::VecDeque<Action> = actions.into();
         while let Some(a) = queue.pop_front() {
-            if let Action::Release { index, duplicate } = a {
+            if let Action::Release { index } = a {
                 // Stopped if nothing has arrived, as the real driver does.
-                let _ = duplicate;
                 let keep_from = CHUNK - 1.0; // bytes left
                 let little = |t: &Transfer| {
                     t.dst == dst && t.index == index && t.src.is_none() && !t.cancelled && t.left > keep_from

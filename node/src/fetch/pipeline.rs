@@ -39,14 +39,6 @@ pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
 pub const OFFLINE_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for the DHT's answer (and for connections to the holders it names).
 pub const PROVIDER_WAIT: Duration = Duration::from_secs(2);
-// A Hub fetch of a chunk this node no longer owns is stopped only while nothing of it has
-// arrived (it waits for a request slot, or for the Hub's first byte); one that goes on is
-// claimed, so nobody fetches it twice and only its speed is at stake. What a stopped fetch had
-// received is thrown away, and so is what the CDN had already sent toward it (socket buffers,
-// counted as served): at "under half arrived" a seed that met three nodes a second in threw
-// away a fifth of a 64 MiB repo, and at "under an eighth" with peers heard within 100 ms, up to
-// 17 %.
-
 /// Chunks of this file that came from peers in this run: (server, record), for settling a
 /// whole-file mismatch against the Hub's bytes.
 pub type Suspects = Vec<Option<(PeerId, Record)>>;
@@ -233,15 +225,16 @@ pub(crate) async fn fetch_chunks(
                     });
                     continue;
                 }
-                Action::Release { index, duplicate } => {
-                    // Another node owns it now (and may fetch it too, `duplicate`): stop it if
-                    // nothing of it is here yet, else it finishes here, claimed. (Stopping
-                    // duplicates that had begun, and hearing new peers every 100 ms, made the
-                    // field tests' Hub bytes flaky, up to 1.26x: what the CDN had sent toward
-                    // a stopped fetch counts as served.)
-                    let _ = duplicate;
-                    let keep_from = 1;
-                    let little = |r: &Running| r.got.load(Relaxed) < keep_from;
+                Action::Release { index } => {
+                    // Another node owns it now. Stop it only while nothing of it has arrived
+                    // (it waits for a request slot, or for the Hub's first byte); one that goes
+                    // on is claimed, so nobody fetches it twice and only its speed is at stake.
+                    // What a stopped fetch had received is thrown away, and so is what the CDN
+                    // had already sent toward it (socket buffers, counted as served): at "under
+                    // half arrived" a seed that met three nodes a second in threw away a fifth of
+                    // a 64 MiB repo, at "under an eighth" with peers heard within 100 ms up to
+                    // 17 %, and stopping begun fetches the owner also made, up to 26 %.
+                    let little = |r: &Running| r.got.load(Relaxed) == 0;
                     if let Some(r) =
                         running.values_mut().find(|r| r.index == index && r.source == Source::Hub && little(r))
                     {
@@ -362,7 +355,7 @@ pub(crate) async fn fetch_chunks(
                             suspects[out.index as usize] = record.map(|r| (p, r));
                         }
                         if let Some(node) = node {
-                            let _ = heard_askers(node, f, &mut sched, now());
+                            heard_askers(node, f, &mut sched, now());
                         }
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
@@ -386,7 +379,7 @@ pub(crate) async fn fetch_chunks(
                     && asks_peers
                 {
                     actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
-                    let _ = heard_askers(node, f, &mut sched, now());
+                    heard_askers(node, f, &mut sched, now());
                 }
                 actions.extend(sched.assign(now()));
             }
@@ -419,12 +412,10 @@ pub(crate) async fn fetch_chunks(
 /// Peers that asked this node about the file saying they download it too are owners from now
 /// on: without this, a node alone would go on fetching their chunks until its next round of
 /// questions (up to [`REFRESH`]) and the chunks would cross the uplink twice.
-fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, now: Duration) -> bool {
-    let askers = node.take_askers(&f.etag);
-    for &peer in &askers {
+fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, now: Duration) {
+    for peer in node.take_askers(&f.etag) {
         let _ = sched.observe(Event::Member { peer, downloading: true, held: 0 }, now);
     }
-    !askers.is_empty()
 }
 
 /// Asks peers what they hold, merges their records, and feeds the scheduler.
