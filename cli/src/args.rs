@@ -35,6 +35,21 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+impl Command {
+    /// Whether the command was asked for JSON output (errors are then JSON on stdout too).
+    pub fn json(&self) -> bool {
+        match self {
+            Self::Get(a) => a.json,
+            Self::Cache(CacheCommand::Ls(d)) => d.json,
+            Self::Cache(CacheCommand::Verify { dir, .. } | CacheCommand::Clean { dir, .. }) => dir.json,
+            Self::Hub(HubCommand::Serve(a)) => a.json,
+            Self::Join(a) => a.json,
+            Self::Status(a) => a.json,
+            Self::Keygen(_) | Self::Demo(_) => false,
+        }
+    }
+}
+
 /// How a node joins the swarm (`join`, and the node `get` runs when no `join` node is running).
 #[derive(Debug, Args)]
 pub struct SwarmArgs {
@@ -42,16 +57,16 @@ pub struct SwarmArgs {
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Vec<String>,
     /// A peer to dial, with or without /p2p/<id> (repeatable; the env var is comma-separated).
-    #[arg(long, value_name = "MULTIADDR", env = "SWARM_DL_PEERS", value_delimiter = ',')]
+    #[arg(long, value_name = "MULTIADDR", env = "SWARM_DL_PEERS", hide_env_values = true, value_delimiter = ',')]
     pub peer: Vec<String>,
     /// Private swarm key file (`swarm-dl keygen`): only nodes with the same key exchange bytes.
-    #[arg(long, value_name = "FILE", env = "SWARM_DL_SWARM_KEY")]
+    #[arg(long, value_name = "FILE", env = "SWARM_DL_SWARM_KEY", hide_env_values = true)]
     pub swarm_key: Option<PathBuf>,
     /// No LAN discovery by mDNS (peers come from --peer and the DHT only).
     #[arg(long)]
     pub no_mdns: bool,
     /// Cap the rate served to peers, bytes per second (same units as --max-download-rate).
-    #[arg(long, env = "SWARM_DL_MAX_UPLOAD_RATE", value_name = "RATE")]
+    #[arg(long, env = "SWARM_DL_MAX_UPLOAD_RATE", hide_env_values = true, value_name = "RATE")]
     pub max_upload_rate: Option<String>,
     /// Seconds a peer caught sending false data stays banned.
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
@@ -68,14 +83,14 @@ pub struct JoinArgs {
     pub swarm: SwarmArgs,
     /// Let members of this group (name or gid) run downloads through this node; other users
     /// may only read its status. Root and the node's own user may always do both.
-    #[arg(long, value_name = "GROUP", env = "SWARM_DL_CONTROL_GROUP")]
+    #[arg(long, value_name = "GROUP", env = "SWARM_DL_CONTROL_GROUP", hide_env_values = true)]
     pub control_group: Option<String>,
     /// The Hub that downloads asked by --control-group members use [env: HF_ENDPOINT, else
     /// https://huggingface.co].
     #[arg(long)]
     pub endpoint: Option<String>,
     /// Cap what all the downloads this node runs pull together, Hub and peers (same units as get).
-    #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", value_name = "RATE")]
+    #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", hide_env_values = true, value_name = "RATE")]
     pub max_download_rate: Option<String>,
     /// Print the node's addresses as one JSON line when ready.
     #[arg(long)]
@@ -117,17 +132,18 @@ pub struct DemoArgs {
 /// `swarm-dl get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Repo id: `name` or `namespace/name`.
+    /// Repo id: `org/name`, `datasets/org/name`, `spaces/org/name`, or
+    /// `hf://[datasets/]org/name[@revision][/path]`.
     pub repo_id: String,
     /// Only these files (paths in the repo; `dir/` for a folder), like `hf download REPO FILE…`.
     /// One plain file: its path is printed instead of the snapshot's.
     pub filenames: Vec<String>,
-    /// Branch, tag, full or short commit, or `refs/pr/N`.
-    #[arg(long, default_value = "main")]
-    pub revision: String,
-    /// model, dataset or space.
-    #[arg(long, visible_alias = "type", default_value = "model")]
-    pub repo_type: String,
+    /// Branch, tag, full or short commit, or `refs/pr/N` [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// model, dataset or space [default: model, or as the repo id says].
+    #[arg(long, visible_alias = "type")]
+    pub repo_type: Option<String>,
     /// Only files matching this pattern (fnmatch, like huggingface_hub; repeatable).
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
@@ -144,21 +160,30 @@ pub struct GetArgs {
     #[arg(long)]
     pub token: Option<String>,
     /// HTTP requests (and files) in flight at most.
-    #[arg(long, env = "SWARM_DL_MAX_WORKERS", default_value_t = 32)]
-    pub max_workers: usize,
+    #[arg(long, env = "SWARM_DL_MAX_WORKERS", hide_env_values = true, default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_workers: u32,
     /// Hub URL [env: HF_ENDPOINT, else https://huggingface.co].
     #[arg(long)]
     pub endpoint: Option<String>,
     /// Cap the total download rate, bytes per second: 500K, 50M, 1G (×1000) or 64Mi (×1024).
-    #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", value_name = "RATE")]
+    #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", hide_env_values = true, value_name = "RATE")]
     pub max_download_rate: Option<String>,
     /// Attempts per request before giving up (backoff with jitter between them; the count
     /// restarts whenever bytes arrive).
-    #[arg(long, env = "SWARM_DL_RETRIES", default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SWARM_DL_RETRIES", hide_env_values = true, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
     pub retries: u32,
     /// Answer from the cache only [env: HF_HUB_OFFLINE].
     #[arg(long)]
     pub offline: bool,
+    /// Fetch the selected files again even if the cache has them (a blob that is present is
+    /// replaced only once its new copy is verified).
+    #[arg(long, conflicts_with = "offline")]
+    pub force_download: bool,
+    /// Only say what would be fetched, from where, and how much: nothing is downloaded or
+    /// written.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print only the result.
     #[arg(long, short)]
     pub quiet: bool,
@@ -168,7 +193,7 @@ pub struct GetArgs {
     #[command(flatten)]
     pub swarm: SwarmArgs,
     /// Download from the Hub alone: no swarm node, no peers.
-    #[arg(long, env = "SWARM_DL_NO_SWARM", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "SWARM_DL_NO_SWARM", hide_env_values = true, value_parser = clap::builder::FalseyValueParser::new())]
     pub no_swarm: bool,
     /// Seconds to wait for a first peer before starting (peers that appear later are still
     /// used; while configured --peers are unreachable, the first get waits up to 3 s for them).

@@ -1,10 +1,11 @@
 //! The commands: each resolves its settings, calls `swarm-node`, prints the result.
 
 use crate::args::{CacheCommand, Command, GetArgs, HubCommand, JoinArgs, KeygenArgs, ServeArgs, StatusArgs, SwarmArgs};
+use crate::output::outln;
 use crate::progress::Display;
 use crate::settings;
 use anyhow::{Context as _, anyhow};
-use indicatif::HumanBytes;
+use indicatif::DecimalBytes as Bytes;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use swarm_node::hub::{HubClient, RepoRef};
 use swarm_node::swarm::libp2p::{Multiaddr, identity::Keypair};
 use swarm_node::swarm::{self, Node, NodeConfig};
 use swarm_protocol::control::GetParams;
-use swarm_protocol::repo::{RepoId, RepoType};
 
 /// Runs one command.
 pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
@@ -114,13 +114,13 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
             "control": control.socket(),
             "cache_dir": cache.root(),
         });
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!("swarm-dl node {} serving '{}'", handle.peer_id(), cache.root().display());
+        outln!("swarm-dl node {} serving '{}'", handle.peer_id(), cache.root().display())?;
         for l in &listen {
-            println!("  listening on {l}");
+            outln!("  listening on {l}")?;
         }
-        println!("  control socket {}", control.socket().display());
+        outln!("  control socket {}", control.socket().display())?;
     }
     wait_for_signal().await;
     eprintln!("stopping: closing peer connections (verified chunks of unfinished files are kept)");
@@ -167,42 +167,50 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let s = client.status().await?;
     if a.json {
-        println!("{}", serde_json::to_string(&s)?);
+        outln!("{}", serde_json::to_string(&s)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("node      {} ({} swarm)", s.peer_id, if s.open_swarm { "open" } else { "private" });
+    outln!("node      {} ({} swarm)", s.peer_id, if s.open_swarm { "open" } else { "private" })?;
     for l in &s.listen {
-        println!("listening {l}");
+        outln!("listening {l}")?;
     }
-    println!("files     {} held ({}), {} in progress", s.files_held, HumanBytes(s.bytes_held), s.in_progress.len());
+    outln!("files     {} held ({}), {} in progress", s.files_held, Bytes(s.bytes_held), s.in_progress.len())?;
     for f in &s.in_progress {
-        println!("          {} {}/{} chunks of {}", f.etag, f.chunks_held, f.chunks, HumanBytes(f.size));
+        let name = if f.name.is_empty() { &f.etag } else { &f.name };
+        let rate = f.rate.map(|r| format!(", {}/s", Bytes(r as u64))).unwrap_or_default();
+        outln!(
+            "          {name} ({}/{} chunks, {} of {}{rate})",
+            f.chunks_held,
+            f.chunks,
+            Bytes(f.bytes),
+            Bytes(f.size)
+        )?;
     }
-    println!(
+    outln!(
         "traffic   in {} ({}/s), out {} ({}/s)",
-        HumanBytes(s.bytes_in),
-        HumanBytes(s.rate_in),
-        HumanBytes(s.bytes_out),
-        HumanBytes(s.rate_out)
-    );
-    println!("peers     {}", s.peers.len());
+        Bytes(s.bytes_in),
+        Bytes(s.rate_in),
+        Bytes(s.bytes_out),
+        Bytes(s.rate_out)
+    )?;
+    outln!("peers     {}", s.peers.len())?;
     for p in &s.peers {
-        println!("          {} {} in {} out {}", p.id, p.address, HumanBytes(p.bytes_in), HumanBytes(p.bytes_out));
+        outln!("          {} {} in {} out {}", p.id, p.address, Bytes(p.bytes_in), Bytes(p.bytes_out))?;
     }
     if !s.banned.is_empty() {
-        println!("banned    {}", s.banned.join(", "));
+        outln!("banned    {}", s.banned.join(", "))?;
     }
     if s.hub_takeovers > 0 {
-        println!("takeovers {} chunks fetched from the Hub for nodes that left or stalled", s.hub_takeovers);
+        outln!("takeovers {} chunks fetched from the Hub for nodes that left or stalled", s.hub_takeovers)?;
     }
     if s.endgame_duplicates > 0 {
-        println!("endgame   {} chunks asked of a second source because the first was slow", s.endgame_duplicates);
+        outln!("endgame   {} chunks asked of a second source because the first was slow", s.endgame_duplicates)?;
     }
     if s.handshake_failures > 0 {
-        println!(
+        outln!(
             "handshake {} connections failed in the handshake (a different --swarm-key, or none?)",
             s.handshake_failures
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -218,7 +226,7 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<ExitCode> {
     let fingerprint = key.fingerprint();
     swarm::write_private(&a.file, key.to_key_file().as_bytes())
         .with_context(|| format!("cannot write '{}'", a.file.display()))?;
-    println!("{}", a.file.display());
+    outln!("{}", a.file.display())?;
     eprintln!(
         "swarm key written (fingerprint {fingerprint}); copy it to every node and pass --swarm-key {}",
         a.file.display()
@@ -226,64 +234,111 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Why a `get` failed.
-enum GetFailure {
-    /// In this process: files completed before the failure were kept.
-    Local(fetch::FetchError),
-    /// In the `join` node (whose sentence says what it kept), or setting up the node.
-    Elsewhere(anyhow::Error),
+/// A failed command: what kind of failure (the `kind` of `--json` errors) and one sentence.
+#[derive(Debug)]
+pub struct Failure {
+    kind: String,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+fn failure(kind: impl Into<String>, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure { kind: kind.into(), message: message.into() })
+}
+
+/// The `kind` of a failed command's `--json` error: the first typed cause that names one.
+pub fn error_kind(e: &anyhow::Error) -> &str {
+    for c in e.chain() {
+        if let Some(f) = c.downcast_ref::<Failure>() {
+            return &f.kind;
+        }
+        if let Some(f) = c.downcast_ref::<fetch::FetchError>() {
+            return f.kind();
+        }
+        if let Some(h) = c.downcast_ref::<swarm_node::hub::HubError>() {
+            return h.kind();
+        }
+        if let Some(c) = c.downcast_ref::<swarm_node::control::ControlError>() {
+            return c.kind();
+        }
+        if c.downcast_ref::<swarm_protocol::repo::RepoIdError>().is_some() {
+            return "usage";
+        }
+        if c.downcast_ref::<swarm_node::swarm::NodeError>().is_some() {
+            return "node";
+        }
+    }
+    "error"
 }
 
 async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
-    let repo_type: RepoType = a.repo_type.parse()?;
-    let repo = RepoRef { id: RepoId::parse(&a.repo_id)?, ty: repo_type };
+    let target = crate::target::parse(&a.repo_id, a.repo_type.as_deref(), a.revision.as_deref())
+        .map_err(|e| failure("usage", e.to_string()))?;
+    let repo = target.repo.clone();
+    let revision = target.revision.clone();
     let max_download_rate = a.max_download_rate.as_deref().map(settings::parse_rate).transpose()?;
     let offline = a.offline || settings::offline();
+    if offline && a.force_download {
+        return Err(failure("usage", "--force-download needs the Hub, but offline mode (HF_HUB_OFFLINE) is on"));
+    }
     // The Hub settings, resolved once: for this process's client, or for the node it asks.
     let hub_settings = settings::HubSettings::resolve(a.endpoint.clone(), a.token.clone(), a.retries)?;
     let hub = if offline { None } else { Some(HubClient::new(hub_settings.config())?) };
     // Like `hf download REPO FILE…`: named files replace --include/--exclude, and a single
-    // plain file prints its own path.
-    let single_file = match a.filenames.as_slice() {
+    // plain file prints its own path. A path inside the id (`hf://org/m/file`) is one of them.
+    let filenames: Vec<String> = target.path.iter().cloned().chain(a.filenames).collect();
+    let single_file = match filenames.as_slice() {
         [one] if !one.ends_with('/') && !one.contains(['*', '?', '[']) => Some(one.clone()),
         _ => None,
     };
-    let (include, exclude) = if a.filenames.is_empty() {
-        (a.include, a.exclude)
-    } else {
+    let named = !filenames.is_empty();
+    let (include, exclude) = if named {
         if !a.include.is_empty() || !a.exclude.is_empty() {
             tracing::warn!("--include/--exclude are ignored when files are named");
         }
-        (a.filenames, Vec::new())
+        (filenames, Vec::new())
+    } else {
+        (a.include, a.exclude)
     };
     let cache_root = settings::cache_dir(a.cache_dir);
     let mut req = GetRequest {
         repo: repo.clone(),
-        revision: a.revision.clone(),
+        revision: revision.clone(),
         include,
+        named,
+        force: a.force_download,
         exclude,
         cache: HubCache::new(cache_root.clone()).with_copies(settings::copies()),
         local_dir: a.local_dir.map(LocalDir::new),
-        max_workers: a.max_workers,
+        max_workers: a.max_workers as usize,
         max_download_rate,
         node: None,
         peer_wait: Duration::from_secs_f64(a.peer_wait.clamp(0.0, 600.0)),
     };
+    if a.dry_run {
+        let swarm = !a.no_swarm;
+        let plan = fetch::plan(&req, hub).await?;
+        return print_plan(&plan, &repo, &revision, swarm, a.json);
+    }
     let progress = Arc::new(Progress::default());
     let display = Display::start(progress.clone(), a.quiet);
     let run = async {
-        // Typed until printed: only a failure here adds how many files were kept; the node
-        // says so in its own sentence.
-        let local = GetFailure::Local;
         if hub.is_none() {
             // Offline: the cache first; peers (trusting their metadata, and saying so) only if
             // the cache cannot answer.
             match fetch::get(&req, None, progress.clone()).await {
                 Err(fetch::FetchError::Offline(why)) if !a.no_swarm => tracing::info!(%why, "asking peers"),
-                other => return other.map_err(local),
+                other => return other.map_err(|e| local_failure(e, &progress)),
             }
         } else if a.no_swarm {
-            return fetch::get(&req, hub, progress.clone()).await.map_err(local);
+            return fetch::get(&req, hub, progress.clone()).await.map_err(|e| local_failure(e, &progress));
         } else if let Some(client) = ControlClient::find(&cache_root).await {
             tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
             let g = GetParams {
@@ -299,16 +354,19 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 max_workers: u32::try_from(req.max_workers).unwrap_or(u32::MAX),
                 max_download_rate: req.max_download_rate,
                 peer_wait_ms: u64::try_from(req.peer_wait.as_millis()).unwrap_or(u64::MAX),
+                named: req.named,
+                force: req.force,
             };
-            let out = client.get(g, &progress).await.map_err(|e| GetFailure::Elsewhere(e.into()))?;
+            // The node's sentence says what it kept.
+            let out = client.get(g, &progress).await.map_err(|e| failure(e.kind().to_owned(), e.to_string()))?;
             // The node wrote its cache; the folder asked for is written here, with our rights.
-            return fetch::publish_local_dir(&req, out).map_err(local);
+            return fetch::publish_local_dir(&req, out).map_err(|e| local_failure(e, &progress));
         }
         let state = match trust::secure_state_dir(&cache_root) {
             Ok(state) => state,
             Err(e) => {
                 tracing::warn!("not joining the swarm from this cache ({e}); downloading from the Hub alone");
-                return fetch::get(&req, hub, progress.clone()).await.map_err(local);
+                return fetch::get(&req, hub, progress.clone()).await.map_err(|e| local_failure(e, &progress));
             }
         };
         let (key, _lock) = match swarm::load_identity(&state) {
@@ -318,13 +376,13 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
                 (Keypair::generate_ed25519(), None)
             }
         };
-        let cfg = node_config(&cache_root, &a.swarm, key).map_err(GetFailure::Elsewhere)?;
+        let cfg = node_config(&cache_root, &a.swarm, key)?;
         if !a.quiet {
             swarm_note(&cfg);
         }
-        let node = Node::start(cfg).await.map_err(|e| GetFailure::Elsewhere(e.into()))?;
+        let node = Node::start(cfg).await.map_err(|e| failure("node", e.to_string()))?;
         req.node = Some(node.handle());
-        let r = fetch::get(&req, hub, progress.clone()).await.map_err(local);
+        let r = fetch::get(&req, hub, progress.clone()).await.map_err(|e| local_failure(e, &progress));
         // Peers still downloading may need chunks only this node holds: stay while they are.
         node.handle().linger_while_needed(Duration::from_secs(15)).await;
         node.shutdown().await;
@@ -339,17 +397,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         }
     };
     drop(display);
-    let out = match result {
-        Ok(out) => out,
-        Err(GetFailure::Local(e)) => {
-            let (done, total) = (progress.files_done.load(Relaxed), progress.files_total.load(Relaxed));
-            if done > 0 {
-                return Err(anyhow!("{e} ({done} of {total} files are complete and were kept)"));
-            }
-            return Err(anyhow!("{e}"));
-        }
-        Err(GetFailure::Elsewhere(e)) => return Err(e),
-    };
+    let out = result?;
     let result_path = match &single_file {
         Some(f) => f.split('/').fold(out.path.clone(), |p, seg| p.join(seg)),
         None => out.path.clone(),
@@ -359,7 +407,7 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             "path": result_path,
             "repo_id": repo.id.as_str(),
             "repo_type": repo.ty.as_str(),
-            "revision": a.revision,
+            "revision": revision,
             "commit": out.commit,
             "files": out.files,
             "files_fetched": out.files_fetched,
@@ -371,25 +419,80 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             "bytes_resumed": out.bytes_resumed,
             "elapsed_s": out.elapsed.as_secs_f64(),
         });
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!("{}", result_path.display());
+        outln!("{}", result_path.display())?;
     }
     if !a.quiet {
-        let secs = out.elapsed.as_secs_f64().max(1e-3);
-        let moved = out.bytes_from_hub + out.bytes_from_peers;
-        eprintln!(
-            "swarm-dl: {} files ({}) in {:.1}s at {}/s: {} from the Hub, {} from peers, {} resumed, {} already present",
-            out.files,
-            HumanBytes(out.bytes_selected),
-            secs,
-            HumanBytes((moved as f64 / secs) as u64),
-            HumanBytes(out.bytes_from_hub),
-            HumanBytes(out.bytes_from_peers),
-            HumanBytes(out.bytes_resumed),
-            out.files - out.files_fetched,
-        );
+        eprintln!("swarm-dl: {}", summary(&out));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A failure in this process: files completed before it were kept, and the sentence says so.
+fn local_failure(e: fetch::FetchError, progress: &Progress) -> anyhow::Error {
+    let (done, total) = (progress.files_done.load(Relaxed), progress.files_total.load(Relaxed));
+    let kept = if done > 0 { format!(" ({done} of {total} files are complete and were kept)") } else { String::new() };
+    failure(e.kind(), format!("{e}{kept}"))
+}
+
+/// `n file` or `n files`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
+/// The line a `get` ends with on stderr.
+fn summary(out: &fetch::GetOutcome) -> String {
+    let secs = out.elapsed.as_secs_f64().max(1e-3);
+    let moved = out.bytes_from_hub + out.bytes_from_peers;
+    format!(
+        "{} ({}) in {:.1}s at {}/s: {} from the Hub, {} from peers, {} resumed, {} already present",
+        count(out.files, "file"),
+        Bytes(out.bytes_selected),
+        secs,
+        Bytes((moved as f64 / secs) as u64),
+        Bytes(out.bytes_from_hub),
+        Bytes(out.bytes_from_peers),
+        Bytes(out.bytes_resumed),
+        out.files - out.files_fetched,
+    )
+}
+
+/// `get --dry-run`: each selected file, what would happen to it, and the totals.
+fn print_plan(plan: &fetch::Plan, repo: &RepoRef, revision: &str, swarm: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let left = |f: &fetch::PlannedFile| f.size - f.verified.min(f.size);
+    let to_fetch: u64 = plan.files.iter().map(left).sum();
+    let source = if swarm { "peers first, then the Hub" } else { "the Hub" };
+    if json {
+        let v = serde_json::json!({
+            "repo_id": repo.id.as_str(),
+            "repo_type": repo.ty.as_str(),
+            "revision": revision,
+            "commit": plan.commit,
+            "path": plan.path,
+            "source": if swarm { "swarm" } else { "hub" },
+            "bytes_to_fetch": to_fetch,
+            "files": plan.files,
+        });
+        outln!("{v}")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    outln!("{} '{}' at '{}' = commit {}", repo.ty, repo.id, revision, plan.commit)?;
+    for f in &plan.files {
+        let what = match f.action {
+            "resume" => format!("resume ({} of {} verified)", Bytes(f.verified), Bytes(f.size)),
+            other => other.to_owned(),
+        };
+        outln!("  {:<28} {:>10}  {}", what, Bytes(f.size).to_string(), f.path)?;
+    }
+    let fetching = plan.files.iter().filter(|f| left(f) > 0).count();
+    outln!(
+        "would fetch {} of {} ({}) from {source}, into {}",
+        count(fetching, "file"),
+        count(plan.files.len(), "file"),
+        Bytes(to_fetch),
+        plan.path.display()
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -400,40 +503,34 @@ fn cache_ls(root: std::path::PathBuf, json: bool) -> anyhow::Result<ExitCode> {
         Vec::new()
     };
     if json {
-        println!("{}", serde_json::to_string(&repos)?);
+        outln!("{}", serde_json::to_string(&repos)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     if repos.is_empty() {
         eprintln!("no repos in cache '{}'", root.display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<48} {:<8} {:>11} {:>9} {:>10}", "REPO", "TYPE", "SIZE", "REVISIONS", "INCOMPLETE");
+    outln!("{:<48} {:<8} {:>11} {:>9} {:>10}", "REPO", "TYPE", "SIZE", "REVISIONS", "INCOMPLETE")?;
     for r in &repos {
-        println!(
+        outln!(
             "{:<48} {:<8} {:>11} {:>9} {:>10}",
             r.repo_id,
             r.repo_type.as_str(),
-            HumanBytes(r.size_on_disk).to_string(),
+            Bytes(r.size_on_disk).to_string(),
             r.revisions.len(),
             r.incomplete.len()
-        );
+        )?;
         for rev in &r.revisions {
             let refs = if rev.refs.is_empty() { "-".to_owned() } else { rev.refs.join(",") };
-            println!(
-                "    {}  {:<24} {:>5} files {:>11}",
-                &rev.commit,
-                refs,
-                rev.files,
-                HumanBytes(rev.size).to_string()
-            );
+            outln!("    {}  {:<24} {:>5} files {:>11}", &rev.commit, refs, rev.files, Bytes(rev.size).to_string())?;
         }
         for inc in &r.incomplete {
-            println!(
+            outln!(
                 "    incomplete {}  {} of {} verified",
                 inc.path.display(),
-                HumanBytes(inc.verified_bytes),
-                HumanBytes(inc.size)
-            );
+                Bytes(inc.verified_bytes),
+                Bytes(inc.size)
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -452,10 +549,10 @@ fn cache_verify(root: std::path::PathBuf, repo: Option<String>, json: bool) -> a
     }
     let bad: Vec<_> = checks.iter().filter(|c| c.status != "ok").collect();
     if json {
-        println!("{}", serde_json::to_string(&checks)?);
+        outln!("{}", serde_json::to_string(&checks)?)?;
     } else {
         for c in &bad {
-            println!("{} {} {}", c.status, c.path.display(), c.detail.as_deref().unwrap_or(""));
+            outln!("{} {} {}", c.status, c.path.display(), c.detail.as_deref().unwrap_or(""))?;
         }
         eprintln!("{} blobs checked, {} bad", checks.iter().filter(|c| c.status != "missing").count(), bad.len());
     }
@@ -469,13 +566,13 @@ fn cache_clean(root: std::path::PathBuf, dry_run: bool, json: bool) -> anyhow::R
     }
     let items = scan::clean(&root, dry_run).with_context(|| format!("cannot clean cache '{}'", root.display()))?;
     if json {
-        println!("{}", serde_json::to_string(&items)?);
+        outln!("{}", serde_json::to_string(&items)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     for i in &items {
         let what = if i.in_use { "in use, kept" } else { verb };
-        println!("{what} {} ({})", i.path.display(), HumanBytes(i.bytes));
+        outln!("{what} {} ({})", i.path.display(), Bytes(i.bytes))?;
     }
     let freed: u64 = items.iter().filter(|i| i.removed).map(|i| i.bytes).sum();
     let count = |kind| items.iter().filter(|i| i.removed && i.kind == kind).count();
@@ -483,7 +580,7 @@ fn cache_clean(root: std::path::PathBuf, dry_run: bool, json: bool) -> anyhow::R
         "{verb} {} incomplete downloads and {} chunk manifests of blobs no longer cached ({}); {} in use",
         count(scan::CleanKind::Incomplete),
         count(scan::CleanKind::Manifest),
-        HumanBytes(freed),
+        Bytes(freed),
         items.iter().filter(|i| i.in_use).count()
     );
     Ok(ExitCode::SUCCESS)
@@ -502,12 +599,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let server = HubServer::start(cfg).await?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "endpoint": server.endpoint(), "data_url": format!("http://{}", server.data_addr) })
-        );
+        )?;
     } else {
-        println!("{}", server.endpoint());
+        outln!("{}", server.endpoint())?;
     }
     eprintln!("serving the Hub API on {} (data on http://{}); Ctrl-C stops", server.endpoint(), server.data_addr);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -520,7 +617,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         "served {} API and {} resolve requests, {} of file data",
         s.api_requests.load(Relaxed),
         s.resolve_requests.load(Relaxed),
-        HumanBytes(s.file_bytes())
+        Bytes(s.file_bytes())
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,8 +8,9 @@
 //! word.
 
 use crate::args::DemoArgs;
+use crate::output::outln;
 use anyhow::{Context as _, anyhow};
-use indicatif::HumanBytes;
+use indicatif::DecimalBytes;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -84,39 +85,39 @@ async fn demo(dir: &Path, size_mib: u64) -> anyhow::Result<ExitCode> {
         nodes.push(node);
     }
 
-    println!("node 1 downloads alone:");
+    outln!("node 1 downloads alone:")?;
     let first = download(&hub, dir, 1, &nodes[0]).await?;
-    println!("nodes 2 and 3 download at the same time:");
+    outln!("nodes 2 and 3 download at the same time:")?;
     let (second, third) = tokio::join!(download(&hub, dir, 2, &nodes[1]), download(&hub, dir, 3, &nodes[2]));
     let outcomes = [first, second?, third?];
 
-    println!();
-    println!("{:<6} {:>12} {:>12} {:>8} {:>10}  hashes", "node", "from Hub", "from peers", "time", "rate");
+    outln!()?;
+    outln!("{:<6} {:>12} {:>12} {:>8} {:>10}  hashes", "node", "from Hub", "from peers", "time", "rate")?;
     let mut all_ok = true;
     for (i, o) in outcomes.iter().enumerate() {
         let checks = scan::verify(&cache_of(dir, i + 1), Some(REPO))?;
         let ok = !checks.is_empty() && checks.iter().all(|c| c.status == "ok");
         all_ok &= ok;
         let secs = o.elapsed.as_secs_f64().max(1e-3);
-        println!(
+        outln!(
             "{:<6} {:>12} {:>12} {:>7.2}s {:>8}/s  {} of {} blobs match their Hub hash",
             i + 1,
-            HumanBytes(o.bytes_from_hub).to_string(),
-            HumanBytes(o.bytes_from_peers).to_string(),
+            DecimalBytes(o.bytes_from_hub).to_string(),
+            DecimalBytes(o.bytes_from_peers).to_string(),
             secs,
-            HumanBytes(((o.bytes_from_hub + o.bytes_from_peers) as f64 / secs) as u64).to_string(),
+            DecimalBytes(((o.bytes_from_hub + o.bytes_from_peers) as f64 / secs) as u64).to_string(),
             checks.iter().filter(|c| c.status == "ok").count(),
             checks.len(),
-        );
+        )?;
     }
     let served = hub.stats.file_bytes();
     let repo_bytes = outcomes[0].bytes_selected;
-    println!(
+    outln!(
         "the Hub served {} of file data for 3 downloads of {} ({:.2}x the repo)",
-        HumanBytes(served),
-        HumanBytes(repo_bytes),
+        DecimalBytes(served),
+        DecimalBytes(repo_bytes),
         served as f64 / repo_bytes.max(1) as f64
-    );
+    )?;
     for n in nodes {
         n.shutdown().await;
     }
@@ -136,6 +137,8 @@ async fn download(hub: &HubServer, dir: &Path, i: usize, node: &Node) -> anyhow:
         repo: RepoRef { id: RepoId::parse(REPO)?, ty: RepoType::Model },
         revision: "main".into(),
         include: Vec::new(),
+        named: false,
+        force: false,
         exclude: Vec::new(),
         cache: HubCache::new(cache_of(dir, i)),
         local_dir: None,
@@ -146,10 +149,10 @@ async fn download(hub: &HubServer, dir: &Path, i: usize, node: &Node) -> anyhow:
     };
     let progress = Arc::new(Progress::default());
     let out = fetch::get(&req, Some(client), progress.clone()).await.with_context(|| format!("node {i}"))?;
-    println!(
+    outln!(
         "  node {i}: {} from the Hub, {} from peers",
-        HumanBytes(progress.from_hub.load(Relaxed)),
-        HumanBytes(progress.from_peers.load(Relaxed))
-    );
+        DecimalBytes(progress.from_hub.load(Relaxed)),
+        DecimalBytes(progress.from_peers.load(Relaxed))
+    )?;
     Ok(out)
 }

@@ -8,14 +8,27 @@
 mod args;
 mod commands;
 mod demo;
+mod output;
 mod progress;
 mod settings;
+mod target;
 
 use clap::Parser as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let cli = match args::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // With --json, a usage error is JSON on stdout too (help and version are not errors).
+            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+                let first = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+                let _ = output::line(format_args!("{}", json_error("usage", &first)));
+            }
+            e.exit()
+        }
+    };
+    let json = cli.command.json();
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWARM_DL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error,libp2p_mdns=error"));
     // No ANSI codes in logs that go to a file or a pipe (journald, CI logs).
@@ -35,6 +48,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(cli.command)) {
         Ok(code) => code,
+        // The reader of our output went away: nothing more to say, and nobody to say it to.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // One sentence: the outermost context, then its causes on the same line.
             let mut msg = e.to_string();
@@ -45,7 +60,15 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("error: {msg}");
+            if json {
+                let _ = output::line(format_args!("{}", json_error(commands::error_kind(&e), &msg)));
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// `{"error": {"kind": …, "message": …}}`, what `--json` prints on failure.
+fn json_error(kind: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": { "kind": kind, "message": message } })
 }

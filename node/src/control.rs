@@ -49,8 +49,16 @@ pub enum Line {
     Note(String),
     /// The download finished.
     Done(fetch::GetOutcome),
-    /// Failed or refused: one sentence.
+    /// Refused: one sentence.
     Error(String),
+    /// The download failed: what kind of failure ([`fetch::FetchError::kind`]), and one
+    /// sentence.
+    Failed {
+        /// E.g. `repo_not_found`, `disk_full`.
+        kind: String,
+        /// The sentence.
+        message: String,
+    },
 }
 
 /// What `node.json` says.
@@ -309,7 +317,7 @@ async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::O
         tokio::select! {
             r = &mut run => break match r {
                 Ok(o) => Line::Done(o),
-                Err(e) => Line::Error(e),
+                Err((kind, message)) => Line::Failed { kind: kind.to_owned(), message },
             },
             _ = tick.tick() => {
                 for note in progress.take_notes() {
@@ -329,7 +337,11 @@ async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::O
     let _ = send(write, &last).await;
 }
 
-async fn run_get(s: &AppState, g: GetParams, progress: Arc<Progress>) -> Result<fetch::GetOutcome, String> {
+async fn run_get(
+    s: &AppState,
+    g: GetParams,
+    progress: Arc<Progress>,
+) -> Result<fetch::GetOutcome, (&'static str, String)> {
     let hub = HubClient::new(HubConfig {
         endpoint: g.endpoint,
         token: g.token.as_deref().and_then(Token::new),
@@ -337,11 +349,13 @@ async fn run_get(s: &AppState, g: GetParams, progress: Arc<Progress>) -> Result<
         retry: RetryPolicy { max_attempts: g.retries, ..RetryPolicy::default() },
         ..HubConfig::default()
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| (e.kind(), e.to_string()))?;
     let req = GetRequest {
         repo: RepoRef { id: g.repo_id, ty: g.repo_type },
         revision: g.revision,
         include: g.include,
+        named: g.named,
+        force: g.force,
         exclude: g.exclude,
         cache: s.cache.clone(),
         local_dir: None,
@@ -356,7 +370,9 @@ async fn run_get(s: &AppState, g: GetParams, progress: Arc<Progress>) -> Result<
             progress.files_done.load(std::sync::atomic::Ordering::Relaxed),
             progress.files_total.load(std::sync::atomic::Ordering::Relaxed),
         );
-        if done > 0 { format!("{e} ({done} of {total} files are complete and were kept)") } else { e.to_string() }
+        let kept =
+            if done > 0 { format!(" ({done} of {total} files are complete and were kept)") } else { String::new() };
+        (e.kind(), format!("{e}{kept}"))
     })
 }
 
@@ -403,9 +419,28 @@ pub enum ControlError {
         /// Why.
         reason: String,
     },
-    /// The node refused, or the download failed in the node.
+    /// The node refused.
     #[error("{0}")]
     Failed(String),
+    /// The download failed in the node.
+    #[error("{message}")]
+    GetFailed {
+        /// [`fetch::FetchError::kind`].
+        kind: String,
+        /// One sentence.
+        message: String,
+    },
+}
+
+impl ControlError {
+    /// What kind of failure, for `--json` output.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::GetFailed { kind, .. } => kind,
+            Self::Failed(_) | Self::Impostor { .. } | Self::Untrusted(_) => "refused",
+            Self::NoNode(_) | Self::Stale { .. } | Self::Lost { .. } => "node",
+        }
+    }
 }
 
 impl ControlClient {
@@ -507,6 +542,7 @@ impl ControlClient {
                 Line::Note(n) => tracing::warn!("{}", swarm_protocol::repo::Printable(&n)),
                 Line::Done(o) => return Ok(o),
                 Line::Error(e) => return Err(ControlError::Failed(e)),
+                Line::Failed { kind, message } => return Err(ControlError::GetFailed { kind, message }),
                 Line::Status(_) => return Err(self.lost("unexpected status line")),
             }
         }

@@ -45,6 +45,11 @@ pub struct GetRequest {
     pub revision: String,
     /// Patterns a file must match (any); empty for all.
     pub include: Vec<String>,
+    /// `include` holds files named on the command line (`get REPO FILE…`), not patterns: a
+    /// plain name that is not in the repo is an error, as with `hf download`.
+    pub named: bool,
+    /// Fetch the selected files again even when the destination has them (`--force-download`).
+    pub force: bool,
     /// Patterns that exclude a file.
     pub exclude: Vec<String>,
     /// The hub cache (refs go here even in local-dir mode, as `huggingface_hub` does).
@@ -130,6 +135,24 @@ pub enum FetchError {
     /// A bug.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl FetchError {
+    /// A stable name for the kind of failure (`--json` output, scripts): `usage`,
+    /// `not_writable`, `disk_full`, `integrity`, `offline`, `io`, `internal`, or the Hub's
+    /// ([`HubError::kind`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hub(e) => e.kind(),
+            Self::Usage(_) => "usage",
+            Self::NotWritable { .. } => "not_writable",
+            Self::DiskFull { .. } => "disk_full",
+            Self::Integrity { .. } => "integrity",
+            Self::Offline(_) => "offline",
+            Self::Store(_) => "io",
+            Self::Internal(_) => "internal",
+        }
+    }
 }
 
 impl From<StoreError> for FetchError {
@@ -254,6 +277,8 @@ pub(crate) struct Ctx {
     max_workers: usize,
     node: Option<NodeHandle>,
     cache: HubCache,
+    /// `--force-download`: a blob already on disk is fetched again.
+    force: bool,
 }
 
 fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
@@ -283,6 +308,20 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
     let mut node = req.node.clone();
     let (commit, listing, dest) = match &hub {
         Some(hub) => {
+            // When the cache can answer, a Hub that is not there is given up on quickly and the
+            // cached revision is used, as `huggingface_hub` does.
+            let cached = if req.force { None } else { offline(req, &selection).ok() };
+            let meta_hub = if cached.is_some() { hub.fail_fast() } else { hub.clone() };
+            let fall_back = |e: HubError| match (e, cached.clone()) {
+                (HubError::Unreachable { url, last, answered: false, .. }, Some(outcome)) => {
+                    progress.note(format!(
+                        "the Hub could not be reached ({url}: {last}); using the cached commit {} of {} '{}' at '{}'",
+                        outcome.commit, req.repo.ty, req.repo.id, req.revision
+                    ));
+                    Ok(outcome)
+                }
+                (e, _) => Err(FetchError::Hub(e)),
+            };
             let shared = match &req.node {
                 Some(node) if node.is_private() => listing_from_members(req, node, peers_until).await,
                 _ => None,
@@ -292,7 +331,10 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
                 // Alone, every byte comes from the Hub with this caller's token: the Hub decides.
                 None if is_commit(&req.revision) && req.node.is_none() => req.revision.clone(),
                 None => {
-                    let (commit, access) = hub.resolve(&req.repo, &req.revision).await?;
+                    let (commit, access) = match meta_hub.resolve(&req.repo, &req.revision).await {
+                        Ok(answer) => answer,
+                        Err(e) => return fall_back(e),
+                    };
                     req.cache.record_access(&req.repo, access);
                     if !access.is_public() && node.as_ref().is_some_and(|n| !n.is_private()) {
                         // An open swarm never carries gated or private repos, either way.
@@ -314,7 +356,10 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
             let listing = match dest.read_tree(&commit) {
                 Some(files) => files,
                 None => {
-                    let files = hub.list_files(&req.repo, &commit).await?;
+                    let files = match meta_hub.list_files(&req.repo, &commit).await {
+                        Ok(files) => files,
+                        Err(e) => return fall_back(e),
+                    };
                     dest.write_tree(&commit, &files).map_err(local_io(&dest.root(&commit)))?;
                     files
                 }
@@ -353,18 +398,15 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         rc.ensure(&commit).map_err(local_io(rc.dir()))?;
     }
 
-    let selected: Vec<RemoteFile> = listing.into_iter().filter(|f| selection.matches(&f.path)).collect();
-    if selected.is_empty() {
-        return Err(FetchError::Usage(format!(
-            "no file of {} '{}' at '{}' matches the files or patterns asked for (include {:?}, exclude {:?})",
-            req.repo.ty, req.repo.id, req.revision, req.include, req.exclude
-        )));
-    }
+    let selected = select(req, &selection, listing)?;
     let bytes_selected = selected.iter().map(|f| f.size).sum();
     progress.files_total.store(selected.len() as u64, Relaxed);
     let mut todo = Vec::new();
     for f in selected.iter() {
-        if dest.is_done(&commit, f) || dest.publish_existing(&commit, f).map_err(local_io(&dest.root(&commit)))? {
+        let present = !req.force
+            && (dest.is_done(&commit, f)
+                || dest.publish_existing(&commit, f).map_err(local_io(&dest.root(&commit)))?);
+        if present {
             progress.files_done.fetch_add(1, Relaxed);
         } else {
             progress.bytes_total.fetch_add(f.size, Relaxed);
@@ -387,6 +429,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         max_workers: workers,
         node: node.clone(),
         cache: req.cache.clone(),
+        force: req.force,
     });
     // Say what this node is about to download before waiting for peers, so that nodes starting
     // together count each other in when they share out the Hub work.
@@ -437,6 +480,95 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
     })
 }
 
+/// The files of `listing` that `req` asks for: every named file must be there, and something
+/// must be selected.
+fn select(req: &GetRequest, selection: &Selection, listing: Vec<RemoteFile>) -> Result<Vec<RemoteFile>, FetchError> {
+    if req.named {
+        let plain = req.include.iter().filter(|p| !p.ends_with('/') && !p.contains(['*', '?', '[']));
+        for name in plain {
+            if !listing.iter().any(|f| f.path == *name) {
+                return Err(FetchError::Hub(HubError::EntryNotFound {
+                    subject: req.repo.subject(Some(&req.revision), Some(name)),
+                }));
+            }
+        }
+    }
+    let selected: Vec<RemoteFile> = listing.into_iter().filter(|f| selection.matches(&f.path)).collect();
+    if selected.is_empty() {
+        let asked = if req.named { "the files named" } else { "--include/--exclude" };
+        return Err(FetchError::Usage(format!(
+            "no file of {} '{}' at '{}' matches {asked} (include {:?}, exclude {:?})",
+            req.repo.ty, req.repo.id, req.revision, req.include, req.exclude
+        )));
+    }
+    Ok(selected)
+}
+
+/// What a `get` would do, file by file ([`plan`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    /// The commit the revision points at.
+    pub commit: String,
+    /// Where the files would be.
+    pub path: PathBuf,
+    /// Every selected file.
+    pub files: Vec<PlannedFile>,
+}
+
+/// One file of a [`Plan`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedFile {
+    /// Path in the repo.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// What would happen: `present` (nothing to do), `link` (its blob is in the cache under
+    /// another snapshot), `resume` (an interrupted download has `verified` bytes) or `fetch`.
+    pub action: &'static str,
+    /// Bytes already verified on disk (all of them for `present` and `link`).
+    pub verified: u64,
+}
+
+/// Says what [`get`] would fetch, without downloading or writing anything. The Hub (or, with
+/// `hub = None`, the cache) is asked for the revision and the file list.
+pub async fn plan(req: &GetRequest, hub: Option<HubClient>) -> Result<Plan, FetchError> {
+    swarm_protocol::repo::check_revision(&req.revision).map_err(|e| FetchError::Usage(e.to_string()))?;
+    let selection = Selection::new(&req.include, &req.exclude).map_err(FetchError::Usage)?;
+    let rc = req.cache.repo(&req.repo);
+    let dest = match &req.local_dir {
+        None => Dest::Cache(rc.clone()),
+        Some(dir) => Dest::Local { dir: dir.clone(), cache: rc.clone() },
+    };
+    let commit = match &hub {
+        Some(hub) => hub.resolve(&req.repo, &req.revision).await?.0,
+        None => offline(req, &selection)?.commit,
+    };
+    let listing = match (dest.read_tree(&commit), &hub) {
+        (Some(files), _) => files,
+        (None, Some(hub)) => hub.list_files(&req.repo, &commit).await?,
+        (None, None) => {
+            return Err(FetchError::Offline(format!("the file list of commit {commit} is not in the cache")));
+        }
+    };
+    let files = select(req, &selection, listing)?
+        .into_iter()
+        .map(|f| {
+            let (action, verified) = if !req.force && dest.is_done(&commit, &f) {
+                ("present", f.size)
+            } else if !req.force && req.cache.repo(&req.repo).blob(&f.etag).is_file() {
+                ("link", f.size)
+            } else {
+                match crate::cache::scan::verified_bytes(&dest.paths(&f).state) {
+                    0 => ("fetch", 0),
+                    v => ("resume", v),
+                }
+            };
+            PlannedFile { path: f.path, size: f.size, action, verified }
+        })
+        .collect();
+    Ok(Plan { path: dest.root(&commit), commit, files })
+}
+
 /// Copies the selected files of `commit`, which a `join` node has just put in the cache, into
 /// `req.local_dir`. This is how `get --local-dir` works through a node: the node only ever
 /// writes its own cache, and the calling process writes the folder it named, with its own
@@ -469,7 +601,9 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
     let _lock = blocking(move || BlobLock::acquire(&lock_path)).await?.map_err(local_io(&paths.lock))?;
     // Someone (another swarm-dl, or Python) may have finished it while we waited.
     let (dest, commit, file) = (ctx.dest.clone(), ctx.commit.clone(), f.clone());
-    if blocking(move || dest.publish_existing(&commit, &file)).await?.map_err(local_io(&paths.final_path))? {
+    if !ctx.force
+        && blocking(move || dest.publish_existing(&commit, &file)).await?.map_err(local_io(&paths.final_path))?
+    {
         ctx.progress.finish_file(&fp);
         return Ok(());
     }

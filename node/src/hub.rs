@@ -222,9 +222,22 @@ pub enum Attempt {
         last: String,
         /// Server-requested pause.
         hint: Option<Duration>,
+        /// Whether the Hub answered at all.
+        cause: Cause,
     },
     /// Final.
     Fatal(HubError),
+}
+
+/// Why an attempt is worth repeating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// No connection (refused, no route, DNS): nothing answers at that address now.
+    Connect,
+    /// Connected, then silence or a broken connection.
+    Network,
+    /// The Hub answered "try later" (408, 429, 5xx).
+    Answer,
 }
 
 /// An open response body for (part of) a file.
@@ -245,6 +258,8 @@ pub struct HubClient {
     endpoint: Url,
     token: Option<Token>,
     retry: RetryPolicy,
+    /// Give up on the network early (see [`HubClient::fail_fast`]).
+    fail_fast: bool,
 }
 
 const MAX_REDIRECTS: usize = 10;
@@ -267,12 +282,21 @@ impl HubClient {
             .user_agent(concat!("swarm-dl/", env!("CARGO_PKG_VERSION"), "; hf_hub/compatible"))
             .build()
             .map_err(|e| HubError::Malformed { url: String::new(), what: format!("cannot build HTTP client: {e}") })?;
-        Ok(Self { http, endpoint, token: cfg.token, retry: cfg.retry })
+        Ok(Self { http, endpoint, token: cfg.token, retry: cfg.retry, fail_fast: false })
     }
 
     /// The endpoint, without trailing slash.
     pub fn endpoint(&self) -> String {
         self.endpoint.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// The same client, giving up early when the Hub does not answer: at once when nothing
+    /// accepts the connection, after one retry when the connection goes silent. For metadata
+    /// that the cache can answer instead (`huggingface_hub` falls back to the cached ref on
+    /// connection errors). Answers such as 5xx still get every attempt.
+    #[must_use]
+    pub fn fail_fast(&self) -> Self {
+        Self { fail_fast: true, ..self.clone() }
     }
 
     /// The retry policy in force.
@@ -312,7 +336,11 @@ impl HubClient {
     fn status_error(&self, r: &reqwest::Response, subject: &Subject) -> Attempt {
         let status = r.status();
         if retry::is_retryable_status(status) {
-            return Attempt::Retry { last: format!("HTTP {status}"), hint: retry::server_hint(r.headers()) };
+            return Attempt::Retry {
+                last: format!("HTTP {status}"),
+                hint: retry::server_hint(r.headers()),
+                cause: Cause::Answer,
+            };
         }
         Attempt::Fatal(HubError::from_status(
             status,
@@ -335,10 +363,13 @@ impl HubClient {
             match attempt().await {
                 Ok(v) => return Ok(v),
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry { last, hint }) => {
+                Err(Attempt::Retry { last, hint, cause }) => {
                     n += 1;
-                    if n >= self.retry.max_attempts {
-                        return Err(HubError::Unreachable { url: redact(url), attempts: n, last });
+                    let give_up = n >= self.retry.max_attempts
+                        || (self.fail_fast && (cause == Cause::Connect || (cause == Cause::Network && n >= 2)));
+                    if give_up {
+                        let answered = cause == Cause::Answer;
+                        return Err(HubError::Unreachable { url: redact(url), attempts: n, last, answered });
                     }
                     let wait = self.retry.delay(n - 1, hint);
                     tracing::debug!(url = %redact(url), attempt = n, wait_ms = wait.as_millis() as u64, %last, "retrying");
@@ -491,7 +522,11 @@ impl HubClient {
             }
             if (status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED) && !self.same_origin(&loc.url) {
                 // An expired signed CDN URL: the caller locates the file again.
-                return Err(Attempt::Retry { last: format!("CDN answered {status}"), hint: None });
+                return Err(Attempt::Retry {
+                    last: format!("CDN answered {status}"),
+                    hint: None,
+                    cause: Cause::Answer,
+                });
             }
             return Err(self.status_error(&resp, subject));
         }
@@ -545,7 +580,8 @@ fn malformed(url: &Url, what: &str) -> Attempt {
 
 /// Every transport failure (connect, reset, timeout, truncated body) is worth another attempt.
 pub fn transport(e: reqwest::Error) -> Attempt {
-    Attempt::Retry { last: describe(&e), hint: None }
+    let cause = if e.is_connect() { Cause::Connect } else { Cause::Network };
+    Attempt::Retry { last: describe(&e), hint: None, cause }
 }
 
 /// A transport error with its causes, for messages.
@@ -612,13 +648,40 @@ mod tests {
             .with_retries(&url, || async {
                 let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let hint = if n == 0 { Duration::from_secs(30) } else { Duration::from_secs(3600) };
-                Err(Attempt::Retry { last: "503 Service Unavailable".into(), hint: Some(hint) })
+                Err(Attempt::Retry { last: "503 Service Unavailable".into(), hint: Some(hint), cause: Cause::Answer })
             })
             .await;
         assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 4);
-        assert!(matches!(r, Err(HubError::Unreachable { attempts: 4, .. })), "{r:?}");
+        assert!(matches!(r, Err(HubError::Unreachable { attempts: 4, answered: true, .. })), "{r:?}");
         // 30 s as asked, then twice the cap (an hour is too long to park a download).
         assert_eq!(started.elapsed(), Duration::from_secs(30) + 2 * retry::MAX_HINT);
+    }
+
+    /// With the cache able to answer, a Hub that is not there is given up on at once (no
+    /// connection) or after one retry (silence); one that answers "try later" still gets every
+    /// attempt, and its answer is not taken for an outage.
+    #[tokio::test(start_paused = true)]
+    async fn fail_fast_gives_up_on_the_network_not_on_answers() {
+        let client = HubClient::new(HubConfig::default()).expect("client").fail_fast();
+        let url = Url::parse("https://huggingface.co/api/models/org/m").expect("url");
+        let tries = |cause: Cause| {
+            let calls = std::sync::atomic::AtomicU32::new(0);
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let r: Result<(), HubError> = client
+                    .with_retries(&url, || async {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Err(Attempt::Retry { last: "x".into(), hint: None, cause })
+                    })
+                    .await;
+                let answered = matches!(r, Err(HubError::Unreachable { answered: true, .. }));
+                (calls.load(std::sync::atomic::Ordering::Relaxed), answered)
+            }
+        };
+        assert_eq!(tries(Cause::Connect).await, (1, false));
+        assert_eq!(tries(Cause::Network).await, (2, false));
+        assert_eq!(tries(Cause::Answer).await, (RetryPolicy::default().max_attempts, true));
     }
 
     #[test]

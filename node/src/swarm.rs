@@ -243,8 +243,17 @@ pub struct PeerStatus {
 /// A file being downloaded by this node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InProgress {
+    /// `org/model: path/in/repo`.
+    #[serde(default)]
+    pub name: String,
     /// Its ETag.
     pub etag: String,
+    /// Bytes present.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Bytes per second over the last seconds (none before a second has passed).
+    #[serde(default)]
+    pub rate: Option<f64>,
     /// Its size.
     pub size: u64,
     /// Chunks verified.
@@ -518,18 +527,22 @@ impl Node {
     }
 }
 
+/// Samples the byte counters once a second: the node's peer traffic and each file in progress,
+/// so that `status` shows rates over the last seconds ([`crate::rate`]).
 async fn rates(shared: std::sync::Weak<Shared>) {
-    let mut last: Option<(u64, u64)> = None;
+    let (mut rate_in, mut rate_out) = (crate::rate::RateWindow::default(), crate::rate::RateWindow::default());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let Some(s) = shared.upgrade() else { return };
-        let now = (s.transfer.counters.bytes_in.load(Relaxed), s.transfer.counters.bytes_out.load(Relaxed));
-        if let Some(prev) = last {
-            s.rate_in.store(now.0 - prev.0, Relaxed);
-            s.rate_out.store(now.1 - prev.1, Relaxed);
+        let now = std::time::Instant::now();
+        rate_in.push(now, s.transfer.counters.bytes_in.load(Relaxed));
+        rate_out.push(now, s.transfer.counters.bytes_out.load(Relaxed));
+        s.rate_in.store(rate_in.rate().unwrap_or(0.0) as u64, Relaxed);
+        s.rate_out.store(rate_out.rate().unwrap_or(0.0) as u64, Relaxed);
+        for (_, p) in s.holdings.in_progress() {
+            lock(&p.rate).push(now, p.progress.done.load(Relaxed));
         }
-        last = Some(now);
     }
 }
 
@@ -562,8 +575,15 @@ impl NodeHandle {
 
     /// Starts offering a file this node is downloading: its chunks are offered to peers one by
     /// one, through the returned [`Offer`], as they are verified.
-    pub fn offer(&self, etag: &Etag, size: u64, pf: Arc<crate::store::PartialFile>) -> Offer {
-        let partial = self.shared.holdings.add_partial(etag, size, pf);
+    pub fn offer(
+        &self,
+        etag: &Etag,
+        name: String,
+        progress: Arc<crate::fetch::progress::FileProgress>,
+        pf: Arc<crate::store::PartialFile>,
+    ) -> Offer {
+        let size = progress.size;
+        let partial = self.shared.holdings.add_partial(etag, name, progress, pf);
         Offer { node: self.clone(), etag: etag.clone(), size, partial }
     }
 
@@ -794,7 +814,15 @@ impl NodeHandle {
                 .holdings
                 .in_progress()
                 .into_iter()
-                .map(|(e, size, held, n)| InProgress { etag: e.to_string(), size, chunks_held: held, chunks: n })
+                .map(|(e, p)| InProgress {
+                    name: p.name.clone(),
+                    etag: e.to_string(),
+                    bytes: p.progress.done.load(Relaxed),
+                    rate: lock(&p.rate).rate(),
+                    size: p.size,
+                    chunks_held: p.held(),
+                    chunks: ChunkLayout::for_len(p.size).count(),
+                })
                 .collect(),
             bytes_in: counters.bytes_in.load(Relaxed),
             bytes_out: counters.bytes_out.load(Relaxed),
@@ -1259,9 +1287,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Reads a swarm key file (the IPFS `swarm.key` format).
 pub fn read_swarm_key(path: &Path) -> Result<PreSharedKey, NodeError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| NodeError::SwarmKey { path: path.to_path_buf(), reason: e.to_string() })?;
-    text.parse().map_err(|e| NodeError::SwarmKey { path: path.to_path_buf(), reason: format!("{e}") })
+    let bad = |reason: String| NodeError::SwarmKey { path: path.to_path_buf(), reason };
+    let not_a_key = || {
+        bad("it is not a swarm key file (expected three lines: /key/swarm/psk/1.0.0/, /base16/, then 64 hex digits)"
+            .into())
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| not_a_key())?;
+    text.parse().map_err(|e| {
+        tracing::debug!(error = ?e, "swarm key does not parse");
+        not_a_key()
+    })
 }
 
 /// The noise prologue for a swarm: empty when open; for a private one, a hash of its key. Both

@@ -59,6 +59,13 @@ pub struct GetParams {
     /// would.
     #[serde(default)]
     pub peer_wait_ms: u64,
+    /// `include` holds files named on the command line: one that is not in the repo is an
+    /// error.
+    #[serde(default)]
+    pub named: bool,
+    /// Fetch again even files the cache has (`--force-download`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 impl fmt::Debug for GetParams {
@@ -76,6 +83,8 @@ impl fmt::Debug for GetParams {
             .field("max_workers", &self.max_workers)
             .field("max_download_rate", &self.max_download_rate)
             .field("peer_wait_ms", &self.peer_wait_ms)
+            .field("named", &self.named)
+            .field("force", &self.force)
             .finish()
     }
 }
@@ -176,6 +185,8 @@ mod tests {
             max_workers: 32,
             max_download_rate: None,
             peer_wait_ms: 500,
+            named: false,
+            force: true,
         }
     }
 

@@ -267,7 +267,9 @@ async fn bad_input_ends_in_one_clear_sentence() {
     assert!(o.status.success(), "token from $HF_HOME/token: {}", stderr(&o));
     std::fs::remove_file(env.path("hf-home/token")).expect("rm token");
 
-    let down = ["get", "org/model", "--endpoint", "http://127.0.0.1:9", "--cache-dir", &env.cache(), "--retries", "2"];
+    // An empty cache cannot stand in for the Hub.
+    let empty = env.path("empty-cache").display().to_string();
+    let down = ["get", "org/model", "--endpoint", "http://127.0.0.1:9", "--cache-dir", &empty, "--retries", "2"];
     assert_one_clear_error(&swarm(env.home(), &down, &[]).await, "cannot reach http://127.0.0.1:9/");
     let dead_end = ["get", "org/model", "--endpoint", "ftp://example", "--cache-dir", &env.cache()];
     assert_one_clear_error(&swarm(env.home(), &dead_end, &[]).await, "invalid Hub endpoint");
@@ -462,8 +464,140 @@ async fn named_files_like_hf_download() {
     let o =
         swarm(env.home(), &["get", "org/model", "nope.bin", "--endpoint", &hub.endpoint, "--cache-dir", &cache2], &[])
             .await;
+    assert_one_clear_error(&o, "file 'nope.bin' not found in model 'org/model' at revision 'main'");
+    // One missing among present ones is an error too (hf download raises EntryNotFound).
+    let both = ["get", "org/model", "config.json", "nope.bin", "--endpoint", &hub.endpoint, "--cache-dir", &cache2];
+    assert_one_clear_error(&swarm(env.home(), &both, &[]).await, "file 'nope.bin' not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_answers_when_the_hub_is_down() {
+    let (env, _repo, _hub, _) = downloaded_model().await;
+    let snap = only_snapshot(&env.path("cache/models--org--model"));
+    // Nothing listens on port 9: connection refused, as when the Hub or the network is down.
+    let down = ["get", "org/model", "config.json", "--endpoint", "http://127.0.0.1:9", "--cache-dir", &env.cache()];
+    let o = swarm(env.home(), &down, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), snap.join("config.json").display().to_string());
+    let err = stderr(&o);
+    let warning: Vec<&str> = err.lines().filter(|l| l.contains("could not be reached")).collect();
+    assert_eq!(warning.len(), 1, "one warning line: {}", stderr(&o));
+    assert!(warning[0].contains("using the cached commit"), "{}", warning[0]);
+    // A file the cache does not have still needs the Hub: that is an error, not a guess.
+    std::fs::remove_file(snap.join("README.md")).expect("rm");
+    let o = swarm(
+        env.home(),
+        &["get", "org/model", "--endpoint", "http://127.0.0.1:9", "--cache-dir", &env.cache(), "--retries", "1"],
+        &[],
+    )
+    .await;
+    assert_one_clear_error(&o, "cannot reach http://127.0.0.1:9/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hf_style_ids_and_the_flags_users_expect() {
+    let env = Env::new();
+    let ds = PlainRepo::new(&env.path("hub"), "datasets", "org/ds")
+        .file("data/train.csv", b"a,b\n1,2\n")
+        .file("README.md", b"# ds\n");
+    model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    let ep = ["--endpoint", hub.endpoint.as_str(), "--cache-dir", &env.cache()];
+    let get = |id: &str, extra: &[&str]| {
+        let mut v = vec!["get".to_owned(), id.to_owned()];
+        v.extend(ep.iter().chain(extra).map(|s| s.to_string()));
+        let home = env.home().to_path_buf();
+        async move { swarm(&home, &v.iter().map(String::as_str).collect::<Vec<_>>(), &[]).await }
+    };
+
+    // datasets/org/ds and hf://datasets/org/ds@rev/path, as huggingface_hub writes them.
+    let o = get("datasets/org/ds", &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let snap = only_snapshot(&env.path("cache/datasets--org--ds"));
+    assert_snapshot(&snap, &ds.files);
+    let o = get("hf://datasets/org/ds@main/data/train.csv", &["--json"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["path"].as_str(), Some(snap.join("data/train.csv").to_str().expect("utf8")));
+    assert_eq!(v["repo_type"], "dataset");
     assert_one_clear_error(
-        &o,
-        "no file of model 'org/model' at 'main' matches the files or patterns asked for (include [\"nope.bin\"]",
+        &get("datasets/org/ds", &["--repo-type", "model"]).await,
+        "names a dataset but --repo-type says model",
     );
+
+    // --json failures are JSON on stdout, with a kind, and the exit code stays nonzero.
+    for (id, kind) in [("org/missing", "repo_not_found"), ("org/model@x", "usage")] {
+        let o = get(id, &["--json"]).await;
+        assert!(!o.status.success());
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json error");
+        assert_eq!(v["error"]["kind"], kind, "{v}");
+    }
+    let o = get("org/model", &["nope.bin", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json error");
+    assert_eq!(v["error"]["kind"], "entry_not_found", "{v}");
+
+    // --dry-run: what would be fetched, nothing fetched or written.
+    let data_before = hub.stats().data_requests.load(Relaxed);
+    let listing = |dir: &Path| walk(dir);
+    let before = listing(&env.path("cache"));
+    let o = get("org/model", &["--dry-run", "--json"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("plan");
+    let files = plan["files"].as_array().expect("files");
+    assert_eq!(files.len(), 4);
+    assert!(files.iter().all(|f| f["action"] == "fetch"), "{plan}");
+    assert_eq!(plan["bytes_to_fetch"], (9 << 20) + 77 + 13 + 6 + 13);
+    assert_eq!(hub.stats().data_requests.load(Relaxed), data_before, "no file data asked for");
+    assert_eq!(listing(&env.path("cache")), before, "nothing written");
+    let o = get("org/model", &["--dry-run"]).await;
+    assert!(stdout(&o).contains("would fetch 4 files of 4 files"), "{}", stdout(&o));
+
+    // --force-download replaces a blob that went bad; without it, the bad blob stays.
+    assert!(get("org/model", &[]).await.status.success());
+    let snap = only_snapshot(&env.path("cache/models--org--model"));
+    let blob = std::fs::canonicalize(snap.join("config.json")).expect("blob");
+    std::fs::write(&blob, b"{\"hidden\": 9}").expect("rot");
+    let verify = ["cache", "verify", "--cache-dir", &env.cache()];
+    assert!(!swarm(env.home(), &verify, &[]).await.status.success(), "verify sees the bad blob");
+    let o = get("org/model", &["config.json", "--dry-run"]).await;
+    assert!(stdout(&o).contains("present"), "{}", stdout(&o));
+    let o = get("org/model", &["config.json", "--force-download"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("1 file ("), "singular: {}", stderr(&o));
+    assert_eq!(std::fs::read(snap.join("config.json")).expect("read"), br#"{"hidden": 8}"#);
+    assert!(swarm(env.home(), &verify, &[]).await.status.success(), "the blob is whole again");
+}
+
+/// Every path under `dir`, sorted.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `swarm-dl … | head`: the reader goes away; swarm-dl stops quietly, without a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_quietly() {
+    let (env, _repo, hub, _) = downloaded_model().await;
+    for args in [
+        vec!["cache", "ls", "--cache-dir", &env.cache()],
+        vec!["get", "org/model", "--endpoint", &hub.endpoint, "--cache-dir", &env.cache()],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut c = swarm_tests::run::command(env.home());
+        c.args(&args).stdout(writer);
+        let o = c.output().await.expect("run");
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked") && !stderr(&o).contains("Broken pipe"), "{}", stderr(&o));
+    }
 }

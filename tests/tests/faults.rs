@@ -36,6 +36,8 @@ async fn fetch(hub: &TestHub, cache: &Path, attempts: u32) -> Result<GetOutcome,
     .expect("client");
     let req = GetRequest {
         repo: RepoRef { id: RepoId::parse(MODEL).expect("id"), ty: RepoType::Model },
+        named: false,
+        force: false,
         revision: "main".into(),
         include: vec![],
         exclude: vec![],

@@ -210,6 +210,8 @@ async fn in_process_node(
 fn get_request(cache: &std::path::Path, node: &Node) -> GetRequest {
     GetRequest {
         repo: RepoRef { id: RepoId::parse("org/model").expect("id"), ty: RepoType::Model },
+        named: false,
+        force: false,
         revision: "main".into(),
         include: vec![],
         exclude: vec![],
@@ -438,4 +440,42 @@ async fn a_get_whose_seed_never_answers_says_so_and_goes_on_alone() {
     // Said by the node, shown by the `get` that asked it.
     assert!(stderr(&o).contains("no --peer could be reached within 3 s"), "{}", stderr(&o));
     assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+}
+
+/// `status` names the files in progress (`org/model: path`), with chunks, bytes and a rate over
+/// the last seconds, not blob hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_files_in_progress() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    model(&tmp.path().join("hub"), 24 << 20);
+    let mut cfg = swarm_node::http::HubServerConfig::loopback(tmp.path().join("hub"));
+    cfg.data_rate = Some(1 << 20); // per connection: the download lasts a few seconds
+    let hub = TestHub::with(cfg).await;
+    let cache = tmp.path().join("c");
+    let node = JoinNode::loopback(tmp.path(), &cache, &[]).await;
+    let get = tokio::spawn({
+        let (home, endpoint, cache) = (tmp.path().to_path_buf(), hub.endpoint.clone(), cache.clone());
+        async move {
+            let mut c = swarm_command(&home);
+            c.args(["get", "org/model", "--no-mdns", "--max-workers", "2", "--endpoint", &endpoint, "--cache-dir"]);
+            c.arg(&cache).output().await.expect("get")
+        }
+    });
+    let mut seen = None;
+    for _ in 0..300 {
+        let st = node.status(tmp.path()).await;
+        let files = st["in_progress"].as_array().cloned().unwrap_or_default();
+        if let Some(f) = files.iter().find(|f| f["rate"].as_f64().is_some_and(|r| r > 0.0)) {
+            seen = Some(f.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let f = seen.expect("a file in progress with a rate");
+    assert_eq!(f["name"], "org/model: model.safetensors", "{f}");
+    assert!(f["bytes"].as_u64().is_some_and(|b| b > 0), "{f}");
+    let o = swarm(tmp.path(), &["status", "--cache-dir", &cache.display().to_string()], &[]).await;
+    assert!(stdout(&o).contains("org/model: model.safetensors ("), "{}", stdout(&o));
+    let o = get.await.expect("join");
+    assert!(o.status.success(), "{}", stderr(&o));
 }

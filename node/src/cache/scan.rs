@@ -133,9 +133,19 @@ fn incomplete_files(repo_dir: &Path) -> io::Result<Vec<IncompleteReport>> {
         }
         let etag = etag_of_incomplete(&name);
         let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-        let verified_bytes = fs::read(
-            e.path().with_file_name(format!("{}{CHUNK_STATE_SUFFIX}", name.trim_end_matches(INCOMPLETE_SUFFIX))),
-        )
+        let verified_bytes = verified_bytes(
+            &e.path().with_file_name(format!("{}{CHUNK_STATE_SUFFIX}", name.trim_end_matches(INCOMPLETE_SUFFIX))),
+        );
+        out.push(IncompleteReport { path: e.path(), etag: etag.map(|e| e.to_string()), verified_bytes, size });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Bytes of an incomplete file that its chunk state (at `state`) records as verified; 0 when
+/// there is none or it cannot be read.
+pub fn verified_bytes(state: &Path) -> u64 {
+    fs::read(state)
         .ok()
         .and_then(|b| serde_json::from_slice::<swarm_protocol::manifest::ChunkManifest>(&b).ok())
         .map(|m| {
@@ -146,11 +156,7 @@ fn incomplete_files(repo_dir: &Path) -> io::Result<Vec<IncompleteReport>> {
                 .map(|r| r.end - r.start)
                 .sum()
         })
-        .unwrap_or(0);
-        out.push(IncompleteReport { path: e.path(), etag: etag.map(|e| e.to_string()), verified_bytes, size });
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
+        .unwrap_or(0)
 }
 
 /// Result of re-hashing one blob.

@@ -20,7 +20,7 @@ pub struct HubSource {
 
 enum Step {
     Done,
-    Retry { last: String, hint: Option<std::time::Duration> },
+    Retry { last: String, hint: Option<std::time::Duration>, answered: bool },
 }
 
 impl HubSource {
@@ -66,7 +66,7 @@ impl HubSource {
             }
             let before = w.received();
             let step = self.attempt(w, throttle, progress, fp).await?;
-            let Step::Retry { last, hint } = step else {
+            let Step::Retry { last, hint, answered } = step else {
                 return Ok(());
             };
             if w.received() > before {
@@ -81,6 +81,7 @@ impl HubSource {
                     url: crate::hub::redact(&self.hub.resolve_url(&self.repo, &self.commit, &self.file.path)),
                     attempts: failures,
                     last,
+                    answered,
                 }));
             }
             let wait = policy.delay(failures - 1, hint);
@@ -101,7 +102,9 @@ impl HubSource {
         let opened = match self.hub.open(&loc, Some(start..w.range.end), &self.subject()).await {
             Ok(o) => o,
             Err(Attempt::Fatal(e)) => return Err(e.into()),
-            Err(Attempt::Retry { last, hint }) => return Ok(Step::Retry { last, hint }),
+            Err(Attempt::Retry { last, hint, cause }) => {
+                return Ok(Step::Retry { last, hint, answered: cause == crate::hub::Cause::Answer });
+            }
         };
         let mut skip = 0u64;
         if opened.partial {
@@ -127,10 +130,10 @@ impl HubSource {
             let frame = match resp.chunk().await {
                 Ok(Some(f)) => f,
                 Ok(None) => {
-                    return Ok(Step::Retry { last: "response ended early".into(), hint: None });
+                    return Ok(Step::Retry { last: "response ended early".into(), hint: None, answered: false });
                 }
                 Err(e) => {
-                    return Ok(Step::Retry { last: crate::hub::describe(&e), hint: None });
+                    return Ok(Step::Retry { last: crate::hub::describe(&e), hint: None, answered: false });
                 }
             };
             let mut data = &frame[..];

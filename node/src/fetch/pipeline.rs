@@ -161,7 +161,8 @@ pub(crate) async fn fetch_chunks(
     let asks_peers = node.is_some() && !hub_only;
     let layout = ChunkLayout::for_len(f.size);
     let count = layout.count();
-    let partial = node.map(|n| n.offer(&f.etag, f.size, pf.clone()));
+    let name = format!("{}{}: {}", ctx.repo.ty.url_prefix(), ctx.repo.id, f.path);
+    let partial = node.map(|n| n.offer(&f.etag, name, fp.clone(), pf.clone()));
     let missing = pf.missing();
     let done = (0..count).filter(|i| !missing.contains(i));
     let limits = Limits {

@@ -79,7 +79,7 @@ pub enum HubError {
     },
     /// Retries exhausted.
     #[error(
-        "cannot reach {url} after {attempts} attempts (last error: {last}): check the network, or --endpoint / HF_ENDPOINT"
+        "cannot reach {url} after {attempts} attempt{} (last error: {last}): check the network, or --endpoint / HF_ENDPOINT", if *.attempts == 1 { "" } else { "s" }
     )]
     Unreachable {
         /// Redacted URL.
@@ -88,6 +88,8 @@ pub enum HubError {
         attempts: u32,
         /// Last failure.
         last: String,
+        /// The last failure was an answer ("try later"), not silence: the Hub is there.
+        answered: bool,
     },
     /// The answer does not follow the Hub protocol.
     #[error("unexpected answer from {url}: {what}")]
@@ -104,6 +106,23 @@ fn fmt_message(m: &str) -> String {
 }
 
 impl HubError {
+    /// A stable name for the kind of failure (`--json` output, scripts).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidEndpoint(_) => "usage",
+            Self::RepoNotFound { .. } => "repo_not_found",
+            Self::Gated { .. } => "gated_repo",
+            Self::RevisionNotFound { .. } => "revision_not_found",
+            Self::EntryNotFound { .. } => "entry_not_found",
+            Self::BadToken { .. } => "bad_token",
+            Self::Forbidden { .. } => "forbidden",
+            Self::Status { .. } => "hub_error",
+            Self::Unreachable { answered: true, .. } => "hub_error",
+            Self::Unreachable { answered: false, .. } => "hub_unreachable",
+            Self::Malformed { .. } => "hub_protocol",
+        }
+    }
+
     /// Maps a final (non-retryable) error status to an error, the way `hf_raise_for_status` does:
     /// `X-Error-Code` first, then 401 on a repo URL meaning "not found or private".
     pub fn from_status(

@@ -82,6 +82,12 @@ impl Record {
 pub struct Partial {
     /// The file's size.
     pub size: u64,
+    /// What `status` calls it: `org/model: path/in/repo`.
+    pub name: String,
+    /// Its download's progress (bytes present).
+    pub progress: Arc<crate::fetch::progress::FileProgress>,
+    /// Bytes present over the last seconds, sampled once a second.
+    pub rate: Mutex<crate::rate::RateWindow>,
     /// Its bytes.
     pub pf: Arc<PartialFile>,
     records: Mutex<Vec<Option<Record>>>,
@@ -215,10 +221,20 @@ impl Holdings {
     }
 
     /// Starts offering a file being downloaded.
-    pub fn add_partial(&self, etag: &Etag, size: u64, pf: Arc<PartialFile>) -> Arc<Partial> {
+    pub fn add_partial(
+        &self,
+        etag: &Etag,
+        name: String,
+        progress: Arc<crate::fetch::progress::FileProgress>,
+        pf: Arc<PartialFile>,
+    ) -> Arc<Partial> {
+        let size = progress.size;
         let count = ChunkLayout::for_len(size).count() as usize;
         let p = Arc::new(Partial {
             size,
+            name,
+            progress,
+            rate: Mutex::default(),
             pf,
             records: Mutex::new(vec![None; count]),
             fetching: Mutex::new(Bitmap::new(count as u32)),
@@ -284,12 +300,9 @@ impl Holdings {
         }
     }
 
-    /// Files being downloaded: (etag, size, chunks held, chunk count).
-    pub fn in_progress(&self) -> Vec<(Etag, u64, u32, u32)> {
-        lock(&self.partial)
-            .iter()
-            .map(|(e, p)| (e.clone(), p.size, p.held(), ChunkLayout::for_len(p.size).count()))
-            .collect()
+    /// Files being downloaded.
+    pub fn in_progress(&self) -> Vec<(Etag, Arc<Partial>)> {
+        lock(&self.partial).iter().map(|(e, p)| (e.clone(), p.clone())).collect()
     }
 
     /// Whether the blobs of the repo in cache folder `folder` may be served to this swarm.
