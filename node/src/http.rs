@@ -110,7 +110,12 @@ pub enum ServeError {
 }
 
 struct AppState {
-    index: HubIndex,
+    /// The index as last built; replaced (never edited) when the folder changes.
+    index: std::sync::RwLock<Arc<HubIndex>>,
+    /// Something under the folder changed since the index was built (set by the watcher).
+    stale: Arc<std::sync::atomic::AtomicBool>,
+    /// When the index was last built; held while it is rebuilt, so one request rebuilds it.
+    built: tokio::sync::Mutex<std::time::Instant>,
     cfg: HubServerConfig,
     data_base: String,
     stats: Arc<Stats>,
@@ -126,6 +131,9 @@ pub struct HubServer {
     /// Counters.
     pub stats: Arc<Stats>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Marks the index stale when files under the folder change (none where the platform
+    /// cannot watch: then a request for an unknown repo rescans, at most once a second).
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Drop for HubServer {
@@ -154,8 +162,12 @@ impl HubServer {
         let data_base = cfg.data_public_url.clone().unwrap_or_else(|| format!("http://{data_addr}"));
         let stats = Arc::new(Stats::default());
         let repos = index.repos.len();
+        let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = watch(&cfg.dir, stale.clone());
         let state = Arc::new(AppState {
-            index,
+            index: std::sync::RwLock::new(Arc::new(index)),
+            stale,
+            built: tokio::sync::Mutex::new(std::time::Instant::now()),
             cfg,
             data_base: data_base.trim_end_matches('/').to_owned(),
             stats: stats.clone(),
@@ -171,13 +183,44 @@ impl HubServer {
                 let _ = axum::serve(data, data_app).await;
             }),
         ];
-        Ok(Self { addr, data_addr, stats, tasks })
+        Ok(Self { addr, data_addr, stats, tasks, _watcher: watcher })
     }
 
     /// The endpoint clients use (`HF_ENDPOINT`).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// Watches `dir` for changes that matter to the index: not our own hash memo, lock files or
+/// downloads in progress.
+fn watch(dir: &std::path::Path, stale: Arc<std::sync::atomic::AtomicBool>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let handler = move |ev: notify::Result<notify::Event>| {
+        let Ok(ev) = ev else { return };
+        if ev.kind.is_access() {
+            return;
+        }
+        let ours = |p: &std::path::PathBuf| {
+            let s = p.to_string_lossy();
+            s.contains("/.swarm-dl/") || s.contains("/.locks/") || s.ends_with(".incomplete") || s.ends_with(".chunks")
+        };
+        if ev.paths.iter().any(|p| !ours(p)) {
+            stale.store(true, Relaxed);
+        }
+    };
+    let mut w = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the served folder: new repos appear on the first request for them");
+            return None;
+        }
+    };
+    if let Err(e) = w.watch(dir, notify::RecursiveMode::Recursive) {
+        tracing::warn!(error = %e, "cannot watch the served folder: new repos appear on the first request for them");
+        return None;
+    }
+    Some(w)
 }
 
 fn local(l: &tokio::net::TcpListener, fallback: SocketAddr) -> SocketAddr {
@@ -218,27 +261,47 @@ impl AppState {
         }
     }
 
-    /// Finds the repo named by the first segments (`name` or `ns/name`), returning it and the
-    /// number of segments used.
-    fn find_repo(&self, ty: RepoType, segs: &[String]) -> Option<(&IndexedRepo, usize)> {
-        if segs.len() >= 2
-            && let Some(r) = self.index.repos.get(&(ty, format!("{}/{}", segs[0], segs[1])))
-        {
-            return Some((r, 2));
+    /// The index, rebuilt first when files changed under the folder, or when `missed` (a repo
+    /// was not found) and it was last built over a second ago.
+    async fn index(&self, missed: bool) -> Arc<HubIndex> {
+        let current = || self.index.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if !missed && !self.stale.load(Relaxed) {
+            return current();
         }
-        segs.first().and_then(|s| self.index.repos.get(&(ty, s.clone()))).map(|r| (r, 1))
+        let mut built = self.built.lock().await;
+        let due = self.stale.swap(false, Relaxed) || (missed && built.elapsed() >= Duration::from_secs(1));
+        if !due {
+            return current();
+        }
+        let dir = self.cfg.dir.clone();
+        match tokio::task::spawn_blocking(move || HubIndex::build(&dir)).await {
+            Ok(Ok(fresh)) => {
+                tracing::info!(repos = fresh.repos.len(), "folder changed: index rebuilt");
+                *self.index.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot re-index the served folder; serving the last index"),
+            Err(e) => tracing::warn!(error = %e, "re-indexing failed"),
+        }
+        *built = std::time::Instant::now();
+        current()
+    }
+
+    /// The index, with the repo named by the first segments of `segs` in it if the folder has
+    /// it now.
+    async fn index_with(&self, ty: RepoType, segs: &[String]) -> Arc<HubIndex> {
+        let idx = self.index(false).await;
+        if find_repo(&idx, ty, segs).is_some() { idx } else { self.index(true).await }
     }
 
     /// Like the Hub: a repo named with other letter case is redirected, with a relative
     /// `Location`, to its canonical name (a "rename", which clients follow keeping their token).
     /// `first` is the index of the repo id's first path segment.
-    fn canonical_redirect(&self, ty: RepoType, uri: &Uri, first: usize) -> Option<Response> {
+    fn canonical_redirect(idx: &HubIndex, ty: RepoType, uri: &Uri, first: usize) -> Option<Response> {
         let raw: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
         for n in [2, 1] {
             let Some(asked) = raw.get(first..first + n) else { continue };
             let asked = asked.join("/").to_ascii_lowercase();
-            let Some((_, id)) = self.index.repos.keys().find(|(t, id)| *t == ty && id.to_ascii_lowercase() == asked)
-            else {
+            let Some((_, id)) = idx.repos.keys().find(|(t, id)| *t == ty && id.to_ascii_lowercase() == asked) else {
                 continue;
             };
             let mut path = raw[..first].to_vec();
@@ -280,8 +343,9 @@ async fn api_handler(State(st): State<Arc<AppState>>, method: Method, uri: Uri, 
             return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
         };
         let rest = &segs[2..];
-        let Some((repo, used)) = st.find_repo(ty, rest) else {
-            return st.canonical_redirect(ty, &uri, 2).unwrap_or_else(|| st.repo_not_found(&auth));
+        let idx = st.index_with(ty, rest).await;
+        let Some((repo, used)) = find_repo(&idx, ty, rest) else {
+            return AppState::canonical_redirect(&idx, ty, &uri, 2).unwrap_or_else(|| st.repo_not_found(&auth));
         };
         let tail = &rest[used..];
         return match tail.first().map(String::as_str) {
@@ -302,9 +366,10 @@ async fn api_handler(State(st): State<Arc<AppState>>, method: Method, uri: Uri, 
         return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
     };
     st.stats.resolve_requests.fetch_add(1, Relaxed);
-    let Some((repo, used)) = st.find_repo(ty, &rest[..pos]) else {
+    let idx = st.index_with(ty, &rest[..pos]).await;
+    let Some((repo, used)) = find_repo(&idx, ty, &rest[..pos]) else {
         let first = segs.len() - rest.len();
-        return st.canonical_redirect(ty, &uri, first).unwrap_or_else(|| st.repo_not_found(&auth));
+        return AppState::canonical_redirect(&idx, ty, &uri, first).unwrap_or_else(|| st.repo_not_found(&auth));
     };
     if used != pos || rest.len() < pos + 3 {
         return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
@@ -343,6 +408,17 @@ async fn api_handler(State(st): State<Arc<AppState>>, method: Method, uri: Uri, 
     }
     let extra = [("x-repo-commit", commit.to_owned()), ("etag", format!("\"{}\"", file.blob_id))];
     serve_file(&file.source, file.size, &method, &headers, &extra, None, st.stats.clone(), false).await
+}
+
+/// Finds the repo named by the first segments (`name` or `ns/name`), returning it and the
+/// number of segments used.
+fn find_repo<'a>(idx: &'a HubIndex, ty: RepoType, segs: &[String]) -> Option<(&'a IndexedRepo, usize)> {
+    if segs.len() >= 2
+        && let Some(r) = idx.repos.get(&(ty, format!("{}/{}", segs[0], segs[1])))
+    {
+        return Some((r, 2));
+    }
+    segs.first().and_then(|s| idx.repos.get(&(ty, s.clone()))).map(|r| (r, 1))
 }
 
 fn put(h: &mut HeaderMap, k: &str, v: &str) {
@@ -473,7 +549,8 @@ async fn data_handler(State(st): State<Arc<AppState>>, method: Method, uri: Uri,
     let Some(sha) = uri.path().strip_prefix("/lfs/") else {
         return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
     };
-    let Some((path, size)) = st.index.lfs_blobs.get(sha) else {
+    let idx = st.index(false).await;
+    let Some((path, size)) = idx.lfs_blobs.get(sha) else {
         return error(StatusCode::NOT_FOUND, None, "Not Found", &[]);
     };
     let extra = [("etag", format!("\"{sha}\""))];

@@ -104,3 +104,47 @@ async fn hub_protocol_surface() {
     assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(header(&r, LOCATION), "/org/m/resolve/main/config.json");
 }
+
+/// `hub serve` of a folder sees repos and files added after it started: a new repo is found on
+/// the first request for it, a new file once the watcher has seen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repos_and_files_added_after_start_are_served() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    PlainRepo::new(tmp.path(), "", "org/a").file("config.json", b"{}");
+    let hub = HubServer::start(HubServerConfig::loopback(tmp.path())).await.expect("start");
+    let (ep, c) = (hub.endpoint(), client());
+    let info = |repo: &'static str| {
+        let (c, ep) = (c.clone(), ep.clone());
+        async move {
+            let r = c.get(format!("{ep}/api/{repo}/revision/main")).send().await.expect("info");
+            (r.status(), r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(info("models/org/a").await.0, StatusCode::OK);
+    assert_eq!(info("datasets/org/new").await.0, StatusCode::UNAUTHORIZED, "not there yet");
+
+    PlainRepo::new(tmp.path(), "datasets", "org/new").file("data.csv", b"a\n");
+    PlainRepo::new(tmp.path(), "", "org/a").file("config.json", b"{}").file("added.txt", b"later");
+    // Bounded: the watcher (or, without one, a rescan at most once a second) sees them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let files = |v: &serde_json::Value| -> Vec<String> {
+        v["siblings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["rfilename"].as_str().map(String::from))
+            .collect()
+    };
+    loop {
+        let (new, a) = (info("datasets/org/new").await, info("models/org/a").await);
+        if new.0 == StatusCode::OK && files(&a.1).contains(&"added.txt".to_owned()) {
+            assert_eq!(files(&new.1), vec!["data.csv".to_owned()]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not seen within 10 s: {new:?} {a:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The new file is served.
+    let r = c.get(format!("{ep}/org/a/resolve/main/added.txt")).send().await.expect("resolve");
+    assert_eq!(r.bytes().await.expect("body").as_ref(), b"later");
+}
