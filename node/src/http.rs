@@ -203,7 +203,7 @@ fn watch(dir: &std::path::Path, stale: Arc<std::sync::atomic::AtomicBool>) -> Op
         }
         let ours = |p: &std::path::PathBuf| {
             let s = p.to_string_lossy();
-            s.contains("/.swarm-dl/") || s.contains("/.locks/") || s.ends_with(".incomplete") || s.ends_with(".chunks")
+            s.contains("/.swarm-dl/") || s.contains("/.locks/") || s.contains(".incomplete")
         };
         if ev.paths.iter().any(|p| !ours(p)) {
             stale.store(true, Relaxed);
