@@ -390,9 +390,11 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     };
     let result = tokio::select! {
         r = run => r,
-        _ = tokio::signal::ctrl_c() => {
+        // Ctrl-C or SIGTERM: dropping the download saves each partial file's state (what was
+        // written, chunk by chunk) before the process ends.
+        _ = wait_for_signal() => {
             drop(display);
-            eprintln!("interrupted: run the same command again to resume from the verified chunks");
+            eprintln!("interrupted: run the same command again to resume where it stopped");
             return Ok(ExitCode::from(130));
         }
     };

@@ -658,10 +658,10 @@ async fn fetch_verified(
 ) -> Result<(), FetchError> {
     let (inc, state, etag, size) = (paths.incomplete.clone(), paths.state.clone(), f.etag.clone(), f.size);
     let (pf, resumed) = blocking(move || PartialFile::open(&inc, &state, &etag, size)).await??;
-    if resumed.chunks_kept > 0 {
-        tracing::info!(file = %f.path, chunks = resumed.chunks_kept, bytes = resumed.bytes_kept, "resuming from verified chunks");
+    if resumed.chunks_kept > 0 || resumed.bytes_partial > 0 {
+        tracing::info!(file = %f.path, chunks = resumed.chunks_kept, bytes = resumed.bytes_kept, in_chunks = resumed.bytes_partial, "resuming");
     }
-    ctx.progress.resumed(fp, resumed.bytes_kept);
+    ctx.progress.resumed(fp, resumed.bytes_kept + resumed.bytes_partial);
     let pf = Arc::new(pf);
     let layout = ChunkLayout::for_len(f.size);
     let source = ctx
@@ -697,14 +697,13 @@ async fn fetch_verified(
     };
     if let Some(e) = failed {
         verifier.abort();
-        // Keep what was verified for the next run; a file with nothing verified is litter.
-        let (pf2, inc, state) = (pf.clone(), paths.incomplete.clone(), paths.state.clone());
+        // Keep what was written for the next run; a file with nothing in it is litter.
+        let pf2 = pf.clone();
         let _ = blocking(move || {
-            if pf2.manifest().known() == 0 {
-                let _ = std::fs::remove_file(&inc);
-                let _ = std::fs::remove_file(&state);
-            } else {
+            if pf2.has_progress() {
                 let _ = pf2.save_state(true);
+            } else {
+                pf2.discard();
             }
         })
         .await;

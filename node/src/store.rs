@@ -2,10 +2,16 @@
 //!
 //! A [`PartialFile`] is the `.incomplete` file (written at chunk offsets, any order) plus its
 //! chunk state: a [`ChunkManifest`] saved beside it as JSON, at most every
-//! [`PERSIST_EVERY`] and at the end. A chunk is recorded only after all its bytes are written, so
-//! after a crash the state can only be behind the data, never ahead; and on reopening, every
-//! recorded chunk is hashed again and kept only if its bytes still match. The state is a hint
-//! for resuming, never a source of trust.
+//! [`PERSIST_EVERY`], at the end, and when the file is dropped (an interrupted `get` included).
+//! A chunk is recorded only after all its bytes are written; on reopening, every recorded chunk
+//! is hashed again and kept only if its bytes still match.
+//!
+//! The state also keeps, per unfinished chunk, a watermark: how many of its first bytes were
+//! written. A resumed Hub fetch continues from there, hashing the kept prefix back from disk,
+//! so an interruption loses at most what was in flight, not whole chunks. A watermark cannot
+//! be checked against anything on its own (the Hub gives no per-chunk hash): a wrong one makes
+//! the whole-file hash fail, and the file is fetched again. The state is a hint for resuming,
+//! never a source of trust.
 //!
 //! The whole-file hash (the Hub's ETag) is computed in order by a verifier that follows the
 //! contiguous prefix of finished chunks, reading them back (from the page cache), so it overlaps
@@ -90,6 +96,18 @@ pub struct Resumed {
     pub bytes_kept: u64,
     /// Recorded chunks whose bytes did not match (fetched again).
     pub chunks_dropped: u32,
+    /// Bytes written into unfinished chunks (their watermarks), continued from.
+    pub bytes_partial: u64,
+}
+
+/// The chunk state as saved: the manifest, and the watermarks of unfinished chunks.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    #[serde(flatten)]
+    manifest: ChunkManifest,
+    /// Bytes written from the start of each chunk not yet done (0 for the others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    written: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -101,8 +119,12 @@ struct Verifier {
 #[derive(Debug)]
 struct State {
     manifest: ChunkManifest,
+    /// Per chunk: bytes written from its start, while it is not done.
+    written: Vec<u64>,
     saved_at: Instant,
     dirty: bool,
+    /// Finished or thrown away: nothing more is saved.
+    closed: bool,
 }
 
 /// The right to write one chunk. When two sources race for a chunk (endgame) and the copy
@@ -142,6 +164,7 @@ impl PartialFile {
             fs::create_dir_all(dir).map_err(StoreError::io("cannot create directory", dir))?;
         }
         let saved = read_state(state_path, etag, size);
+        let count = swarm_protocol::chunk::ChunkLayout::for_len(size).count() as usize;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -162,12 +185,14 @@ impl PartialFile {
             state_path: state_path.to_path_buf(),
             state: Mutex::new(State {
                 manifest: ChunkManifest::empty(etag.clone(), size),
+                written: vec![0; count],
                 saved_at: Instant::now(),
                 dirty: true,
+                closed: false,
             }),
             verifier: Mutex::new(Verifier { next: 0, hasher: etag.hasher(size) }),
-            write_gate: Mutex::new(vec![0; swarm_protocol::chunk::ChunkLayout::for_len(size).count() as usize]),
-            persist: swarm_protocol::chunk::ChunkLayout::for_len(size).count() > 1,
+            write_gate: Mutex::new(vec![0; count]),
+            persist: count > 1,
         };
         let resumed = match saved {
             Some(m) => pf.recheck(m)?,
@@ -179,7 +204,8 @@ impl PartialFile {
 
     /// Re-hashes every chunk the saved state claims, keeping only those that still match,
     /// and feeds the contiguous verified prefix to the whole-file hasher on the way.
-    fn recheck(&mut self, saved: ChunkManifest) -> Result<Resumed, StoreError> {
+    fn recheck(&mut self, saved: Saved) -> Result<Resumed, StoreError> {
+        let Saved { manifest: saved, written } = saved;
         let layout = saved.layout();
         let mut out = Resumed::default();
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -189,6 +215,12 @@ impl PartialFile {
         for (i, recorded) in saved.chunks.iter().enumerate() {
             let Some(want) = recorded else {
                 prefix = false;
+                let len = layout.range(i as u32).map_or(0, |r| r.end - r.start);
+                let mark = written.get(i).copied().unwrap_or(0);
+                if mark > 0 && mark < len {
+                    state.written[i] = mark;
+                    out.bytes_partial += mark;
+                }
                 continue;
             };
             let Some(range) = layout.range(i as u32) else {
@@ -244,11 +276,67 @@ impl PartialFile {
     }
 
     /// Writes bytes of the ticket's chunk at `offset`, unless the ticket was superseded or the
-    /// chunk is done. Blocking.
+    /// chunk is done. The chunk's watermark is cleared: these bytes are not checked until the
+    /// chunk's hash is (a peer's copy). Blocking.
     pub fn write_at(&self, ticket: Ticket, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let gate = self.gate();
-        self.check(&gate, ticket)?;
-        self.file.write_all_at(bytes, offset).map_err(StoreError::io("cannot write", &self.path))
+        self.write(ticket, offset, bytes, false)
+    }
+
+    /// Like [`Self::write_at`], for a writer that goes from the chunk's start in order and whose
+    /// bytes are worth continuing from (the Hub's): the end of this write becomes the chunk's
+    /// watermark. Blocking.
+    pub fn write_marked(&self, ticket: Ticket, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write(ticket, offset, bytes, true)
+    }
+
+    fn write(&self, ticket: Ticket, offset: u64, bytes: &[u8], mark: bool) -> Result<(), StoreError> {
+        {
+            let gate = self.gate();
+            self.check(&gate, ticket)?;
+            self.file.write_all_at(bytes, offset).map_err(StoreError::io("cannot write", &self.path))?;
+            let mut st = self.lock_state();
+            let start = st.manifest.layout().range(ticket.index).map_or(offset, |r| r.start);
+            if let Some(w) = st.written.get_mut(ticket.index as usize) {
+                let mark = if mark { offset + bytes.len() as u64 - start } else { 0 };
+                if *w != mark {
+                    *w = mark;
+                    st.dirty = true;
+                }
+            }
+        }
+        self.save_state(false)
+    }
+
+    /// How many of chunk `index`'s first bytes are on disk from an earlier writer (0 once it is
+    /// done).
+    pub fn kept(&self, index: u32) -> u64 {
+        let st = self.lock_state();
+        let done = st.manifest.chunks.get(index as usize).is_some_and(|c| c.is_some());
+        if done { 0 } else { st.written.get(index as usize).copied().unwrap_or(0) }
+    }
+
+    /// The sha256 state of chunk `index`'s first `n` bytes, read back from disk (to continue a
+    /// chunk from its watermark). Blocking.
+    pub fn hash_prefix(&self, index: u32, n: u64) -> Result<sha2::Sha256, StoreError> {
+        use sha2::Digest as _;
+        let start = self.lock_state().manifest.layout().range(index).map_or(0, |r| r.start);
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; READ_BUF];
+        read_range(&self.file, &self.path, start..start + n, &mut buf, |b| h.update(b))?;
+        Ok(h)
+    }
+
+    /// Whether anything is worth keeping for a later run: a finished chunk or a watermark.
+    pub fn has_progress(&self) -> bool {
+        let st = self.lock_state();
+        st.manifest.known() > 0 || st.written.iter().any(|w| *w > 0)
+    }
+
+    /// Removes the partial file and its state (nothing in it is worth keeping). Blocking.
+    pub fn discard(&self) {
+        self.lock_state().closed = true;
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_file(&self.state_path);
     }
 
     /// Records the ticket's chunk as written with hash `hash`, unless the ticket was superseded;
@@ -261,6 +349,9 @@ impl PartialFile {
             if let Some(slot) = st.manifest.chunks.get_mut(ticket.index as usize) {
                 *slot = Some(hash);
                 st.dirty = true;
+            }
+            if let Some(w) = st.written.get_mut(ticket.index as usize) {
+                *w = 0;
             }
         }
         self.save_state(false)
@@ -288,12 +379,13 @@ impl PartialFile {
         }
         let json = {
             let mut st = self.lock_state();
-            if !st.dirty || (!force && st.saved_at.elapsed() < PERSIST_EVERY) {
+            if st.closed || !st.dirty || (!force && st.saved_at.elapsed() < PERSIST_EVERY) {
                 return Ok(());
             }
             st.dirty = false;
             st.saved_at = Instant::now();
-            serde_json::to_vec(&st.manifest).map_err(|e| StoreError::Io {
+            let written = if st.written.iter().any(|w| *w > 0) { st.written.clone() } else { Vec::new() };
+            serde_json::to_vec(&Saved { manifest: st.manifest.clone(), written }).map_err(|e| StoreError::Io {
                 op: "cannot encode chunk state for",
                 path: self.path.clone(),
                 source: io::Error::other(e),
@@ -345,10 +437,10 @@ impl PartialFile {
             std::mem::replace(&mut v.hasher, etag.hasher(size)).finish_hex()
         };
         if got != etag.as_str() {
-            let _ = fs::remove_file(&self.path);
-            let _ = fs::remove_file(&self.state_path);
+            self.discard();
             return Err(StoreError::Mismatch { path: self.path.clone(), expected: etag, got });
         }
+        self.lock_state().closed = true;
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir).map_err(StoreError::io("cannot create directory", dir))?;
         }
@@ -367,10 +459,20 @@ impl PartialFile {
     }
 }
 
-fn read_state(path: &Path, etag: &Etag, size: u64) -> Option<ChunkManifest> {
+impl Drop for PartialFile {
+    /// An interrupted download (Ctrl-C, SIGTERM, a failure) keeps what it wrote: the state is
+    /// saved one last time.
+    fn drop(&mut self) {
+        if let Err(e) = self.save_state(true) {
+            tracing::warn!(error = %e, "cannot save chunk state");
+        }
+    }
+}
+
+fn read_state(path: &Path, etag: &Etag, size: u64) -> Option<Saved> {
     let bytes = fs::read(path).ok()?;
-    let m: ChunkManifest = serde_json::from_slice(&bytes).ok()?;
-    match m.validate_for(etag, size) {
+    let m: Saved = serde_json::from_slice(&bytes).ok()?;
+    match m.manifest.validate_for(etag, size) {
         Ok(()) => Some(m),
         Err(e) => {
             tracing::warn!(state = %path.display(), error = %e, "ignoring chunk state");
@@ -417,6 +519,7 @@ fn hash_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use swarm_protocol::chunk::ChunkLayout;
     use swarm_protocol::hash::lfs_sha256;
 
@@ -467,12 +570,56 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&inc).expect("open");
         f.write_all_at(&[0xff ^ data[(4 << 20) + 5]], (4 << 20) + 5).expect("poke");
         let (pf, r) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("reopen");
-        assert_eq!(r, Resumed { chunks_kept: 2, bytes_kept: (4 << 20) + (1 << 20), chunks_dropped: 1 });
+        assert_eq!(
+            r,
+            Resumed { chunks_kept: 2, bytes_kept: (4 << 20) + (1 << 20), chunks_dropped: 1, bytes_partial: 0 }
+        );
         assert_eq!(pf.missing(), vec![1, 2]);
         for i in [1, 2] {
             write_chunk(&pf, &data, i);
         }
         pf.finish(&tmp.path().join("blob")).expect("finish");
+    }
+
+    /// An interrupted chunk is continued from its watermark: the state saved on drop keeps it,
+    /// the resumed writer hashes the kept prefix from disk and the chunk's hash comes out whole.
+    /// A write that is not marked (a peer's copy) clears it.
+    #[tokio::test]
+    async fn an_interrupted_chunk_continues_from_its_watermark() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(9 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"));
+        let layout = ChunkLayout::for_len(data.len() as u64);
+        let r1 = layout.range(1).expect("range");
+        let cut = 1_500_000u64;
+        {
+            let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+            write_chunk(&pf, &data, 0);
+            let t = pf.ticket(1);
+            pf.write_marked(t, r1.start, &data[r1.start as usize..(r1.start + cut) as usize]).expect("half");
+            // Dropped without an explicit save: as at Ctrl-C.
+        }
+        let (pf, r) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("reopen");
+        assert_eq!((r.chunks_kept, r.bytes_partial), (1, cut));
+        let pf = Arc::new(pf);
+        let mut w = ChunkWriter::resume(pf.clone(), 1, r1.clone()).await.expect("resume");
+        assert_eq!(w.received(), cut);
+        w.push(&data[(r1.start + cut) as usize..r1.end as usize]).await.expect("rest");
+        let hash = w.finish().await.expect("finish");
+        assert_eq!(hash, Sha256::of(&data[r1.start as usize..r1.end as usize]));
+        w.commit(hash).await.expect("commit");
+        assert_eq!(pf.kept(1), 0, "done: no watermark");
+        // Chunk 2: marked, then overwritten by an unmarked writer: nothing kept.
+        let r2 = layout.range(2).expect("range");
+        pf.write_marked(pf.ticket(2), r2.start, &[1; 1000]).expect("marked");
+        assert_eq!(pf.kept(2), 1000);
+        pf.write_at(pf.ticket(2), r2.start, &[2; 10]).expect("unmarked");
+        assert_eq!(pf.kept(2), 0);
+        write_chunk(&pf, &data, 2);
+        pf.finish(&tmp.path().join("blob")).expect("finish");
+        drop(pf);
+        assert!(!st.exists(), "a finished file leaves no state behind, even when dropped after");
     }
 
     #[test]

@@ -63,3 +63,55 @@ async fn sigkill_mid_file_then_resume_fetches_only_the_rest() {
         "resume: {verified} chunks verified at the kill; second run resumed {resumed}, fetched {fetched} of {GIB} bytes"
     );
 }
+
+/// Ctrl-C or SIGTERM in the middle of chunks keeps the bytes written into them: the next run
+/// continues each chunk from its watermark. Two interruptions, then a full run: the Hub serves
+/// the file once, plus at most what was in flight at each stop (one write buffer and socket
+/// buffers per connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_and_sigterm_keep_the_bytes_inside_chunks() {
+    const SIZE: u64 = 64 << 20; // 16 chunks of 4 MiB
+    const WORKERS: u64 = 8;
+    const SLICE: u64 = 1 << 20;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = PlainRepo::new(&tmp.path().join("hub"), "", "org/m").random("model.safetensors", 9, SIZE);
+    let mut cfg = HubServerConfig::loopback(tmp.path().join("hub"));
+    cfg.data_rate = Some(1_000_000); // per connection: no chunk completes before the stops
+    let hub = TestHub::with(cfg).await;
+    let cache = tmp.path().join("cache").display().to_string();
+    let args = ["get", "org/m", "--endpoint", &hub.endpoint, "--cache-dir", &cache, "--max-workers", "8"];
+    let served = || hub.stats().data_bytes.load(std::sync::atomic::Ordering::Relaxed);
+    for (signal, upto) in [("-INT", 12_000_000), ("-TERM", 24_000_000)] {
+        let mut child = command(tmp.path()).args(args).spawn().expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while served() < upto {
+            assert!(Instant::now() < deadline, "the stand-in never served {upto} bytes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pid = child.id().expect("pid").to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().expect("kill").success());
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("stops").expect("wait");
+        assert_eq!(status.code(), Some(130), "{signal}: exit 130 after an interruption");
+    }
+    let stopped_at = served();
+    let o = swarm(tmp.path(), &[&args[..], &["--json"]].concat(), &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    let third = served() - stopped_at;
+    eprintln!(
+        "served before the stops {stopped_at}, resumed {}, last run {third}, in all {}",
+        report["bytes_resumed"],
+        served()
+    );
+    assert!(
+        report["bytes_resumed"].as_u64().expect("resumed") + SLICE * WORKERS >= stopped_at,
+        "what the first two runs received is kept: {report} (served before: {stopped_at})"
+    );
+    assert!(
+        served() <= SIZE + 2 * SLICE * WORKERS,
+        "the Hub served {} bytes in all for a file of {SIZE} (the last run {third})",
+        served()
+    );
+    let snap = only_snapshot(&tmp.path().join("cache/models--org--m"));
+    assert_eq!(sha256_file(&snap.join("model.safetensors")), repo.files["model.safetensors"]);
+}

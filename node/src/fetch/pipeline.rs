@@ -79,11 +79,21 @@ impl From<PeerFetchError> for ChunkError {
 /// Where a chunk's bytes come from: it streams chunk `w.index` into `w`.
 trait ChunkSource {
     async fn fill(&self, w: &mut ChunkWriter, ctx: &Ctx, fp: &FileProgress) -> Result<(), ChunkError>;
+
+    /// Whether a chunk can continue from where an interrupted fetch stopped (a ranged GET can;
+    /// a peer sends whole chunks).
+    fn resumes(&self) -> bool {
+        false
+    }
 }
 
 impl ChunkSource for HubSource {
     async fn fill(&self, w: &mut ChunkWriter, ctx: &Ctx, fp: &FileProgress) -> Result<(), ChunkError> {
         Ok(self.fetch(w, &ctx.throttle, &ctx.progress, fp).await?)
+    }
+
+    fn resumes(&self) -> bool {
+        true
     }
 }
 
@@ -519,7 +529,11 @@ impl Job {
             .ok_or_else(|| FetchError::Internal(format!("chunk {} out of range", self.index)))?;
         let w = if self.copy {
             ChunkWriter::in_memory(self.index, range)
+        } else if source.resumes() {
+            ChunkWriter::resume(self.pf.clone(), self.index, range).await?
         } else {
+            // Starts the chunk over: what an interrupted Hub fetch had written no longer counts.
+            self.ctx.progress.take_back(&self.fp, self.pf.kept(self.index));
             ChunkWriter::new(self.pf.clone(), self.index, range)
         };
         let mut w = w.counting(self.got.clone()).also_counting(also_count);

@@ -29,6 +29,8 @@ pub struct ChunkWriter {
     got: Arc<AtomicU64>,
     /// Another counter of received bytes (the file's Hub bytes, announced to peers).
     also: Option<Arc<AtomicU64>>,
+    /// Writes move the chunk's watermark (see [`Self::resume`]).
+    marks: bool,
 }
 
 #[derive(Debug)]
@@ -60,7 +62,26 @@ impl ChunkWriter {
             buf: BytesMut::with_capacity(WRITE_BUF),
             got: Arc::default(),
             also: None,
+            marks: false,
         }
+    }
+
+    /// A writer into the file that continues chunk `index` from where an earlier writer of the
+    /// same kind stopped (its watermark, see [`PartialFile::kept`]), hashing those bytes back
+    /// from disk first, and that moves the watermark as it writes. For sources that can start
+    /// mid-chunk (the Hub's ranged GETs).
+    pub async fn resume(pf: Arc<PartialFile>, index: u32, range: Range<u64>) -> Result<Self, StoreError> {
+        let kept = pf.kept(index).min(range.end - range.start);
+        let mut w = Self::new(pf.clone(), index, range);
+        w.marks = true;
+        if kept > 0 {
+            let h = tokio::task::spawn_blocking(move || pf.hash_prefix(index, kept))
+                .await
+                .map_err(|e| StoreError::Task(format!("hashing task failed: {e}")))??;
+            w.hasher = Some(h);
+            w.flushed = kept;
+        }
+        Ok(w)
     }
 
     /// Counts received bytes into `got` as well.
@@ -121,11 +142,11 @@ impl ChunkWriter {
         }
         let buf = std::mem::take(&mut self.buf);
         let mut hasher = self.hasher.take().unwrap_or_default();
-        let (pf, ticket) = (pf.clone(), *ticket);
+        let (pf, ticket, marks) = (pf.clone(), *ticket, self.marks);
         let offset = self.range.start + self.flushed;
         let (hasher, mut buf, res) = tokio::task::spawn_blocking(move || {
             hasher.update(&buf);
-            let res = pf.write_at(ticket, offset, &buf);
+            let res = if marks { pf.write_marked(ticket, offset, &buf) } else { pf.write_at(ticket, offset, &buf) };
             (hasher, buf, res)
         })
         .await
