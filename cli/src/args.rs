@@ -221,6 +221,16 @@ pub enum CacheCommand {
     Verify {
         /// Only this repo id.
         repo: Option<String>,
+        /// Move bad blobs aside and fetch the files that used them again from the Hub (exits 0
+        /// when everything could be fetched).
+        #[arg(long)]
+        repair: bool,
+        /// Hub URL for --repair [env: HF_ENDPOINT, else https://huggingface.co].
+        #[arg(long, requires = "repair")]
+        endpoint: Option<String>,
+        /// Hub token for --repair [env: HF_TOKEN, else $HF_HOME/token].
+        #[arg(long, requires = "repair")]
+        token: Option<String>,
         #[command(flatten)]
         dir: CacheDirArg,
     },

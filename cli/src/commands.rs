@@ -28,8 +28,9 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Get(a) => get(a).await,
         Command::Cache(CacheCommand::Ls(d)) => cache_ls(settings::cache_dir(d.cache_dir), d.json),
-        Command::Cache(CacheCommand::Verify { repo, dir }) => {
-            cache_verify(settings::cache_dir(dir.cache_dir), repo, dir.json)
+        Command::Cache(CacheCommand::Verify { repo, repair, endpoint, token, dir }) => {
+            let hub = if repair { Some(settings::HubSettings::resolve(endpoint, token, 7)?) } else { None };
+            cache_verify(settings::cache_dir(dir.cache_dir), repo, dir.json, hub).await
         }
         Command::Cache(CacheCommand::Clean { dry_run, dir }) => {
             cache_clean(settings::cache_dir(dir.cache_dir), dry_run, dir.json)
@@ -538,16 +539,29 @@ fn cache_ls(root: std::path::PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cache_verify(root: std::path::PathBuf, repo: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+async fn cache_verify(
+    root: std::path::PathBuf,
+    repo: Option<String>,
+    json: bool,
+    repair: Option<settings::HubSettings>,
+) -> anyhow::Result<ExitCode> {
     if !root.is_dir() {
         return Err(anyhow!("cache '{}' does not exist", root.display()));
     }
-    let checks =
-        scan::verify(&root, repo.as_deref()).with_context(|| format!("cannot read cache '{}'", root.display()))?;
+    let scan_now = |root: &Path| {
+        scan::verify(root, repo.as_deref()).with_context(|| format!("cannot read cache '{}'", root.display()))
+    };
+    let mut checks = scan_now(&root)?;
     if let Some(r) = &repo
         && checks.is_empty()
     {
         return Err(anyhow!("repo '{r}' has no blobs in cache '{}'", root.display()));
+    }
+    if let Some(hub) = repair
+        && checks.iter().any(|c| c.status != "ok")
+    {
+        repair_cache(&root, &checks, &hub).await?;
+        checks = scan_now(&root)?;
     }
     let bad: Vec<_> = checks.iter().filter(|c| c.status != "ok").collect();
     if json {
@@ -559,6 +573,72 @@ fn cache_verify(root: std::path::PathBuf, repo: Option<String>, json: bool) -> a
         eprintln!("{} blobs checked, {} bad", checks.iter().filter(|c| c.status != "missing").count(), bad.len());
     }
     Ok(if bad.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `cache verify --repair`: moves the bad blobs aside (`<blob>.corrupt`), then fetches every
+/// snapshot file left without its blob again from the Hub, commit by commit.
+async fn repair_cache(root: &Path, checks: &[scan::BlobCheck], hub: &settings::HubSettings) -> anyhow::Result<()> {
+    for c in checks.iter().filter(|c| matches!(c.status, "mismatch" | "unreadable")) {
+        let aside = swarm_node::cache::corrupt_path(&c.path);
+        std::fs::rename(&c.path, &aside).with_context(|| format!("cannot move '{}' aside", c.path.display()))?;
+        eprintln!("moved {} aside to {}", c.path.display(), aside.display());
+    }
+    // Snapshot entries whose blob is gone, by repo and commit.
+    let mut todo: std::collections::HashMap<(RepoRef, String), Vec<String>> = std::collections::HashMap::new();
+    let repos: std::collections::HashSet<(swarm_protocol::repo::RepoType, String)> =
+        checks.iter().map(|c| (c.repo_type, c.repo_id.clone())).collect();
+    for (ty, id) in repos {
+        let repo = RepoRef { id: swarm_protocol::repo::RepoId::parse(&id)?, ty };
+        let snapshots = root.join(repo.id.folder_name(ty)).join("snapshots");
+        let Ok(commits) = std::fs::read_dir(&snapshots) else { continue };
+        for commit in commits.flatten() {
+            let dir = commit.path();
+            let mut stack = vec![dir.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(p);
+                    } else if is_link
+                        && std::fs::metadata(&p).is_err()
+                        && let Ok(rel) = p.strip_prefix(&dir)
+                    {
+                        let key = (repo.clone(), commit.file_name().to_string_lossy().into_owned());
+                        todo.entry(key).or_default().push(rel.to_string_lossy().replace('\\', "/"));
+                    }
+                }
+            }
+        }
+    }
+    let client = HubClient::new(hub.config())?;
+    for ((repo, commit), files) in todo {
+        let req = GetRequest {
+            repo: repo.clone(),
+            revision: commit.clone(),
+            include: files.clone(),
+            named: true,
+            force: false,
+            exclude: Vec::new(),
+            cache: HubCache::new(root.to_path_buf()).with_copies(settings::copies()),
+            local_dir: None,
+            max_workers: 8,
+            max_download_rate: None,
+            node: None,
+            peer_wait: Duration::ZERO,
+        };
+        let out = fetch::get(&req, Some(client.clone()), Arc::new(Progress::default()))
+            .await
+            .map_err(|e| failure(e.kind(), format!("cannot repair {} '{}' at {commit}: {e}", repo.ty, repo.id)))?;
+        eprintln!(
+            "fetched {} of {} '{}' at {commit} again ({})",
+            count(out.files_fetched, "file"),
+            repo.ty,
+            repo.id,
+            Bytes(out.bytes_from_hub)
+        );
+    }
+    Ok(())
 }
 
 fn cache_clean(root: std::path::PathBuf, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
@@ -579,8 +659,9 @@ fn cache_clean(root: std::path::PathBuf, dry_run: bool, json: bool) -> anyhow::R
     let freed: u64 = items.iter().filter(|i| i.removed).map(|i| i.bytes).sum();
     let count = |kind| items.iter().filter(|i| i.removed && i.kind == kind).count();
     eprintln!(
-        "{verb} {} incomplete downloads and {} chunk manifests of blobs no longer cached ({}); {} in use",
+        "{verb} {} incomplete downloads, {} corrupt blobs moved aside and {} chunk manifests of blobs no longer cached ({}); {} in use",
         count(scan::CleanKind::Incomplete),
+        count(scan::CleanKind::Corrupt),
         count(scan::CleanKind::Manifest),
         Bytes(freed),
         items.iter().filter(|i| i.in_use).count()

@@ -341,6 +341,17 @@ fn unique_tmp(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.{}.{n}.swarm-dl.tmp", std::process::id()))
 }
 
+/// Where a blob found corrupt is moved aside: `<blob>.corrupt`, beside it (`cache clean`
+/// removes these).
+pub fn corrupt_path(blob: &Path) -> PathBuf {
+    let mut name = blob.file_name().unwrap_or_default().to_os_string();
+    name.push(CORRUPT_SUFFIX);
+    blob.with_file_name(name)
+}
+
+/// Suffix of blobs moved aside because their bytes no longer match their name.
+pub const CORRUPT_SUFFIX: &str = ".corrupt";
+
 /// Writes a file through a temporary sibling and a rename, so readers see all or nothing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;

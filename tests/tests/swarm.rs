@@ -479,3 +479,54 @@ async fn status_names_the_files_in_progress() {
     let o = get.await.expect("join");
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A holder whose blob rotted on disk finds out the first time it serves the bad chunk: it
+/// withdraws the blob and moves it aside, so peers stop getting (and banning it for) bad bytes.
+/// `cache verify --repair` then fetches the file again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_with_a_rotten_blob_withdraws_it_and_repair_fetches_it_again() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), (12 << 20) + 5);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_a, cache_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    seed(tmp.path(), &hub, &cache_a).await;
+    let sha = repo.files["model.safetensors"].clone();
+    let blob = cache_a.join(format!("models--org--model/blobs/{sha}"));
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    bytes[(5 << 20) + 3] ^= 0x5a; // chunk 1 of 4 MiB chunks
+    std::fs::write(&blob, &bytes).expect("rot");
+
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &[]).await;
+    let out = json(&swarm_get(tmp.path(), &hub, &cache_b, &["--peer", a.addr()]).await);
+    assert_eq!(out["files"], 3);
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+    let aside = cache_a.join(format!("models--org--model/blobs/{sha}.corrupt"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !aside.exists() {
+        assert!(std::time::Instant::now() < deadline, "A never moved its rotten blob aside");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!blob.exists());
+    drop(a);
+
+    let cache = cache_a.display().to_string();
+    let o = swarm(tmp.path(), &["cache", "verify", "--cache-dir", &cache], &[]).await;
+    assert!(!o.status.success(), "the snapshot entry has lost its blob");
+    let o =
+        swarm(tmp.path(), &["cache", "verify", "--repair", "--endpoint", &hub.endpoint, "--cache-dir", &cache], &[])
+            .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fetched 1 file of model 'org/model'"), "{}", stderr(&o));
+    assert_snapshot(&only_snapshot(&cache_a.join("models--org--model")), &repo.files);
+    // Rot found by `verify` itself: the blob is moved aside by --repair, then fetched.
+    std::fs::write(&blob, &bytes).expect("rot again");
+    std::fs::remove_file(&aside).expect("rm");
+    let o =
+        swarm(tmp.path(), &["cache", "verify", "--repair", "--endpoint", &hub.endpoint, "--cache-dir", &cache], &[])
+            .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("aside"), "{}", stderr(&o));
+    assert_snapshot(&only_snapshot(&cache_a.join("models--org--model")), &repo.files);
+    let o = swarm(tmp.path(), &["cache", "clean", "--cache-dir", &cache], &[]).await;
+    assert!(o.status.success() && !aside.exists(), "clean removes what was moved aside: {}", stderr(&o));
+}

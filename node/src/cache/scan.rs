@@ -162,6 +162,8 @@ pub fn verified_bytes(state: &Path) -> u64 {
 /// Result of re-hashing one blob.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlobCheck {
+    /// Repo type.
+    pub repo_type: RepoType,
     /// Repo id.
     pub repo_id: String,
     /// The blob.
@@ -176,7 +178,7 @@ pub struct BlobCheck {
 /// whose blob is gone.
 pub fn verify(root: &Path, only: Option<&str>) -> io::Result<Vec<BlobCheck>> {
     let mut out = Vec::new();
-    for (_ty, id, dir) in repo_dirs(root)? {
+    for (repo_type, id, dir) in repo_dirs(root)? {
         if only.is_some_and(|o| o != id.as_str()) {
             continue;
         }
@@ -191,12 +193,17 @@ pub fn verify(root: &Path, only: Option<&str>) -> io::Result<Vec<BlobCheck>> {
                 };
                 let check = match hash_file(&e.path(), &etag) {
                     Ok(got) if got == etag.as_str() => {
-                        BlobCheck { repo_id: repo_id.clone(), path: e.path(), status: "ok", detail: None }
+                        BlobCheck { repo_type, repo_id: repo_id.clone(), path: e.path(), status: "ok", detail: None }
                     }
-                    Ok(got) => {
-                        BlobCheck { repo_id: repo_id.clone(), path: e.path(), status: "mismatch", detail: Some(got) }
-                    }
+                    Ok(got) => BlobCheck {
+                        repo_type,
+                        repo_id: repo_id.clone(),
+                        path: e.path(),
+                        status: "mismatch",
+                        detail: Some(got),
+                    },
                     Err(err) => BlobCheck {
+                        repo_type,
                         repo_id: repo_id.clone(),
                         path: e.path(),
                         status: "unreadable",
@@ -209,6 +216,7 @@ pub fn verify(root: &Path, only: Option<&str>) -> io::Result<Vec<BlobCheck>> {
         for f in walkdir::WalkDir::new(dir.join("snapshots")).into_iter().filter_map(Result::ok) {
             if f.path_is_symlink() && fs::metadata(f.path()).is_err() {
                 out.push(BlobCheck {
+                    repo_type,
                     repo_id: repo_id.clone(),
                     path: f.path().to_path_buf(),
                     status: "missing",
@@ -259,6 +267,8 @@ pub enum CleanKind {
     Incomplete,
     /// The saved chunk manifest of a blob that is no longer in the cache.
     Manifest,
+    /// A blob moved aside because its bytes no longer matched its name.
+    Corrupt,
 }
 
 /// Removes partial downloads (and their chunk state) that no running process holds, and the
@@ -294,7 +304,24 @@ pub fn clean(root: &Path, dry_run: bool) -> io::Result<Vec<CleanItem>> {
     let mut blobs = BTreeSet::new();
     for (_, _, dir) in repo_dirs(root)? {
         if let Ok(entries) = fs::read_dir(dir.join("blobs")) {
-            blobs.extend(entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()));
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(crate::cache::CORRUPT_SUFFIX) {
+                    let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    if !dry_run {
+                        fs::remove_file(e.path())?;
+                    }
+                    out.push(CleanItem {
+                        kind: CleanKind::Corrupt,
+                        path: e.path(),
+                        bytes,
+                        removed: true,
+                        in_use: false,
+                    });
+                } else {
+                    blobs.insert(name);
+                }
+            }
         }
     }
     let manifests = HubCache::new(root).swarm_dir().join("manifests");

@@ -129,6 +129,21 @@ impl Partial {
 struct Complete {
     path: PathBuf,
     records: Vec<Record>,
+    /// Chunks whose bytes on disk were hashed and matched since this node took the blob up.
+    /// A blob whose hashes came from its saved manifest starts with none: each chunk is checked
+    /// the first time it is served.
+    checked: Mutex<Bitmap>,
+}
+
+impl Complete {
+    fn new(path: PathBuf, records: Vec<Record>, checked: bool) -> Self {
+        let n = records.len() as u32;
+        let mut bits = Bitmap::new(n);
+        if checked {
+            (0..n).for_each(|i| bits.set(i));
+        }
+        Self { path, records, checked: Mutex::new(bits) }
+    }
 }
 
 /// A source of one chunk's bytes.
@@ -136,15 +151,16 @@ struct Complete {
 pub enum ChunkBytes {
     /// From a partial file.
     Partial(Arc<PartialFile>, std::ops::Range<u64>),
-    /// From a blob.
-    Blob(File, std::ops::Range<u64>),
+    /// From a blob; with the hash its bytes must have when this chunk was not checked yet (the
+    /// server hashes what it sends and reports back with [`Holdings::served`]).
+    Blob(File, std::ops::Range<u64>, Option<Sha256>),
 }
 
 impl ChunkBytes {
     /// The chunk's byte range.
     pub fn range(&self) -> std::ops::Range<u64> {
         match self {
-            Self::Partial(_, r) | Self::Blob(_, r) => r.clone(),
+            Self::Partial(_, r) | Self::Blob(_, r, _) => r.clone(),
         }
     }
 
@@ -152,7 +168,15 @@ impl ChunkBytes {
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         match self {
             Self::Partial(pf, _) => pf.read_at(offset, buf).map_err(io::Error::other),
-            Self::Blob(f, _) => f.read_exact_at(buf, offset),
+            Self::Blob(f, _, _) => f.read_exact_at(buf, offset),
+        }
+    }
+
+    /// The hash to check the bytes against as they are sent, if this chunk was not checked yet.
+    pub fn unchecked(&self) -> Option<Sha256> {
+        match self {
+            Self::Blob(_, _, expect) => *expect,
+            Self::Partial(..) => None,
         }
     }
 }
@@ -254,7 +278,7 @@ impl Holdings {
         {
             let records =
                 records.into_iter().enumerate().map(|(i, r)| self.sign(etag, p.size, i as u32, r.sha256)).collect();
-            self.insert_complete(etag, Complete { path: path.to_path_buf(), records });
+            self.insert_complete(etag, Complete::new(path.to_path_buf(), records, true));
             let mut done = lock(&self.completed);
             if done.len() >= MAX_COMPLETED {
                 done.pop_front();
@@ -361,6 +385,7 @@ impl Holdings {
         let path = self.find_blob(etag, size)?;
         let cache = crate::cache::HubCache::new(self.cache_root.clone());
         let saved = cache.load_manifest(etag, size).map(|m| m.chunks.into_iter().flatten().collect::<Vec<_>>());
+        let checked = saved.is_none();
         let hashed = match saved {
             Some(h) => Ok(Some(h)),
             None => hash_blob(&path, etag, size).inspect(|h| {
@@ -383,8 +408,36 @@ impl Holdings {
             }
         };
         let records = hashes.into_iter().enumerate().map(|(i, h)| self.sign(etag, size, i as u32, h)).collect();
-        self.insert_complete(etag, Complete { path, records });
+        self.insert_complete(etag, Complete::new(path, records, checked));
         lock(&self.complete).get(etag).cloned()
+    }
+
+    /// Says how a chunk of a blob hashed when it was served (see [`ChunkBytes::unchecked`]). A
+    /// chunk that no longer matches its record means the blob rotted on disk: it is withdrawn,
+    /// moved aside (`<blob>.corrupt`, which `cache clean` removes) and logged as an error; the
+    /// next `get` of its repo fetches it again. Blocking.
+    pub fn served(&self, etag: &Etag, index: u32, good: bool) {
+        let Some(c) = lock(&self.complete).get(etag).cloned() else { return };
+        if good {
+            lock(&c.checked).set(index);
+            return;
+        }
+        lock(&self.complete).remove(etag);
+        let aside = crate::cache::corrupt_path(&c.path);
+        match std::fs::rename(&c.path, &aside) {
+            Ok(()) => tracing::error!(
+                blob = %c.path.display(),
+                chunk = index,
+                moved_to = %aside.display(),
+                "a cached blob no longer matches its hash (disk error?): no longer served, moved aside; the next get of its repo fetches it again"
+            ),
+            Err(e) => tracing::error!(
+                blob = %c.path.display(),
+                chunk = index,
+                error = %e,
+                "a cached blob no longer matches its hash (disk error?): no longer served, and it cannot be moved aside; run `swarm-dl cache verify --repair`"
+            ),
+        }
     }
 
     /// Peers that said, asking about `etag`, that they download it too, since the last call.
@@ -461,7 +514,9 @@ impl Holdings {
                 .map(|_| ChunkBytes::Partial(p.pf.clone(), range));
         }
         let c = self.complete(etag, size)?;
-        File::open(&c.path).ok().map(|f| ChunkBytes::Blob(f, range))
+        let unchecked = !lock(&c.checked).get(index);
+        let expect = unchecked.then(|| c.records.get(index as usize).map(|r| r.sha256)).flatten();
+        File::open(&c.path).ok().map(|f| ChunkBytes::Blob(f, range, expect))
     }
 }
 

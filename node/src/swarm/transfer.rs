@@ -17,10 +17,12 @@ use crate::store::StoreError;
 use crate::throttle::Throttle;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, Stream, StreamProtocol};
+use sha2::Digest as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use swarm_protocol::hash::Sha256;
 use swarm_protocol::wire::{CHUNK_PROTOCOL, ChunkHeader, ChunkRequest, MAX_CHUNK_FRAME};
 use tokio::sync::Semaphore;
 
@@ -178,17 +180,28 @@ impl Transfer {
             };
             let range = bytes.range();
             write_frame(&mut stream, &ChunkHeader::Data { len: range.end - range.start }).await?;
+            // A blob chunk served for the first time is hashed on the way out: bit rot is found
+            // by the holder, which withdraws the blob, not only by the receivers it fails.
+            let expect = bytes.unchecked();
+            let mut hasher = expect.map(|_| sha2::Sha256::new());
             let bytes = Arc::new(bytes);
             let mut pos = range.start;
             while pos < range.end {
                 let n = ((range.end - pos) as usize).min(SLICE);
                 let b = bytes.clone();
-                let mut buf = tokio::task::spawn_blocking(move || {
+                let h = hasher.take();
+                let (mut buf, h) = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; n];
-                    b.read_at(pos, &mut buf).map(|()| buf)
+                    b.read_at(pos, &mut buf)?;
+                    let h = h.map(|mut h| {
+                        h.update(&buf);
+                        h
+                    });
+                    Ok::<_, std::io::Error>((buf, h))
                 })
                 .await
                 .map_err(std::io::Error::other)??;
+                hasher = h;
                 if pos == range.start && self.hooks.corrupts() {
                     super::hooks::corrupt(&mut buf);
                 }
@@ -204,6 +217,11 @@ impl Transfer {
                 }
             }
             stream.flush().await?;
+            if let (Some(expect), Some(h)) = (expect, hasher) {
+                let good = Sha256(h.finalize().into()) == expect;
+                let (hd, etag, index) = (holdings.clone(), req.etag.clone(), req.index);
+                let _ = tokio::task::spawn_blocking(move || hd.served(&etag, index, good)).await;
+            }
             tracing::trace!(%peer, chunk = req.index, "served chunk");
         }
     }
