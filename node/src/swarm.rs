@@ -135,6 +135,7 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     have: request_response::Behaviour<codec::HaveCodec>,
     meta: request_response::Behaviour<codec::MetaCodec>,
+    report: request_response::Behaviour<codec::ReportCodec>,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -158,6 +159,8 @@ enum PeerCommand {
     Respond { channel: request_response::ResponseChannel<HaveResponse>, resp: HaveResponse },
     Meta { peer: PeerId, req: MetaRequest, reply: oneshot::Sender<Result<MetaResponse, String>> },
     MetaRespond { channel: request_response::ResponseChannel<MetaResponse>, resp: MetaResponse },
+    Report { peer: PeerId, req: wire::ChunkRequest },
+    ReportRespond { channel: request_response::ResponseChannel<wire::ReportAck>, resp: wire::ReportAck },
     Provide(Etag),
     FindProviders { etag: Etag, reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -422,6 +425,11 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
                 [(StreamProtocol::new(wire::META_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
             ),
+            report: request_response::Behaviour::with_codec(
+                codec::report_codec(),
+                [(StreamProtocol::new(wire::REPORT_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+            ),
             stream: libp2p_stream::Behaviour::new(),
         })
     };
@@ -616,6 +624,13 @@ impl NodeHandle {
         on_bytes: impl FnMut(u64),
     ) -> Result<(), transfer::PeerFetchError> {
         self.shared.transfer.fetch(peer, req, w, throttle, on_bytes).await
+    }
+
+    /// Tells `peer` that the chunk it served did not match the record it gave, so that it can
+    /// check its copy (a holder whose disk rotted withdraws the blob). Fire and forget.
+    pub fn report_bad_chunk(&self, peer: PeerId, etag: &Etag, size: u64, index: u32) {
+        let req = wire::ChunkRequest { etag: etag.clone(), size, index };
+        let _ = self.shared.cmd.try_send(PeerCommand::Report { peer, req }.into());
     }
 
     /// Bans a peer for the configured time (its records and bytes are refused).
@@ -1019,6 +1034,12 @@ impl EventLoop {
                 let id = self.swarm.behaviour_mut().meta.send_request(&peer, req);
                 self.pending_meta.insert(id, reply);
             }
+            PeerCommand::Report { peer, req } => {
+                let _ = self.swarm.behaviour_mut().report.send_request(&peer, req);
+            }
+            PeerCommand::ReportRespond { channel, resp } => {
+                let _ = self.swarm.behaviour_mut().report.send_response(channel, resp);
+            }
             PeerCommand::MetaRespond { channel, resp } => {
                 let _ = self.swarm.behaviour_mut().meta.send_response(channel, resp);
             }
@@ -1134,6 +1155,20 @@ impl EventLoop {
             },
             BehaviourEvent::Meta(request_response::Event::OutboundFailure { request_id, error, .. }) => {
                 reply(&mut self.pending_meta, request_id, Err(error.to_string()));
+            }
+            BehaviourEvent::Report(request_response::Event::Message {
+                peer,
+                message: request_response::Message::Request { request, channel, .. },
+                ..
+            }) => {
+                let holdings = self.shared.holdings.clone();
+                tracing::info!(%peer, chunk = request.index, etag = %request.etag, "a peer reports a chunk it got from here as bad");
+                self.answer_later(
+                    peer,
+                    wire::ReportAck { rechecked: false },
+                    move || wire::ReportAck { rechecked: holdings.recheck(&request.etag, request.size, request.index) },
+                    |resp| PeerCommand::ReportRespond { channel, resp },
+                );
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,

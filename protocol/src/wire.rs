@@ -22,6 +22,9 @@ pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/3";
 pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
 /// Protocol name of the metadata exchange (a revision's commit and file listing).
 pub const META_PROTOCOL: &str = "/swarm-dl/meta/1";
+/// Protocol name of bad-chunk reports: "the chunk you served me does not match your record"
+/// (a [`ChunkRequest`] naming it, answered with a [`ReportAck`]).
+pub const REPORT_PROTOCOL: &str = "/swarm-dl/report/1";
 /// Protocol name of the Kademlia DHT (private: never the public IPFS one).
 pub const KAD_PROTOCOL: &str = "/swarm-dl/kad/1";
 /// Identify's protocol version string.
@@ -247,6 +250,13 @@ pub enum ChunkHeader {
     NotHeld,
     /// Too many requests in flight here: ask someone else or later.
     Busy,
+}
+
+/// The answer to a bad-chunk report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// Whether the holder hashed the chunk again (reports are rate-limited).
+    pub rechecked: bool,
 }
 
 /// "Which commit is this revision, and what files does it hold?"

@@ -530,3 +530,34 @@ async fn a_holder_with_a_rotten_blob_withdraws_it_and_repair_fetches_it_again() 
     let o = swarm(tmp.path(), &["cache", "clean", "--cache-dir", &cache], &[]).await;
     assert!(o.status.success() && !aside.exists(), "clean removes what was moved aside: {}", stderr(&o));
 }
+
+/// Rot after a chunk was checked: the holder serves it unchecked, the receiver finds the
+/// mismatch, bans the holder and reports the chunk; the holder hashes it again, withdraws the
+/// blob and moves it aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_bad_chunk_makes_the_holder_check_and_withdraw_its_blob() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), (12 << 20) + 5);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_a, cache_b, cache_c) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    seed(tmp.path(), &hub, &cache_a).await;
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &[]).await;
+    // B takes everything from A: every chunk is checked on the way out, and good.
+    let out = json(&swarm_get(tmp.path(), &hub, &cache_b, &["--peer", a.addr()]).await);
+    assert_eq!(out["bytes_from_peers"], out["bytes"]);
+    // Now the disk rots.
+    let sha = repo.files["model.safetensors"].clone();
+    let blob = cache_a.join(format!("models--org--model/blobs/{sha}"));
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    bytes[(9 << 20) + 7] ^= 0x5a;
+    std::fs::write(&blob, &bytes).expect("rot");
+    let out = json(&swarm_get(tmp.path(), &hub, &cache_c, &["--peer", a.addr()]).await);
+    assert_eq!(out["files"], 3);
+    assert_snapshot(&only_snapshot(&cache_c.join("models--org--model")), &repo.files);
+    let aside = cache_a.join(format!("models--org--model/blobs/{sha}.corrupt"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !aside.exists() {
+        assert!(std::time::Instant::now() < deadline, "A was told and did not check its blob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

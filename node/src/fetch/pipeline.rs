@@ -376,6 +376,12 @@ pub(crate) async fn fetch_chunks(
                     (_, Err(ChunkError::Fatal(e))) => break Err(e),
                     (Source::Peer(peer), Err(ChunkError::Peer { fault, why })) => {
                         ctx.progress.take_back(fp, run.got.load(Relaxed));
+                        if fault == Fault::BadData
+                            && let Some(node) = node
+                        {
+                            // Its disk may have rotted: tell it, so it can check its copy.
+                            node.report_bad_chunk(peer, &f.etag, f.size, out.index);
+                        }
                         tracing::debug!(%peer, chunk = out.index, %why, "peer fetch failed");
                         actions = sched.handle(Event::Failed { index: out.index, peer, fault }, now());
                     }

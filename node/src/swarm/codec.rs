@@ -64,6 +64,14 @@ pub type HaveCodec = FrameCodec<HaveRequest, HaveResponse>;
 /// `/swarm-dl/meta/1`.
 pub type MetaCodec = FrameCodec<MetaRequest, MetaResponse>;
 
+/// `/swarm-dl/report/1`.
+pub type ReportCodec = FrameCodec<wire::ChunkRequest, wire::ReportAck>;
+
+/// The report codec with its limits.
+pub fn report_codec() -> ReportCodec {
+    FrameCodec::new(wire::MAX_CHUNK_FRAME, wire::MAX_CHUNK_FRAME)
+}
+
 /// The have codec with its limits.
 pub fn have_codec() -> HaveCodec {
     FrameCodec::new(MAX_HAVE_REQUEST, MAX_HAVE_RESPONSE)

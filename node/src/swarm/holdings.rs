@@ -26,6 +26,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::hash::{Etag, Sha256};
 use swarm_protocol::wire::{Bitmap, ChunkRecord, HaveRequest, HaveResponse, record_signing_bytes};
@@ -146,6 +147,13 @@ impl Complete {
     }
 }
 
+/// Rate limits of [`Holdings::recheck`].
+#[derive(Debug, Default)]
+struct Rechecks {
+    last: Option<std::time::Instant>,
+    per_chunk: HashMap<(Etag, u32), std::time::Instant>,
+}
+
 /// A source of one chunk's bytes.
 #[derive(Debug)]
 pub enum ChunkBytes {
@@ -204,6 +212,8 @@ pub struct Holdings {
     /// Peers that asked about a file this node is downloading, saying they download it too,
     /// since the download's driver last looked ([`Holdings::take_askers`]).
     askers: Mutex<HashMap<Etag, HashSet<PeerId>>>,
+    /// When reported chunks were last hashed again ([`Holdings::recheck`]).
+    rechecks: Mutex<Rechecks>,
 }
 
 /// Most complete-blob manifests kept in memory (each is ~100 bytes per chunk).
@@ -228,6 +238,7 @@ impl Holdings {
             wanted: Mutex::default(),
             completed: Mutex::default(),
             askers: Mutex::default(),
+            rechecks: Mutex::default(),
         }
     }
 
@@ -410,6 +421,49 @@ impl Holdings {
         let records = hashes.into_iter().enumerate().map(|(i, h)| self.sign(etag, size, i as u32, h)).collect();
         self.insert_complete(etag, Complete::new(path, records, checked));
         lock(&self.complete).get(etag).cloned()
+    }
+
+    /// Hashes chunk `index` of a complete blob again, after a peer reported that what it got
+    /// did not match the record (see [`Self::served`] for what a mismatch does). At most one
+    /// recheck a second, and one per chunk a minute: reports cost the reporter nothing. Returns
+    /// whether it hashed. Blocking.
+    pub fn recheck(&self, etag: &Etag, size: u64, index: u32) -> bool {
+        let now = std::time::Instant::now();
+        {
+            let mut r = lock(&self.rechecks);
+            let recent = |at: &std::time::Instant| now.duration_since(*at) < Duration::from_secs(60);
+            if r.last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+                || r.per_chunk.get(&(etag.clone(), index)).is_some_and(recent)
+            {
+                return false;
+            }
+            r.per_chunk.retain(|_, at| recent(at));
+            r.last = Some(now);
+            r.per_chunk.insert((etag.clone(), index), now);
+        }
+        let Some(c) = lock(&self.complete).get(etag).cloned() else {
+            return false;
+        };
+        let (Some(range), Some(record)) = (ChunkLayout::for_len(size).range(index), c.records.get(index as usize))
+        else {
+            return false;
+        };
+        let hash = || -> io::Result<Sha256> {
+            let f = File::open(&c.path)?;
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut pos = range.start;
+            while pos < range.end {
+                let n = ((range.end - pos) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..n], pos)?;
+                h.update(&buf[..n]);
+                pos += n as u64;
+            }
+            Ok(Sha256(h.finalize().into()))
+        };
+        let good = hash().is_ok_and(|h| h == record.sha256);
+        self.served(etag, index, good);
+        true
     }
 
     /// Says how a chunk of a blob hashed when it was served (see [`ChunkBytes::unchecked`]). A
