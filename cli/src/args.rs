@@ -92,6 +92,9 @@ pub struct JoinArgs {
     /// Cap what all the downloads this node runs pull together, Hub and peers (same units as get).
     #[arg(long, env = "SWARM_DL_MAX_DOWNLOAD_RATE", hide_env_values = true, value_name = "RATE")]
     pub max_download_rate: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; `status` shows where).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Print the node's addresses as one JSON line when ready.
     #[arg(long)]
     pub json: bool,

@@ -107,6 +107,16 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     let node = Node::start(cfg).await?;
     let handle = node.handle();
     let control = ControlServer::start(handle.clone(), cache.clone(), policy).await?;
+    let metrics = match a.metrics_listen {
+        Some(addr) => {
+            let (bound, task) = swarm_node::metrics::serve(addr, handle.clone())
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            handle.set_metrics_url(format!("http://{bound}/metrics"));
+            Some((bound, task))
+        }
+        None => None,
+    };
     let listen: Vec<String> = handle.listen_addrs().iter().map(|m| m.to_string()).collect();
     if a.json {
         let v = serde_json::json!({
@@ -114,6 +124,7 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
             "listen": listen,
             "control": control.socket(),
             "cache_dir": cache.root(),
+            "metrics": metrics.as_ref().map(|(b, _)| format!("http://{b}/metrics")),
         });
         outln!("{v}")?;
     } else {
@@ -122,10 +133,16 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
             outln!("  listening on {l}")?;
         }
         outln!("  control socket {}", control.socket().display())?;
+        if let Some((b, _)) = &metrics {
+            outln!("  metrics on http://{b}/metrics")?;
+        }
     }
     wait_for_signal().await;
     eprintln!("stopping: closing peer connections (verified chunks of unfinished files are kept)");
     control.stop();
+    if let Some((_, task)) = metrics {
+        task.abort();
+    }
     node.shutdown().await;
     drop(lock);
     Ok(ExitCode::SUCCESS)
@@ -206,6 +223,9 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if s.endgame_duplicates > 0 {
         outln!("endgame   {} chunks asked of a second source because the first was slow", s.endgame_duplicates)?;
+    }
+    if let Some(m) = &s.metrics {
+        outln!("metrics   {m}")?;
     }
     if s.handshake_failures > 0 {
         outln!(

@@ -309,7 +309,16 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, line: &Line) -> std::io:
 }
 
 async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::OwnedWriteHalf) {
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::reporting_to(st.node.metrics()));
+    // Counted while it runs, whichever way it ends.
+    struct Running(Arc<crate::metrics::Metrics>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.0.download_running(-1);
+        }
+    }
+    st.node.metrics().download_running(1);
+    let _running = Running(st.node.metrics());
     let run = run_get(st, g, progress.clone());
     let mut run = std::pin::pin!(run);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -349,7 +358,8 @@ async fn run_get(
         retry: RetryPolicy { max_attempts: g.retries, ..RetryPolicy::default() },
         ..HubConfig::default()
     })
-    .map_err(|e| (e.kind(), e.to_string()))?;
+    .map_err(|e| (e.kind(), e.to_string()))?
+    .with_metrics(s.node.metrics());
     let req = GetRequest {
         repo: RepoRef { id: g.repo_id, ty: g.repo_type },
         revision: g.revision,

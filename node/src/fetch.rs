@@ -613,6 +613,7 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
             Ok(()) => break,
             Err(FetchError::Store(StoreError::Mismatch { expected, got, .. })) => {
                 ctx.progress.discard(&fp);
+                ctx.progress.verify_failed();
                 if round == 1 {
                     return Err(FetchError::Integrity {
                         path: f.path.clone(),

@@ -19,6 +19,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 use swarm_protocol::hash::Etag;
 use swarm_protocol::repo::{RepoId, RepoType, check_repo_path};
@@ -260,6 +261,8 @@ pub struct HubClient {
     retry: RetryPolicy,
     /// Give up on the network early (see [`HubClient::fail_fast`]).
     fail_fast: bool,
+    /// Where requests are counted.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 const MAX_REDIRECTS: usize = 10;
@@ -282,7 +285,7 @@ impl HubClient {
             .user_agent(concat!("swarm-dl/", env!("CARGO_PKG_VERSION"), "; hf_hub/compatible"))
             .build()
             .map_err(|e| HubError::Malformed { url: String::new(), what: format!("cannot build HTTP client: {e}") })?;
-        Ok(Self { http, endpoint, token: cfg.token, retry: cfg.retry, fail_fast: false })
+        Ok(Self { http, endpoint, token: cfg.token, retry: cfg.retry, fail_fast: false, metrics: None })
     }
 
     /// The endpoint, without trailing slash.
@@ -297,6 +300,22 @@ impl HubClient {
     #[must_use]
     pub fn fail_fast(&self) -> Self {
         Self { fail_fast: true, ..self.clone() }
+    }
+
+    /// The same client, counting its requests into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Sends a request, counting it (`kind`: api, resolve or data) with its status.
+    async fn send(&self, rb: reqwest::RequestBuilder, kind: &str) -> Result<reqwest::Response, Attempt> {
+        let r = rb.send().await;
+        if let Some(m) = &self.metrics {
+            m.hub_request(kind, r.as_ref().ok().map(|r| r.status().as_u16()));
+        }
+        r.map_err(transport)
     }
 
     /// The retry policy in force.
@@ -385,7 +404,7 @@ impl HubClient {
         subject: &Subject,
     ) -> Result<(T, HeaderMap), HubError> {
         self.with_retries(url, || async {
-            let mut r = self.request(Method::GET, url, true).send().await.map_err(transport)?;
+            let mut r = self.send(self.request(Method::GET, url, true), "api").await?;
             // Renames (case, legacy ids) answer with a relative redirect on the Hub's origin.
             for _ in 0..MAX_REDIRECTS {
                 if !r.status().is_redirection() {
@@ -395,7 +414,7 @@ impl HubClient {
                     .and_then(|l| r.url().join(&l).ok())
                     .filter(|n| self.same_origin(n))
                     .ok_or_else(|| malformed(url, "redirect away from the Hub"))?;
-                r = self.request(Method::GET, &next, true).send().await.map_err(transport)?;
+                r = self.send(self.request(Method::GET, &next, true), "api").await?;
             }
             if !r.status().is_success() {
                 return Err(self.status_error(&r, subject));
@@ -473,7 +492,8 @@ impl HubClient {
         self.with_retries(&start, || async {
             let mut url = start.clone();
             for _ in 0..MAX_REDIRECTS {
-                let r = self.request(Method::HEAD, &url, true).send().await.map_err(transport)?;
+                let kind = if self.same_origin(&url) { "resolve" } else { "data" };
+                let r = self.send(self.request(Method::HEAD, &url, true), kind).await?;
                 let h = r.headers();
                 if r.status().is_redirection() {
                     let loc =
@@ -507,7 +527,8 @@ impl HubClient {
             if let Some(r) = &range {
                 rb = rb.header(header::RANGE, format!("bytes={}-{}", r.start, r.end.saturating_sub(1)));
             }
-            let resp = rb.send().await.map_err(transport)?;
+            let kind = if self.same_origin(&loc.url) { "resolve" } else { "data" };
+            let resp = self.send(rb, kind).await?;
             let status = resp.status();
             if status.is_redirection() {
                 let target = header_str(resp.headers(), header::LOCATION)

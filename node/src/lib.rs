@@ -13,6 +13,7 @@ pub mod control;
 pub mod fetch;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod rate;
 pub mod scheduler;
 pub mod store;

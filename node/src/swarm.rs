@@ -301,6 +301,9 @@ pub struct NodeStatus {
     /// Connections that failed in the handshake (another swarm key, or none).
     #[serde(default)]
     pub handshake_failures: u64,
+    /// Where Prometheus metrics are served (`join --metrics-listen`).
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 /// Peers caught lying, and until when.
@@ -367,6 +370,9 @@ struct Shared {
     /// A download already waited for unreachable `--peer`s and went on without them.
     static_wait_spent: std::sync::atomic::AtomicBool,
     download: Option<Arc<crate::throttle::Throttle>>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Where the metrics are served, if they are (`status` says).
+    metrics_url: std::sync::OnceLock<String>,
 }
 
 /// How long the set of peers must stay the same, once one is connected, before a node that has
@@ -496,6 +502,8 @@ impl Node {
             has_static_peers: !cfg.peers.is_empty(),
             static_wait_spent: std::sync::atomic::AtomicBool::new(false),
             download: cfg.max_download_rate.map(|r| Arc::new(crate::throttle::Throttle::new(Some(r)))),
+            metrics: Arc::default(),
+            metrics_url: std::sync::OnceLock::new(),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
         let mut bound = 0;
@@ -633,8 +641,31 @@ impl NodeHandle {
         let _ = self.shared.cmd.try_send(PeerCommand::Report { peer, req }.into());
     }
 
+    /// The node's metrics.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// The metrics in the text exposition format, up to date.
+    pub fn render_metrics(&self) -> String {
+        let s = &self.shared;
+        let peers = lock(&s.connected).len();
+        s.metrics.render(
+            s.transfer.counters.bytes_out.load(Relaxed),
+            s.takeovers.load(Relaxed),
+            s.duplicates.load(Relaxed),
+            peers,
+        )
+    }
+
+    /// Records where the metrics are served (for `status`).
+    pub fn set_metrics_url(&self, url: String) {
+        let _ = self.shared.metrics_url.set(url);
+    }
+
     /// Bans a peer for the configured time (its records and bytes are refused).
     pub fn ban(&self, peer: PeerId, why: &str) {
+        self.shared.metrics.banned();
         self.shared.bans.ban(peer, self.shared.ban_time, why);
         self.shared.transfer.forget(&peer);
     }
@@ -847,6 +878,7 @@ impl NodeHandle {
             hub_takeovers: self.shared.takeovers.load(Relaxed),
             endgame_duplicates: self.shared.duplicates.load(Relaxed),
             handshake_failures: self.shared.handshake_failures.load(Relaxed),
+            metrics: self.shared.metrics_url.get().cloned(),
         }
     }
 }

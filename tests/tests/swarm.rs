@@ -561,3 +561,34 @@ async fn a_reported_bad_chunk_makes_the_holder_check_and_withdraw_its_blob() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `join --metrics-listen`: Prometheus text at `/metrics`, where `status` says, counting what a
+/// download through the node did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_node_serves_prometheus_metrics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), (9 << 20) + 1);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let cache = tmp.path().join("c");
+    let node = JoinNode::loopback(tmp.path(), &cache, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let url = node.status(tmp.path()).await["metrics"].as_str().expect("metrics url").to_owned();
+    let out = json(&swarm_get(tmp.path(), &hub, &cache, &[]).await);
+    let bytes = out["bytes"].as_u64().expect("bytes");
+    let r = reqwest::get(&url).await.expect("scrape");
+    assert!(r.headers()["content-type"].to_str().expect("ct").starts_with("application/openmetrics-text"));
+    let text = r.text().await.expect("body");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert_eq!(value("swarm_dl_downloaded_bytes_total{source=\"hub\"}") as u64, bytes);
+    assert!(value("swarm_dl_chunks_verified_total") >= repo.files.len() as f64, "{text}");
+    assert!(value("swarm_dl_hub_requests_total{kind=\"api\",status=\"200\"}") >= 2.0, "{text}");
+    assert!(value("swarm_dl_hub_requests_total{kind=\"data\",status=\"206\"}") >= 1.0, "{text}");
+    assert_eq!(value("swarm_dl_downloads_in_flight"), 0.0);
+    assert_eq!(value("swarm_dl_chunk_verify_failures_total"), 0.0);
+    assert_eq!(value("swarm_dl_peers"), 0.0);
+    assert!(text.contains("swarm_dl_build_info{version=\""), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+}

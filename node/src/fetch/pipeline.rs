@@ -368,6 +368,7 @@ pub(crate) async fn fetch_chunks(
                         if let Some(node) = node {
                             heard_askers(node, f, &mut sched, now());
                         }
+                        ctx.progress.chunk_verified();
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
                     (_, Err(ChunkError::Fatal(FetchError::Store(StoreError::Superseded { .. })))) => {
@@ -376,6 +377,9 @@ pub(crate) async fn fetch_chunks(
                     (_, Err(ChunkError::Fatal(e))) => break Err(e),
                     (Source::Peer(peer), Err(ChunkError::Peer { fault, why })) => {
                         ctx.progress.take_back(fp, run.got.load(Relaxed));
+                        if fault == Fault::BadData {
+                            ctx.progress.verify_failed();
+                        }
                         if fault == Fault::BadData
                             && let Some(node) = node
                         {

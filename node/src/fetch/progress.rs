@@ -43,9 +43,36 @@ pub struct Progress {
     pub duplicates: AtomicU64,
     /// Warnings for the user, not yet passed on to a remote `get` ([`Progress::take_notes`]).
     notes: Mutex<Vec<String>>,
+    /// The node's metrics, which every count here also goes to.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Progress {
+    /// Counters that also count into a node's metrics.
+    pub fn reporting_to(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..Self::default() }
+    }
+
+    /// A chunk was checked and written.
+    pub fn chunk_verified(&self) {
+        if let Some(m) = &self.metrics {
+            m.chunk_verified();
+        }
+    }
+
+    /// A chunk (or a whole file) did not match its record (or ETag).
+    pub fn verify_failed(&self) {
+        if let Some(m) = &self.metrics {
+            m.verify_failed();
+        }
+    }
+
+    fn count(&self, source: &str, n: u64) {
+        if let Some(m) = &self.metrics {
+            m.downloaded(source, n);
+        }
+    }
+
     /// Warns the user: logged here, and passed on to the `get` a `join` node runs this for.
     pub fn note(&self, message: String) {
         tracing::warn!("{message}");
@@ -81,6 +108,7 @@ impl Progress {
         file.done.fetch_add(n, Relaxed);
         self.bytes_done.fetch_add(n, Relaxed);
         self.bytes_resumed.fetch_add(n, Relaxed);
+        self.count("resumed", n);
     }
 
     /// Counts `n` bytes received from the Hub.
@@ -88,6 +116,7 @@ impl Progress {
         file.done.fetch_add(n, Relaxed);
         self.bytes_done.fetch_add(n, Relaxed);
         self.from_hub.fetch_add(n, Relaxed);
+        self.count("hub", n);
     }
 
     /// Counts `n` bytes received from a peer.
@@ -95,6 +124,7 @@ impl Progress {
         file.done.fetch_add(n, Relaxed);
         self.bytes_done.fetch_add(n, Relaxed);
         self.from_peers.fetch_add(n, Relaxed);
+        self.count("peer", n);
     }
 
     /// Takes back `n` bytes of one chunk that failed its check (they will be fetched again; they
