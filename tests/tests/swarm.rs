@@ -480,6 +480,23 @@ async fn status_names_the_files_in_progress() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// Flips one byte of `blob` at `offset`, as a failing disk would; returns the rotten bytes.
+fn rot(blob: &Path, offset: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(blob).expect("blob");
+    bytes[offset] ^= 0x5a;
+    std::fs::write(blob, &bytes).expect("rot");
+    bytes
+}
+
+/// Waits (at most 10 s) for `path` to exist.
+async fn appears(path: &Path, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(std::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A holder whose blob rotted on disk finds out the first time it serves the bad chunk: it
 /// withdraws the blob and moves it aside, so peers stop getting (and banning it for) bad bytes.
 /// `cache verify --repair` then fetches the file again.
@@ -492,20 +509,14 @@ async fn a_holder_with_a_rotten_blob_withdraws_it_and_repair_fetches_it_again() 
     seed(tmp.path(), &hub, &cache_a).await;
     let sha = repo.files["model.safetensors"].clone();
     let blob = cache_a.join(format!("models--org--model/blobs/{sha}"));
-    let mut bytes = std::fs::read(&blob).expect("blob");
-    bytes[(5 << 20) + 3] ^= 0x5a; // chunk 1 of 4 MiB chunks
-    std::fs::write(&blob, &bytes).expect("rot");
+    let bytes = rot(&blob, (5 << 20) + 3); // chunk 1 of 4 MiB chunks
 
     let a = JoinNode::loopback(tmp.path(), &cache_a, &[]).await;
     let out = json(&swarm_get(tmp.path(), &hub, &cache_b, &["--peer", a.addr()]).await);
     assert_eq!(out["files"], 3);
     assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
     let aside = cache_a.join(format!("models--org--model/blobs/{sha}.corrupt"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !aside.exists() {
-        assert!(std::time::Instant::now() < deadline, "A never moved its rotten blob aside");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    appears(&aside, "A never moved its rotten blob aside").await;
     assert!(!blob.exists());
     drop(a);
 
@@ -548,18 +559,12 @@ async fn a_reported_bad_chunk_makes_the_holder_check_and_withdraw_its_blob() {
     // Now the disk rots.
     let sha = repo.files["model.safetensors"].clone();
     let blob = cache_a.join(format!("models--org--model/blobs/{sha}"));
-    let mut bytes = std::fs::read(&blob).expect("blob");
-    bytes[(9 << 20) + 7] ^= 0x5a;
-    std::fs::write(&blob, &bytes).expect("rot");
+    rot(&blob, (9 << 20) + 7);
     let out = json(&swarm_get(tmp.path(), &hub, &cache_c, &["--peer", a.addr()]).await);
     assert_eq!(out["files"], 3);
     assert_snapshot(&only_snapshot(&cache_c.join("models--org--model")), &repo.files);
     let aside = cache_a.join(format!("models--org--model/blobs/{sha}.corrupt"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !aside.exists() {
-        assert!(std::time::Instant::now() < deadline, "A was told and did not check its blob");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    appears(&aside, "A was told and did not check its blob").await;
 }
 
 /// `join --metrics-listen`: Prometheus text at `/metrics`, where `status` says, counting what a
