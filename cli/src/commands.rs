@@ -610,25 +610,12 @@ async fn repair_cache(root: &Path, checks: &[scan::BlobCheck], hub: &settings::H
     for (ty, id) in repos {
         let repo = RepoRef { id: swarm_protocol::repo::RepoId::parse(&id)?, ty };
         let snapshots = root.join(repo.id.folder_name(ty)).join("snapshots");
-        let Ok(commits) = std::fs::read_dir(&snapshots) else { continue };
-        for commit in commits.flatten() {
-            let dir = commit.path();
-            let mut stack = vec![dir.clone()];
-            while let Some(d) = stack.pop() {
-                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-                    let p = e.path();
-                    let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(p);
-                    } else if is_link
-                        && std::fs::metadata(&p).is_err()
-                        && let Ok(rel) = p.strip_prefix(&dir)
-                    {
-                        let key = (repo.clone(), commit.file_name().to_string_lossy().into_owned());
-                        todo.entry(key).or_default().push(rel.to_string_lossy().replace('\\', "/"));
-                    }
-                }
-            }
+        for path in scan::dangling(&root.join(repo.id.folder_name(ty))) {
+            // snapshots/<commit>/<path in the repo>
+            let Ok(rel) = path.strip_prefix(&snapshots) else { continue };
+            let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned());
+            let Some(commit) = parts.next() else { continue };
+            todo.entry((repo.clone(), commit)).or_default().push(parts.collect::<Vec<_>>().join("/"));
         }
     }
     let client = HubClient::new(hub.config())?;

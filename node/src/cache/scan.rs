@@ -159,6 +159,16 @@ pub fn verified_bytes(state: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Snapshot entries of the repo folder `dir` whose blob is gone (links that lead nowhere).
+pub fn dangling(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir.join("snapshots"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|f| f.path_is_symlink() && fs::metadata(f.path()).is_err())
+        .map(|f| f.path().to_path_buf())
+        .collect()
+}
+
 /// Result of re-hashing one blob.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlobCheck {
@@ -213,16 +223,14 @@ pub fn verify(root: &Path, only: Option<&str>) -> io::Result<Vec<BlobCheck>> {
                 out.push(check);
             }
         }
-        for f in walkdir::WalkDir::new(dir.join("snapshots")).into_iter().filter_map(Result::ok) {
-            if f.path_is_symlink() && fs::metadata(f.path()).is_err() {
-                out.push(BlobCheck {
-                    repo_type,
-                    repo_id: repo_id.clone(),
-                    path: f.path().to_path_buf(),
-                    status: "missing",
-                    detail: Some("snapshot entry points at a missing blob".into()),
-                });
-            }
+        for path in dangling(&dir) {
+            out.push(BlobCheck {
+                repo_type,
+                repo_id: repo_id.clone(),
+                path,
+                status: "missing",
+                detail: Some("snapshot entry points at a missing blob".into()),
+            });
         }
     }
     Ok(out)

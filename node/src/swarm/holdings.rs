@@ -449,17 +449,7 @@ impl Holdings {
             return false;
         };
         let hash = || -> io::Result<Sha256> {
-            let f = File::open(&c.path)?;
-            let mut h = sha2::Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut pos = range.start;
-            while pos < range.end {
-                let n = ((range.end - pos) as usize).min(buf.len());
-                f.read_exact_at(&mut buf[..n], pos)?;
-                h.update(&buf[..n]);
-                pos += n as u64;
-            }
-            Ok(Sha256(h.finalize().into()))
+            hash_chunk(&File::open(&c.path)?, range.clone(), &mut vec![0u8; 1 << 20], |_| {})
         };
         let good = hash().is_ok_and(|h| h == record.sha256);
         self.served(etag, index, good);
@@ -596,18 +586,28 @@ fn hash_blob(path: &Path, etag: &Etag, size: u64) -> io::Result<Option<Vec<Sha25
     let mut buf = vec![0u8; 1 << 20];
     for i in 0..layout.count() {
         let Some(r) = layout.range(i) else { break };
-        let mut h = sha2::Sha256::new();
-        let mut pos = r.start;
-        while pos < r.end {
-            let n = ((r.end - pos) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], pos)?;
-            h.update(&buf[..n]);
-            whole.update(&buf[..n]);
-            pos += n as u64;
-        }
-        hashes.push(Sha256(h.finalize().into()));
+        hashes.push(hash_chunk(&f, r, &mut buf, |b| whole.update(b))?);
     }
     Ok((whole.finish_hex() == etag.as_str()).then_some(hashes))
+}
+
+/// The sha256 of `range` of `f`, read through `buf`; `also` sees the same bytes.
+fn hash_chunk(
+    f: &File,
+    range: std::ops::Range<u64>,
+    buf: &mut [u8],
+    mut also: impl FnMut(&[u8]),
+) -> io::Result<Sha256> {
+    let mut h = sha2::Sha256::new();
+    let mut pos = range.start;
+    while pos < range.end {
+        let n = ((range.end - pos) as usize).min(buf.len());
+        f.read_exact_at(&mut buf[..n], pos)?;
+        h.update(&buf[..n]);
+        also(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(Sha256(h.finalize().into()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
