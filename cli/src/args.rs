@@ -95,6 +95,18 @@ pub struct JoinArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; `status` shows where).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve a Hub-compatible endpoint here, so that unmodified clients download through the
+    /// swarm with HF_ENDPOINT=http://ADDR; `off` turns it off.
+    #[arg(long, value_name = "ADDR|off", default_value = swarm_node::endpoint::DEFAULT_LISTEN, env = "SWARM_DL_HUB_LISTEN", hide_env_values = true)]
+    pub hub_listen: String,
+    /// Attempts per Hub request in the downloads the Hub endpoint runs.
+    #[arg(long, env = "SWARM_DL_RETRIES", hide_env_values = true, default_value_t = swarm_node::hub::RetryPolicy::default().max_attempts,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub retries: u32,
+    /// Let --hub-listen use an address other than loopback: every host that reaches it can
+    /// then make this node download public repos (the Hub still checks each caller's token).
+    #[arg(long)]
+    pub hub_listen_public: bool,
     /// Print the node's addresses as one JSON line when ready.
     #[arg(long)]
     pub json: bool,
@@ -163,7 +175,7 @@ pub struct GetArgs {
     #[arg(long)]
     pub token: Option<String>,
     /// HTTP requests (and files) in flight at most.
-    #[arg(long, env = "SWARM_DL_MAX_WORKERS", hide_env_values = true, default_value_t = 32,
+    #[arg(long, env = "SWARM_DL_MAX_WORKERS", hide_env_values = true, default_value_t = swarm_node::fetch::DEFAULT_MAX_WORKERS,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_workers: u32,
     /// Hub URL [env: HF_ENDPOINT, else https://huggingface.co].
@@ -200,7 +212,7 @@ pub struct GetArgs {
     pub no_swarm: bool,
     /// Seconds to wait for a first peer before starting (peers that appear later are still
     /// used; while configured --peers are unreachable, the first get waits up to 3 s for them).
-    #[arg(long, default_value_t = 0.5, value_name = "SECS")]
+    #[arg(long, default_value_t = swarm_node::fetch::DEFAULT_PEER_WAIT.as_secs_f64(), value_name = "SECS")]
     pub peer_wait: f64,
 }
 

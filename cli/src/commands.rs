@@ -15,6 +15,7 @@ use swarm_node::cache::local_dir::LocalDir;
 use swarm_node::cache::trust;
 use swarm_node::cache::{HubCache, scan};
 use swarm_node::control::{ControlClient, ControlPolicy, ControlServer};
+use swarm_node::endpoint::{EndpointConfig, EndpointError, HubEndpoint};
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
 use swarm_node::http::{HubServer, HubServerConfig};
@@ -80,7 +81,7 @@ fn swarm_note(cfg: &NodeConfig) {
 }
 
 async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
-    let cache = HubCache::new(settings::cache_dir(a.cache_dir)).with_copies(settings::copies());
+    let cache = HubCache::new(settings::cache_dir(a.cache_dir.clone())).with_copies(settings::copies());
     cache.ensure().with_context(|| format!("cannot use cache '{}'", cache.root().display()))?;
     let state = trust::secure_state_dir(cache.root())
         .with_context(|| format!("refusing to run a node on cache '{}'", cache.root().display()))?;
@@ -91,8 +92,9 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
             .map(trust::group_id)
             .transpose()
             .map_err(|e| anyhow!("--control-group: {e}"))?,
-        endpoint: settings::endpoint(a.endpoint),
+        endpoint: settings::endpoint(a.endpoint.clone()),
     };
+    let policy_endpoint = policy.endpoint.clone();
     let (key, lock) = swarm::load_identity(&state)?;
     if lock.is_none() {
         return Err(anyhow!(
@@ -117,6 +119,7 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let hub_endpoint = start_hub_endpoint(&a, &handle, &cache, &policy_endpoint).await?;
     let listen: Vec<String> = handle.listen_addrs().iter().map(|m| m.to_string()).collect();
     if a.json {
         let v = serde_json::json!({
@@ -125,6 +128,7 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
             "control": control.socket(),
             "cache_dir": cache.root(),
             "metrics": metrics.as_ref().map(|(b, _)| format!("http://{b}/metrics")),
+            "hub_endpoint": hub_endpoint.as_ref().map(HubEndpoint::url),
         });
         outln!("{v}")?;
     } else {
@@ -136,16 +140,62 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
         if let Some((b, _)) = &metrics {
             outln!("  metrics on http://{b}/metrics")?;
         }
+        if let Some(e) = &hub_endpoint {
+            outln!("  Hub endpoint {} (HF_ENDPOINT={} for unmodified clients)", e.url(), e.url())?;
+        }
     }
     wait_for_signal().await;
     eprintln!("stopping: closing peer connections (verified chunks of unfinished files are kept)");
     control.stop();
+    drop(hub_endpoint);
     if let Some((_, task)) = metrics {
         task.abort();
     }
     node.shutdown().await;
     drop(lock);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `join`'s Hub endpoint (`--hub-listen`). The default address may be taken (another
+/// node on this host): that is a warning, not a failure; an address asked for must work.
+async fn start_hub_endpoint(
+    a: &JoinArgs,
+    node: &swarm_node::swarm::NodeHandle,
+    cache: &HubCache,
+    upstream: &str,
+) -> anyhow::Result<Option<HubEndpoint>> {
+    if a.hub_listen.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let listen: std::net::SocketAddr = a
+        .hub_listen
+        .parse()
+        .map_err(|_| anyhow!("--hub-listen '{}' is not an address: write e.g. 127.0.0.1:8008, or off", a.hub_listen))?;
+    if !listen.ip().is_loopback() && !a.hub_listen_public {
+        return Err(anyhow!(
+            "--hub-listen {listen} is reachable from other hosts, which could then make this node download: add --hub-listen-public to mean it"
+        ));
+    }
+    let cfg = EndpointConfig {
+        listen,
+        upstream: upstream.to_owned(),
+        max_workers: fetch::DEFAULT_MAX_WORKERS as usize,
+        peer_wait: fetch::DEFAULT_PEER_WAIT,
+        retries: a.retries,
+    };
+    match HubEndpoint::start(node.clone(), cache.clone(), cfg).await {
+        Ok(e) => Ok(Some(e)),
+        Err(EndpointError::Bind { addr, source })
+            if a.hub_listen == swarm_node::endpoint::DEFAULT_LISTEN
+                && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            eprintln!(
+                "warning: {addr} is in use (another node on this host?), so this node serves no Hub endpoint: choose one with --hub-listen ADDR, or --hub-listen off"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn wait_for_signal() {
@@ -223,6 +273,9 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if s.endgame_duplicates > 0 {
         outln!("endgame   {} chunks asked of a second source because the first was slow", s.endgame_duplicates)?;
+    }
+    if let Some(e) = &s.hub_endpoint {
+        outln!("hub       {e} (HF_ENDPOINT for unmodified clients)")?;
     }
     if let Some(m) = &s.metrics {
         outln!("metrics   {m}")?;

@@ -33,6 +33,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWARM_DL_RETRIES", "attempts per request (--retries)"),
     ("SWARM_DL_NO_SWARM", "download from the Hub alone (--no-swarm)"),
     ("SWARM_DL_CONTROL_GROUP", "group whose members may download through a join node (--control-group)"),
+    ("SWARM_DL_HUB_LISTEN", "where join serves its Hub endpoint, or off (--hub-listen)"),
 ];
 
 fn var(k: &str) -> Option<String> {

@@ -276,7 +276,12 @@ async fn serve(stream: UnixStream, st: AppState) {
         ControlRequest::Status => {
             let _ = send(&mut write, &Line::Status(Box::new(st.node.status().await))).await;
         }
-        ControlRequest::Get(g) => {
+        ControlRequest::Get(mut g) => {
+            if st.node.hub_endpoint().is_some_and(|a| crate::endpoint::points_at(&g.endpoint, a)) {
+                // The caller's HF_ENDPOINT is this node's Hub endpoint: the download goes to the
+                // Hub that endpoint relays to, not back through it.
+                g.endpoint.clone_from(&st.policy.endpoint);
+            }
             if let Err(why) = allowed(who, cred.uid(), &g, &st.policy) {
                 tracing::info!(uid = cred.uid(), repo = %g.repo_id, "control socket: refused a download");
                 let _ = send(&mut write, &Line::Error(why)).await;

@@ -36,6 +36,11 @@ use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::repo::is_commit;
 use tokio::sync::{Notify, Semaphore};
 
+/// Requests in flight for a download unless told otherwise (`get --max-workers`).
+pub const DEFAULT_MAX_WORKERS: u32 = 32;
+/// How long a download waits for a first peer unless told otherwise (`get --peer-wait`).
+pub const DEFAULT_PEER_WAIT: Duration = Duration::from_millis(500);
+
 /// What to download and where.
 #[derive(Debug, Clone)]
 pub struct GetRequest {
@@ -599,6 +604,7 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
     let paths = ctx.dest.paths(&f);
     let lock_path = paths.lock.clone();
     let _lock = blocking(move || BlobLock::acquire(&lock_path)).await?.map_err(local_io(&paths.lock))?;
+    fp.writing.store(true, Relaxed);
     // Someone (another swarm-dl, or Python) may have finished it while we waited.
     let (dest, commit, file) = (ctx.dest.clone(), ctx.commit.clone(), f.clone());
     if !ctx.force
@@ -664,6 +670,7 @@ async fn fetch_verified(
     }
     ctx.progress.resumed(fp, resumed.bytes_kept + resumed.bytes_partial);
     let pf = Arc::new(pf);
+    fp.attach(&pf);
     let layout = ChunkLayout::for_len(f.size);
     let source = ctx
         .hub

@@ -227,11 +227,13 @@ fn local(l: &tokio::net::TcpListener, fallback: SocketAddr) -> SocketAddr {
     l.local_addr().unwrap_or(fallback)
 }
 
-fn decode(seg: &str) -> String {
+pub(crate) fn decode(seg: &str) -> String {
     percent_encoding::percent_decode_str(seg).decode_utf8_lossy().into_owned()
 }
 
-fn error(status: StatusCode, code: Option<&str>, message: &str, extra: &[(&str, String)]) -> Response {
+/// An error answer as the Hub gives it: JSON body, `X-Error-Code` (when there is one) and
+/// `X-Error-Message`, which `huggingface_hub` turns into its exception classes.
+pub(crate) fn error(status: StatusCode, code: Option<&str>, message: &str, extra: &[(&str, String)]) -> Response {
     let mut r = (status, axum::Json(json!({ "error": message }))).into_response();
     let h = r.headers_mut();
     if let Some(code) = code {
@@ -421,7 +423,7 @@ fn find_repo<'a>(idx: &'a HubIndex, ty: RepoType, segs: &[String]) -> Option<(&'
     segs.first().and_then(|s| idx.repos.get(&(ty, s.clone()))).map(|r| (r, 1))
 }
 
-fn put(h: &mut HeaderMap, k: &str, v: &str) {
+pub(crate) fn put(h: &mut HeaderMap, k: &str, v: &str) {
     if let (Ok(k), Ok(v)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
         h.insert(k, v);
     }
@@ -557,28 +559,23 @@ async fn data_handler(State(st): State<Arc<AppState>>, method: Method, uri: Uri,
     serve_file(path, *size, &method, &headers, &extra, st.cfg.data_rate, st.stats.clone(), true).await
 }
 
-/// Serves a file (or one byte range of it) with the Hub's headers, counting the bytes sent and
-/// pacing them when `rate` is set.
-#[allow(clippy::too_many_arguments)]
-async fn serve_file(
-    path: &std::path::Path,
+/// The head of a file answer: 200, or 206 for one satisfiable `Range` (several ranges get the
+/// whole file), with `Content-Length`, `Accept-Ranges` and `extra`; returns it with the first
+/// byte and the length to send. An unsatisfiable range is refused with 416, as the Hub does.
+pub(crate) fn file_head(
     size: u64,
-    method: &Method,
     headers: &HeaderMap,
     extra: &[(&str, String)],
-    rate: Option<u64>,
-    stats: Arc<Stats>,
-    on_data_listener: bool,
-) -> Response {
+) -> Result<(Response, u64, u64), Box<Response>> {
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(raw) => match http_range_header::parse_range_header(raw).and_then(|r| r.validate(size)) {
             Ok(ranges) if ranges.len() == 1 => Some(ranges[0].clone()),
-            Ok(_) => None, // several ranges: send the whole file
+            Ok(_) => None,
             Err(_) => {
                 let mut r = error(StatusCode::RANGE_NOT_SATISFIABLE, None, "Requested Range Not Satisfiable", extra);
                 put(r.headers_mut(), header::CONTENT_RANGE.as_str(), &format!("bytes */{size}"));
-                return r;
+                return Err(Box::new(r));
             }
         },
     };
@@ -598,6 +595,26 @@ async fn serve_file(
     if range.is_some() {
         put(h, header::CONTENT_RANGE.as_str(), &format!("bytes {start}-{}/{size}", start + len - 1));
     }
+    Ok((resp, start, len))
+}
+
+/// Serves a file (or one byte range of it) with the Hub's headers, counting the bytes sent and
+/// pacing them when `rate` is set.
+#[allow(clippy::too_many_arguments)]
+async fn serve_file(
+    path: &std::path::Path,
+    size: u64,
+    method: &Method,
+    headers: &HeaderMap,
+    extra: &[(&str, String)],
+    rate: Option<u64>,
+    stats: Arc<Stats>,
+    on_data_listener: bool,
+) -> Response {
+    let (mut resp, start, len) = match file_head(size, headers, extra) {
+        Ok(head) => head,
+        Err(refused) => return *refused,
+    };
     if method == Method::HEAD || len == 0 {
         return resp;
     }

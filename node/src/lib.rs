@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod control;
+pub mod endpoint;
 pub mod fetch;
 pub mod http;
 pub mod hub;

@@ -28,6 +28,13 @@ pub struct HubRequest {
     pub status: String,
 }
 
+/// `route="resolve"|"relay"`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointRoute {
+    /// A file (`resolve`) or a request passed on to the Hub (`relay`).
+    pub route: String,
+}
+
 /// `version="…"`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Build {
@@ -56,6 +63,8 @@ pub struct Metrics {
     takeovers: Counter,
     duplicates: Counter,
     in_flight: Gauge,
+    endpoint_requests: Family<EndpointRoute, Counter>,
+    endpoint_sent: Counter,
     synced: Mutex<Synced>,
 }
 
@@ -73,6 +82,8 @@ impl Default for Metrics {
             takeovers: Counter::default(),
             duplicates: Counter::default(),
             in_flight: Gauge::default(),
+            endpoint_requests: Family::default(),
+            endpoint_sent: Counter::default(),
             synced: Mutex::default(),
         };
         let mut r = Registry::with_prefix("swarm_dl");
@@ -94,6 +105,16 @@ impl Default for Metrics {
             m.duplicates.clone(),
         );
         r.register("downloads_in_flight", "Downloads running in this node", m.in_flight.clone());
+        r.register(
+            "hub_endpoint_requests",
+            "Requests of Hub clients to the node's Hub endpoint, by route",
+            m.endpoint_requests.clone(),
+        );
+        r.register(
+            "hub_endpoint_sent_bytes",
+            "File bytes sent to Hub clients by the endpoint",
+            m.endpoint_sent.clone(),
+        );
         let build = Family::<Build, Gauge>::default();
         build.get_or_create(&Build { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
         r.register("build_info", "The running version (always 1)", build);
@@ -111,6 +132,16 @@ impl Metrics {
     pub fn hub_request(&self, kind: &str, status: Option<u16>) {
         let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
         self.hub_requests.get_or_create(&HubRequest { kind: kind.to_owned(), status }).inc();
+    }
+
+    /// A request to the Hub endpoint, for a file (`resolve`) or passed on (`relay`).
+    pub fn endpoint_request(&self, route: &str) {
+        self.endpoint_requests.get_or_create(&EndpointRoute { route: route.to_owned() }).inc();
+    }
+
+    /// `n` file bytes sent by the Hub endpoint.
+    pub fn endpoint_sent(&self, n: u64) {
+        self.endpoint_sent.inc_by(n);
     }
 
     /// A chunk checked and written.

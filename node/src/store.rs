@@ -417,6 +417,17 @@ impl PartialFile {
         Ok(true)
     }
 
+    /// Length of the prefix that may be read while the file is incomplete: the chunks the
+    /// whole-file hasher has read (all present), then the bytes the Hub wrote in order into the
+    /// next chunk (its watermark). Nothing in it changes before the file is finished, except
+    /// when the whole file fails its hash and is discarded.
+    pub fn readable(&self) -> u64 {
+        let next = self.verifier.lock().unwrap_or_else(|p| p.into_inner()).next;
+        let layout = self.lock_state().manifest.layout();
+        let start = layout.range(next).map_or(layout.len, |r| r.start);
+        start + self.kept(next)
+    }
+
     /// Checks the whole file against its ETag and moves it to `dest`. Blocking. On a mismatch
     /// the partial file and its state are removed (they are wrong) and an error returned.
     ///

@@ -304,6 +304,10 @@ pub struct NodeStatus {
     /// Where Prometheus metrics are served (`join --metrics-listen`).
     #[serde(default)]
     pub metrics: Option<String>,
+    /// Where unmodified Hub clients download through this node (`join --hub-listen`), for
+    /// their `HF_ENDPOINT`.
+    #[serde(default)]
+    pub hub_endpoint: Option<String>,
 }
 
 /// Peers caught lying, and until when.
@@ -373,6 +377,7 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     /// Where the metrics are served, if they are (`status` says).
     metrics_url: std::sync::OnceLock<String>,
+    hub_endpoint: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// How long the set of peers must stay the same, once one is connected, before a node that has
@@ -504,6 +509,7 @@ impl Node {
             download: cfg.max_download_rate.map(|r| Arc::new(crate::throttle::Throttle::new(Some(r)))),
             metrics: Arc::default(),
             metrics_url: std::sync::OnceLock::new(),
+            hub_endpoint: std::sync::OnceLock::new(),
         });
         // Wait until every listener is bound, so that the addresses we report are real.
         let mut bound = 0;
@@ -661,6 +667,16 @@ impl NodeHandle {
     /// Records where the metrics are served (for `status`).
     pub fn set_metrics_url(&self, url: String) {
         let _ = self.shared.metrics_url.set(url);
+    }
+
+    /// Records where the node's Hub endpoint listens (`join --hub-listen`).
+    pub fn set_hub_endpoint(&self, addr: std::net::SocketAddr) {
+        let _ = self.shared.hub_endpoint.set(addr);
+    }
+
+    /// Where the node's Hub endpoint listens, if it runs.
+    pub fn hub_endpoint(&self) -> Option<std::net::SocketAddr> {
+        self.shared.hub_endpoint.get().copied()
     }
 
     /// Bans a peer for the configured time (its records and bytes are refused).
@@ -879,6 +895,7 @@ impl NodeHandle {
             endgame_duplicates: self.shared.duplicates.load(Relaxed),
             handshake_failures: self.shared.handshake_failures.load(Relaxed),
             metrics: self.shared.metrics_url.get().cloned(),
+            hub_endpoint: self.hub_endpoint().map(|a| format!("http://{a}")),
         }
     }
 }

@@ -101,8 +101,9 @@ async fn handle(State(st): State<Arc<ProxyState>>, method: Method, uri: Uri, hea
         return r;
     }
     let url = format!("{}{}", st.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    // The Host header goes through, as a reverse proxy keeps it: the server's pagination links
+    // then name the proxy, as the Hub's name its public host.
     let mut fwd = headers.clone();
-    fwd.remove("host");
     if matches!(fault, Some(Fault::IgnoreRange)) {
         fwd.remove("range");
     }

@@ -15,6 +15,8 @@ pub struct JoinNode {
     pub listen: Vec<String>,
     /// Its cache dir.
     pub cache: PathBuf,
+    /// Its Hub endpoint (`http://…`), on an ephemeral port unless `args` chose one.
+    pub hub_endpoint: Option<String>,
     prefix: Vec<String>,
 }
 
@@ -24,6 +26,10 @@ impl JoinNode {
     pub async fn start_with(prefix: &[String], home: &Path, cache: &Path, args: &[&str]) -> Self {
         let mut c = crate::run::prefixed(prefix, home, true);
         c.args(["join", "--cache-dir", &cache.display().to_string(), "--json"]).args(args);
+        if !args.contains(&"--hub-listen") {
+            // Never the fixed default port: tests run side by side.
+            c.args(["--hub-listen", "127.0.0.1:0"]);
+        }
         c.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = c.spawn().expect("spawn join");
         let stdout = child.stdout.take().expect("stdout");
@@ -37,9 +43,10 @@ impl JoinNode {
         let listen =
             v["listen"].as_array().expect("listen").iter().map(|a| a.as_str().expect("addr").to_owned()).collect();
         let peer_id = v["peer_id"].as_str().expect("peer_id").to_owned();
+        let hub_endpoint = v["hub_endpoint"].as_str().map(str::to_owned);
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, peer_id, listen, cache: cache.to_path_buf(), prefix: prefix.to_vec() }
+        Self { child, peer_id, listen, cache: cache.to_path_buf(), hub_endpoint, prefix: prefix.to_vec() }
     }
 
     /// Starts a node on 127.0.0.1 with mDNS off.

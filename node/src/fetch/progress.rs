@@ -1,8 +1,9 @@
 //! Live counters of a download, read by whoever draws progress (the CLI polls them).
 
+use crate::store::PartialFile;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// One file's progress.
 #[derive(Debug)]
@@ -15,6 +16,38 @@ pub struct FileProgress {
     pub done: AtomicU64,
     /// Verified and in place.
     pub finished: AtomicBool,
+    /// This process holds the file's lock and is writing it (its partial file exists).
+    pub writing: AtomicBool,
+    /// Times the file was started again from nothing (after a whole-file mismatch): bytes read
+    /// from an earlier round are void.
+    pub restarts: AtomicU64,
+    /// The partial file being written, for [`FileProgress::readable`].
+    partial: Mutex<Weak<PartialFile>>,
+}
+
+impl FileProgress {
+    fn new(path: &str, size: u64, done: u64) -> Self {
+        Self {
+            path: path.to_owned(),
+            size,
+            done: AtomicU64::new(done),
+            finished: AtomicBool::new(false),
+            writing: AtomicBool::new(false),
+            restarts: AtomicU64::new(0),
+            partial: Mutex::new(Weak::new()),
+        }
+    }
+
+    /// Records the partial file this round writes.
+    pub(crate) fn attach(&self, pf: &Arc<PartialFile>) {
+        *self.partial.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(pf);
+    }
+
+    /// How much of the file's start may be read from its partial file now
+    /// ([`PartialFile::readable`]): what the Hub endpoint streams before the file is complete.
+    pub fn readable(&self) -> u64 {
+        self.partial.lock().unwrap_or_else(|p| p.into_inner()).upgrade().map_or(0, |pf| pf.readable())
+    }
 }
 
 /// Counters for a whole `get`. Bytes are counted as they arrive; `from_hub` and `from_peers`
@@ -86,12 +119,7 @@ impl Progress {
 
     /// Registers a file about to be fetched.
     pub fn start_file(&self, path: &str, size: u64) -> Arc<FileProgress> {
-        let fp = Arc::new(FileProgress {
-            path: path.to_owned(),
-            size,
-            done: AtomicU64::new(0),
-            finished: AtomicBool::new(false),
-        });
+        let fp = Arc::new(FileProgress::new(path, size, 0));
         self.files.lock().unwrap_or_else(|p| p.into_inner()).push(fp.clone());
         fp
     }
@@ -137,6 +165,7 @@ impl Progress {
 
     /// Takes back bytes that turned out to be wrong (a file fetched again after a bad hash).
     pub fn discard(&self, file: &FileProgress) {
+        file.restarts.fetch_add(1, Relaxed);
         let n = file.done.swap(0, Relaxed);
         self.bytes_done.fetch_sub(n.min(self.bytes_done.load(Relaxed)), Relaxed);
     }
@@ -202,12 +231,7 @@ impl Progress {
         for (path, size, done) in &s.active {
             match files.iter().find(|f| &f.path == path) {
                 Some(f) => f.done.store(*done, Relaxed),
-                None => files.push(Arc::new(FileProgress {
-                    path: path.clone(),
-                    size: *size,
-                    done: AtomicU64::new(*done),
-                    finished: AtomicBool::new(false),
-                })),
+                None => files.push(Arc::new(FileProgress::new(path, *size, *done))),
             }
         }
     }
