@@ -252,3 +252,63 @@ async fn field_a_single_seed_and_gets_through_join_nodes_in_a_private_swarm() {
     require!(root_or_skip(), "the testbed needs root and iproute2");
     field_start(4, Swarm::Private, |_| Duration::ZERO).await;
 }
+
+/// Issue "drop-in": 4 node hosts, each running unmodified `huggingface_hub.snapshot_download`
+/// against its own node's Hub endpoint at the same moment (a seed named with `--peer`, no
+/// mDNS). Every client gets verified files, and the Hub serves the repo about once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmodified_clients_on_four_hosts_pull_the_repo_from_the_hub_about_once() {
+    require!(root_or_skip(), "the testbed needs root and iproute2");
+    let pyexe = match std::env::var_os("SWARM_DL_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
+    };
+    require!(pyexe.is_file(), "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/interop.py");
+    let c = Cluster::new(4, 64 << 20).await;
+    let seed = format!("/ip4/{}/tcp/4001", c.tb.addr(1));
+    let mut joins = Vec::new();
+    for i in 1..=4 {
+        let listen = format!("/ip4/{}/tcp/4001", c.tb.addr(i));
+        let mut args = vec!["--no-mdns", "--listen", &listen, "--endpoint", &c.endpoint];
+        if i != 1 {
+            args.extend(["--peer", &seed]);
+        }
+        let home = c.tmp.path().join(format!("home{i}"));
+        std::fs::create_dir_all(&home).expect("home");
+        joins.push(swarm_tests::node::JoinNode::start_with(&c.tb.exec(i), &home, &c.cache(i), &args).await);
+    }
+    let mut clients = Vec::new();
+    for (i, node) in (1..=4).zip(&joins) {
+        let client_cache = c.tmp.path().join(format!("client{i}"));
+        let mut p = tokio::process::Command::new("ip");
+        p.args(["netns", "exec", &c.tb.ns(i)]).arg(&pyexe).arg(&script);
+        p.args(["snapshot", client_cache.to_str().expect("utf-8"), "org/model", "model"]);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("HF_") || k.starts_with("HUGGING") {
+                p.env_remove(k);
+            }
+        }
+        p.env("HF_ENDPOINT", node.hub_endpoint.as_deref().expect("endpoint"));
+        p.env("HF_HOME", c.tmp.path().join(format!("client-home{i}"))).env("HF_HUB_DISABLE_PROGRESS_BARS", "1");
+        p.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+        clients.push((i, client_cache, p.spawn().expect("spawn snapshot_download")));
+    }
+    for (i, client_cache, p) in clients {
+        let o = finish(p).await;
+        assert!(o.status.success(), "client {i}: {}", stderr(&o));
+        assert_snapshot(&only_snapshot(&client_cache.join("models--org--model")), &c.repo.files);
+    }
+    let served = c.hub_bytes();
+    eprintln!(
+        "the Hub served {served} bytes for a repo of {} ({:.3}x)",
+        c.repo_bytes,
+        served as f64 / c.repo_bytes as f64
+    );
+    assert!(
+        served as f64 <= 1.05 * c.repo_bytes as f64,
+        "the Hub served {:.2}x the repo for 4 clients",
+        served as f64 / c.repo_bytes as f64
+    );
+    drop(joins);
+}
