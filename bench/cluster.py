@@ -13,7 +13,7 @@ Scenarios (--scenarios, comma-separated) vary the start order, discovery, swarm 
 (e.g. an older commit's, for a before/after).
 
 Usage: sudo python3 bench/cluster.py [--size-mib 512] [--uplink-mbit 400] [--nodes 1,2,4,8]
-           [--scenarios together,join,join-private,seed-last,staggered] [--runs 5] [--skip-baseline]
+           [--scenarios together,join,join-private,seed-last,staggered,endpoint] [--runs 5] [--skip-baseline]
 Needs: root, iproute2 (ip, tc), a release build (built here), .venv with huggingface_hub
 (scripts/test makes it).
 """
@@ -111,12 +111,15 @@ SCENARIOS = {
     "join-private": ("join", "private", lambda i: 0.0),
     "seed-last": ("join", "open", lambda i: 2.0 if i == 1 else 0.0),
     "staggered": ("join", "open", lambda i: 0.5 * (i - 1)),
+    "endpoint": ("endpoint", "open", lambda i: 0.0),
 }
 SCENARIO_HELP = """together: every node runs `get` (its own node) at the same instant, private swarm, mDNS.
 join: every node runs `join --no-mdns --peer <node 1>` and then `get` through it, open swarm.
 join-private: the same with a swarm key.
 seed-last: as join, but node 1 (the seed every --peer names) starts 2 s after the others.
-staggered: as join, nodes starting one every 0.5 s, the seed first."""
+staggered: as join, nodes starting one every 0.5 s, the seed first.
+endpoint: as join, but the client on each host is unmodified `snapshot_download` with
+  HF_ENDPOINT set to its own node's Hub endpoint (join --hub-listen)."""
 
 
 def spawn(i, cmd, env, log=None):
@@ -147,14 +150,19 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
                 env["SWARM_DL_LOG"] = "info,swarm_node::fetch=debug"
             cache = os.path.join(home, "cache")
             keys = ["--swarm-key", key_file] if swarm == "private" else []
-            if tool == "swarm-dl" and mode == "join":
+            if tool == "swarm-dl" and mode in ("join", "endpoint"):
                 peer = [] if i == 1 else ["--peer", f"/ip4/{addr(1)}/tcp/4001"]
                 j = spawn(i, [binary, "join", "--cache-dir", cache, "--json", "--no-mdns", "--endpoint", endpoint,
                               "--listen", f"/ip4/{addr(i)}/tcp/4001", *peer, *keys], env,
                           os.path.join(log_dir, f"{scenario}-{n}-join{i}.log") if log_dir else os.devnull)
-                j.stdout.readline()  # ready: a get now goes through this node
+                ready = json.loads(j.stdout.readline())  # ready: a get now goes through this node
                 joins.append(j)
                 cmd = [binary, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json"]
+                if mode == "endpoint":
+                    env.update(HF_ENDPOINT=ready["hub_endpoint"], HF_HUB_DISABLE_PROGRESS_BARS="1",
+                               HF_HUB_DISABLE_TELEMETRY="1")
+                    client_cache = os.path.join(home, "client-cache")
+                    cmd = [PY, "-c", f"from huggingface_hub import snapshot_download as s; print(s({REPO!r}, cache_dir={client_cache!r}))"]
             elif tool == "swarm-dl":
                 cmd = [binary, "get", REPO, "--endpoint", endpoint, "--cache-dir", cache, "--quiet", "--json", *keys]
             else:
@@ -169,7 +177,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
             ends.append(time.monotonic())
             if p.returncode != 0:
                 sys.exit(f"{tool} failed on a node: {(err or '(see its log)')[-1500:]}")
-            if tool == "swarm-dl":
+            if tool == "swarm-dl" and mode != "endpoint":
                 o = json.loads(out.splitlines()[-1])
                 dups += o.get("chunks_duplicated", 0)
                 takeovers += o.get("chunks_taken_over", 0)

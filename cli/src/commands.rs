@@ -395,6 +395,8 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
         max_download_rate,
         node: None,
         peer_wait: Duration::from_secs_f64(a.peer_wait.clamp(0.0, 600.0)),
+
+        lock_held: None,
     };
     if a.dry_run {
         let swarm = !a.no_swarm;
@@ -686,6 +688,8 @@ async fn repair_cache(root: &Path, checks: &[scan::BlobCheck], hub: &settings::H
             max_download_rate: None,
             node: None,
             peer_wait: Duration::ZERO,
+
+            lock_held: None,
         };
         let out = fetch::get(&req, Some(client.clone()), Arc::new(Progress::default()))
             .await

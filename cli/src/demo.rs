@@ -146,6 +146,8 @@ async fn download(hub: &HubServer, dir: &Path, i: usize, node: &Node) -> anyhow:
         max_download_rate: None,
         node: Some(node.handle()),
         peer_wait: Duration::from_secs(2),
+
+        lock_held: None,
     };
     let progress = Arc::new(Progress::default());
     let out = fetch::get(&req, Some(client), progress.clone()).await.with_context(|| format!("node {i}"))?;

@@ -379,6 +379,8 @@ async fn run_get(
         node: Some(s.node.clone()),
         // As an embedded node would: the node itself decides whether it can wait for peers.
         peer_wait: Duration::from_millis(g.peer_wait_ms),
+
+        lock_held: None,
     };
     fetch::get(&req, Some(hub), progress.clone()).await.map_err(|e| {
         let (done, total) = (

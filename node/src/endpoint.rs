@@ -21,12 +21,12 @@
 //! - Errors are the Hub's own status, `X-Error-Code` and `X-Error-Message`, so clients raise the
 //!   same exceptions as against the Hub.
 //!
-//! A HEAD of a file that is not in the cache starts its download at once, so that the node, not
-//! the client, holds the file's lock in `.locks/` when both use the same cache: the client then
-//! waits on the lock, finds the blob in place, and writes nothing (`huggingface_hub` checks for
-//! the blob under the lock).
+//! A HEAD of a file that is not in the cache takes the file's lock in `.locks/` and starts its
+//! download before it answers, so that when client and node share a cache the node, not the
+//! client, holds the lock: the client waits on it, finds the blob in place, and writes nothing
+//! (`huggingface_hub` checks for the blob under the lock).
 
-use crate::cache::HubCache;
+use crate::cache::{BlobLock, HubCache};
 use crate::fetch::progress::{FileProgress, Progress};
 use crate::fetch::{self, FetchError, GetRequest};
 use crate::http::{error, file_head, put};
@@ -57,8 +57,6 @@ const MAX_KEPT_BODY: usize = 4 << 20;
 const MAX_REQUEST_BODY: usize = 1 << 20;
 /// Answers kept at most; past it the oldest are dropped.
 const MAX_KEPT: usize = 4096;
-/// How long a HEAD waits for the download it started to hold the file's lock.
-const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// Bytes read per body piece.
 const PIECE: u64 = 256 << 10;
 /// How often a waiting stream looks again.
@@ -481,6 +479,17 @@ impl Gateway {
         let inflight = Arc::new(Inflight { progress: progress.clone(), done });
         map.insert(meta.etag.clone(), inflight.clone());
         let token = auth.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).and_then(Token::new);
+        // The file's lock is taken here, before the client that asked can take it in a cache
+        // they share; if someone else holds it, the download waits for them as any would.
+        let lock_path = self.cache.repo(&r.repo).lock_path(&meta.etag);
+        let lock_held = match BlobLock::try_acquire(&lock_path) {
+            Ok(Some(lock)) => Some((meta.etag.clone(), Arc::new(lock))),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(lock = %lock_path.display(), error = %e, "cannot take a file's lock for the Hub endpoint");
+                None
+            }
+        };
         let req = GetRequest {
             repo: r.repo.clone(),
             revision: meta.commit.clone(),
@@ -494,6 +503,7 @@ impl Gateway {
             max_download_rate: None,
             node: Some(self.node.clone()),
             peer_wait: self.peer_wait,
+            lock_held,
         };
         let (gw, etag, path) = (self.clone(), meta.etag.clone(), r.path.clone());
         tokio::spawn(async move {
@@ -565,14 +575,6 @@ async fn resolve(gw: &Arc<Gateway>, r: &Resolve, pq: &str, headers: &HeaderMap, 
         Err(refused) => return *refused,
     };
     if head {
-        if let Some(i) = &inflight {
-            // Hold the file's lock before the client tries to (a shared cache): see the module doc.
-            let deadline = Instant::now() + LOCK_WAIT;
-            while i.ended().is_none() && !i.file().is_some_and(|f| f.writing.load(Relaxed)) && Instant::now() < deadline
-            {
-                tokio::time::sleep(POLL).await;
-            }
-        }
         return resp;
     }
     let mut stream = FileStream {

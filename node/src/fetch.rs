@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use swarm_protocol::chunk::ChunkLayout;
+use swarm_protocol::hash::Etag;
 use swarm_protocol::repo::is_commit;
 use tokio::sync::{Notify, Semaphore};
 
@@ -70,6 +71,9 @@ pub struct GetRequest {
     /// How long to wait for a first peer before starting (discovery at start-up; a node with
     /// no discovery does not wait, one with unreachable `--peer`s waits longer the first time).
     pub peer_wait: Duration,
+    /// A blob whose lock in `.locks/` the caller already holds for this download (the Hub
+    /// endpoint takes it before it answers a client that may share the cache).
+    pub lock_held: Option<(Etag, Arc<BlobLock>)>,
 }
 
 /// What a successful `get` did (also sent, as JSON, from a `join` node to the `get` it ran for).
@@ -284,6 +288,8 @@ pub(crate) struct Ctx {
     cache: HubCache,
     /// `--force-download`: a blob already on disk is fetched again.
     force: bool,
+    /// [`GetRequest::lock_held`]'s blob.
+    lock_held: Option<Etag>,
 }
 
 fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
@@ -435,6 +441,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         node: node.clone(),
         cache: req.cache.clone(),
         force: req.force,
+        lock_held: req.lock_held.as_ref().map(|(etag, _)| etag.clone()),
     });
     // Say what this node is about to download before waiting for peers, so that nodes starting
     // together count each other in when they share out the Hub work.
@@ -603,7 +610,11 @@ async fn download_file(ctx: Arc<Ctx>, f: RemoteFile) -> Result<(), FetchError> {
     let fp = ctx.progress.start_file(&f.path, f.size);
     let paths = ctx.dest.paths(&f);
     let lock_path = paths.lock.clone();
-    let _lock = blocking(move || BlobLock::acquire(&lock_path)).await?.map_err(local_io(&paths.lock))?;
+    let _lock = if ctx.lock_held.as_ref() == Some(&f.etag) {
+        None
+    } else {
+        Some(blocking(move || BlobLock::acquire(&lock_path)).await?.map_err(local_io(&paths.lock))?)
+    };
     fp.writing.store(true, Relaxed);
     // Someone (another swarm-dl, or Python) may have finished it while we waited.
     let (dest, commit, file) = (ctx.dest.clone(), ctx.commit.clone(), f.clone());

@@ -149,9 +149,10 @@ async fn a_client_sharing_the_nodes_cache_waits_on_its_lock_and_writes_nothing()
         .random("b.safetensors", 32, (6 << 20) + 1);
     let hub = TestHub::start(&root).await;
     let shared = tmp.path().join("shared");
-    let node =
-        JoinNode::loopback(tmp.path(), &shared, &["--endpoint", &hub.endpoint, "--metrics-listen", "127.0.0.1:0"])
-            .await;
+    // A seed that never answers: the node's first download waits 3 s for it, and the client must
+    // still find the file's lock taken by the node, not take it first.
+    let args = ["--endpoint", &hub.endpoint, "--metrics-listen", "127.0.0.1:0", "--peer", "/ip4/127.0.0.1/tcp/9"];
+    let node = JoinNode::loopback(tmp.path(), &shared, &args).await;
     let ep = node.hub_endpoint.clone().expect("endpoint");
     let cache = shared.display().to_string();
     let snap = tokio::time::timeout(

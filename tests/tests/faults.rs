@@ -47,6 +47,8 @@ async fn fetch(hub: &TestHub, cache: &Path, attempts: u32) -> Result<GetOutcome,
         max_download_rate: None,
         node: None,
         peer_wait: Duration::ZERO,
+
+        lock_held: None,
     };
     get(&req, Some(client), Arc::new(Progress::default())).await
 }

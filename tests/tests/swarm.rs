@@ -221,6 +221,8 @@ fn get_request(cache: &std::path::Path, node: &Node) -> GetRequest {
         max_download_rate: None,
         node: Some(node.handle()),
         peer_wait: Duration::from_secs(5),
+
+        lock_held: None,
     }
 }
 
