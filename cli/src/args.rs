@@ -29,6 +29,9 @@ pub enum Command {
     Join(JoinArgs),
     /// Show the node serving a cache dir: peers, files, transfers.
     Status(StatusArgs),
+    /// Ask every node of the swarm (or those named) to download a repo now, through this
+    /// cache's node: warm a cluster before the job that needs the model starts.
+    Preheat(PreheatArgs),
     /// Make a private swarm key (give the same file to every node with --swarm-key).
     Keygen(KeygenArgs),
     /// See the swarm work on this machine: a Hub stand-in, three nodes, their downloads.
@@ -45,6 +48,7 @@ impl Command {
             Self::Hub(HubCommand::Serve(a)) => a.json,
             Self::Join(a) => a.json,
             Self::Status(a) => a.json,
+            Self::Preheat(a) => a.json,
             Self::Keygen(_) | Self::Demo(_) => false,
         }
     }
@@ -103,11 +107,43 @@ pub struct JoinArgs {
     #[arg(long, env = "SWARM_DL_RETRIES", hide_env_values = true, default_value_t = swarm_node::hub::RetryPolicy::default().max_attempts,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub retries: u32,
+    /// Accept preheats from peers of an open swarm (members of a private swarm may always
+    /// ask): any node that reaches this one can then make it download public repos.
+    #[arg(long)]
+    pub accept_preheat: bool,
     /// Let --hub-listen use an address other than loopback: every host that reaches it can
     /// then make this node download public repos (the Hub still checks each caller's token).
     #[arg(long)]
     pub hub_listen_public: bool,
     /// Print the node's addresses as one JSON line when ready.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `swarm-dl preheat`.
+#[derive(Debug, Args)]
+pub struct PreheatArgs {
+    /// The repo, as for `get`: `org/name`, `datasets/org/name`, `hf://…@rev`.
+    pub repo_id: String,
+    /// Branch, tag or commit.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// model, dataset or space.
+    #[arg(long, visible_alias = "type")]
+    pub repo_type: Option<String>,
+    /// Only files matching (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Not files matching (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Ask only these nodes (peer ids, comma-separated), not every connected peer.
+    #[arg(long, value_name = "PEER_ID", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Hub cache directory whose node asks [env: HF_HUB_CACHE, else $HF_HOME/hub].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print the final state as JSON.
     #[arg(long)]
     pub json: bool,
 }

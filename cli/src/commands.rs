@@ -1,6 +1,8 @@
 //! The commands: each resolves its settings, calls `swarm-node`, prints the result.
 
-use crate::args::{CacheCommand, Command, GetArgs, HubCommand, JoinArgs, KeygenArgs, ServeArgs, StatusArgs, SwarmArgs};
+use crate::args::{
+    CacheCommand, Command, GetArgs, HubCommand, JoinArgs, KeygenArgs, PreheatArgs, ServeArgs, StatusArgs, SwarmArgs,
+};
 use crate::output::outln;
 use crate::progress::Display;
 use crate::settings;
@@ -39,6 +41,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Hub(HubCommand::Serve(a)) => serve(a).await,
         Command::Join(a) => join(a).await,
         Command::Status(a) => status(a).await,
+        Command::Preheat(a) => preheat(a).await,
         Command::Keygen(a) => keygen(a),
         Command::Demo(a) => crate::demo::run(a).await,
     }
@@ -105,6 +108,7 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     let max_download_rate = a.max_download_rate.as_deref().map(settings::parse_rate).transpose()?;
     let mut cfg = node_config(cache.root(), &a.swarm, key)?;
     cfg.max_download_rate = max_download_rate;
+    cfg.accept_preheat = a.accept_preheat;
     swarm_note(&cfg);
     let node = Node::start(cfg).await?;
     let handle = node.handle();
@@ -220,6 +224,62 @@ async fn wait_for_signal() {
     }
 }
 
+async fn preheat(a: PreheatArgs) -> anyhow::Result<ExitCode> {
+    let t = crate::target::parse(&a.repo_id, a.repo_type.as_deref(), a.revision.as_deref())?;
+    if t.path.is_some() {
+        return Err(anyhow!("preheat takes a repo, not a file in it: use --include"));
+    }
+    let root = settings::cache_dir(a.cache_dir);
+    let client = ControlClient::locate(&root)
+        .await
+        .map_err(|e| anyhow!("{e} (preheat asks the swarm through the `swarm-dl join` node of this cache)"))?;
+    let params = swarm_node::protocol::control::PreheatParams {
+        repo_type: t.repo.ty,
+        repo_id: t.repo.id.clone(),
+        revision: t.revision,
+        include: a.include,
+        exclude: a.exclude,
+        nodes: a.nodes,
+    };
+    let quiet = a.json;
+    let mut shown = 0;
+    let view = client
+        .preheat(params, |v| {
+            if !quiet && v.nodes.len() != shown {
+                shown = v.nodes.len();
+                eprintln!("preheat of {} asked of {} node(s), this one included", v.repo, v.nodes.len());
+            }
+        })
+        .await?;
+    let failed = view.nodes.iter().filter(|(_, p)| !p.is_done()).count();
+    if a.json {
+        outln!("{}", serde_json::to_string(&view)?)?;
+    } else {
+        for (node, part) in &view.nodes {
+            outln!("{node}  {}", describe_part(part))?;
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn describe_part(part: &swarm_node::swarm::preheat::NodePart) -> String {
+    use swarm_node::protocol::wire::PreheatState;
+    use swarm_node::swarm::preheat::NodePart;
+    match part {
+        NodePart::Asked => "asked, no answer yet".into(),
+        NodePart::Refused(why) => format!("refused: {why}"),
+        NodePart::Gone(why) => format!("lost: {why}"),
+        NodePart::Progress(p) => {
+            let state = match &p.state {
+                PreheatState::Running => "running".to_owned(),
+                PreheatState::Done => "done".to_owned(),
+                PreheatState::Failed(why) => format!("failed: {why}"),
+            };
+            format!("{state} ({}/{} files, {} of {})", p.files.0, p.files.1, Bytes(p.bytes.0), Bytes(p.bytes.1))
+        }
+    }
+}
+
 async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let root = settings::cache_dir(a.cache_dir);
     let deadline = std::time::Instant::now() + Duration::from_secs_f64(a.wait.max(0.0));
@@ -276,6 +336,13 @@ async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(e) = &s.hub_endpoint {
         outln!("hub       {e} (HF_ENDPOINT for unmodified clients)")?;
+    }
+    for v in &s.preheats {
+        let by = v.asked_by.as_deref().map_or_else(|| "asked here".to_owned(), |p| format!("asked by {p}"));
+        outln!("preheat   {} at {} ({by})", v.repo, v.revision)?;
+        for (node, part) in &v.nodes {
+            outln!("  {node}  {}", describe_part(part))?;
+        }
     }
     if let Some(m) = &s.metrics {
         outln!("metrics   {m}")?;

@@ -28,12 +28,17 @@ use crate::cache::trust::{self, TrustError};
 use crate::fetch::progress::{Progress, Snapshot};
 use crate::fetch::{self, GetRequest};
 use crate::hub::{HubClient, HubConfig, RepoRef, RetryPolicy, Token};
+use crate::swarm::preheat::{self, PreheatView};
 use crate::swarm::{NodeHandle, NodeStatus};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use swarm_protocol::control::{ControlRequest, GetParams, MAX_REQUEST_BYTES, decode_request, encode_request};
+use swarm_protocol::control::{
+    ControlRequest, GetParams, MAX_REQUEST_BYTES, PreheatParams, decode_request, encode_request,
+};
+use swarm_protocol::repo::RepoType;
+use swarm_protocol::wire::{PreheatJob, PreheatState};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -51,6 +56,8 @@ pub enum Line {
     Done(fetch::GetOutcome),
     /// Refused: one sentence.
     Error(String),
+    /// Where a preheat stands on every node asked.
+    Preheat(Box<PreheatView>),
     /// The download failed: what kind of failure ([`fetch::FetchError::kind`]), and one
     /// sentence.
     Failed {
@@ -208,6 +215,9 @@ impl ControlServer {
         // node.json holds no secret; callers of other uids read it to find the node.
         let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644));
         let st = AppState { node, cache, policy: Arc::new(policy) };
+        if let Some(queue) = st.node.preheat_board().take_queue() {
+            tokio::spawn(run_preheats(st.clone(), queue));
+        }
         let task = tokio::spawn(accept(listener, st));
         Ok(Self { socket, file, task })
     }
@@ -275,6 +285,18 @@ async fn serve(stream: UnixStream, st: AppState) {
     match req {
         ControlRequest::Status => {
             let _ = send(&mut write, &Line::Status(Box::new(st.node.status().await))).await;
+        }
+        ControlRequest::Preheat(p) => {
+            if who == Role::Reader {
+                let why = format!(
+                    "uid {} may only read this node's status: ask its owner to start it with --control-group",
+                    cred.uid()
+                );
+                let _ = send(&mut write, &Line::Error(why)).await;
+                return;
+            }
+            tracing::info!(uid = cred.uid(), repo = %p.repo_id, "preheat asked through the control socket");
+            ask_preheat(&st, p, &mut write).await;
         }
         ControlRequest::Get(mut g) => {
             if st.node.hub_endpoint().is_some_and(|a| crate::endpoint::points_at(&g.endpoint, a)) {
@@ -391,6 +413,91 @@ async fn run_get(
             if done > 0 { format!(" ({done} of {total} files are complete and were kept)") } else { String::new() };
         (e.kind(), format!("{e}{kept}"))
     })
+}
+
+/// Runs the preheats queued for this node, each as a download with the node's own Hub and no
+/// token, at once (they are meant to run while the swarm is otherwise idle).
+async fn run_preheats(st: AppState, mut queue: tokio::sync::mpsc::Receiver<preheat::Incoming>) {
+    while let Some((job, _)) = queue.recv().await {
+        let st = st.clone();
+        tokio::spawn(async move {
+            let id = job.id;
+            let progress = Arc::new(Progress::reporting_to(st.node.metrics()));
+            st.node.preheat_board().running(id, progress.clone());
+            st.node.metrics().download_running(1);
+            let state = match preheat_get(&st, job, progress).await {
+                Ok(()) => PreheatState::Done,
+                Err(why) => {
+                    tracing::warn!(error = %why, "a preheat failed");
+                    PreheatState::Failed(why)
+                }
+            };
+            st.node.metrics().download_running(-1);
+            st.node.preheat_board().finished(id, state);
+        });
+    }
+}
+
+async fn preheat_get(st: &AppState, job: PreheatJob, progress: Arc<Progress>) -> Result<(), String> {
+    let repo_type: RepoType = job.repo_type.parse().map_err(|e: swarm_protocol::repo::RepoIdError| e.to_string())?;
+    let repo_id = swarm_protocol::repo::RepoId::parse(&job.repo_id).map_err(|e| e.to_string())?;
+    let hub = HubClient::new(HubConfig { endpoint: st.policy.endpoint.clone(), ..HubConfig::default() })
+        .map_err(|e| e.to_string())?
+        .with_metrics(st.node.metrics());
+    let req = GetRequest {
+        repo: RepoRef { id: repo_id, ty: repo_type },
+        revision: job.revision,
+        include: job.include,
+        named: false,
+        force: false,
+        exclude: job.exclude,
+        cache: st.cache.clone(),
+        local_dir: None,
+        max_workers: fetch::DEFAULT_MAX_WORKERS as usize,
+        max_download_rate: None,
+        node: Some(st.node.clone()),
+        peer_wait: fetch::DEFAULT_PEER_WAIT,
+        lock_held: None,
+    };
+    fetch::get(&req, Some(hub), progress).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// `swarm-dl preheat`: starts the preheat here and on the nodes asked, then reports where it
+/// stands every half second until every node is done (the preheat goes on if the caller leaves).
+async fn ask_preheat(st: &AppState, p: PreheatParams, write: &mut tokio::net::unix::OwnedWriteHalf) {
+    let mut targets = Vec::new();
+    for n in &p.nodes {
+        match n.parse::<libp2p::PeerId>() {
+            Ok(peer) => targets.push(peer),
+            Err(_) => {
+                let _ =
+                    send(write, &Line::Error(format!("'{n}' is not a peer id (see `swarm-dl status` on that node)")))
+                        .await;
+                return;
+            }
+        }
+    }
+    let job = PreheatJob {
+        id: rand::random(),
+        repo_type: p.repo_type.to_string(),
+        repo_id: p.repo_id.to_string(),
+        revision: p.revision,
+        include: p.include,
+        exclude: p.exclude,
+    };
+    let id = job.id;
+    if let Err(why) = preheat::ask_all(&st.node, job, targets).await {
+        let _ = send(write, &Line::Error(why)).await;
+        return;
+    }
+    loop {
+        let Some(view) = st.node.preheat_board().view(id) else { return };
+        let last = view.is_final();
+        if send(write, &Line::Preheat(Box::new(view))).await.is_err() || last {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A client of a running node's control socket.
@@ -550,6 +657,28 @@ impl ControlClient {
         }
     }
 
+    /// Asks the node to preheat a repo across the swarm; `on_view` sees each report. Returns the
+    /// last one, once every node's part is final.
+    pub async fn preheat(
+        &self,
+        p: PreheatParams,
+        mut on_view: impl FnMut(&PreheatView),
+    ) -> Result<PreheatView, ControlError> {
+        let mut lines = self.ask(&ControlRequest::Preheat(p)).await?;
+        loop {
+            match self.next(&mut lines).await? {
+                Line::Preheat(v) => {
+                    on_view(&v);
+                    if v.is_final() {
+                        return Ok(*v);
+                    }
+                }
+                Line::Error(e) => return Err(ControlError::Failed(e)),
+                other => return Err(self.lost(format!("unexpected answer {other:?}"))),
+            }
+        }
+    }
+
     /// Runs a download in the node, mirroring its progress into `progress`.
     pub async fn get(&self, g: GetParams, progress: &Progress) -> Result<fetch::GetOutcome, ControlError> {
         let mut lines = self.ask(&ControlRequest::Get(g)).await?;
@@ -560,7 +689,7 @@ impl ControlClient {
                 Line::Done(o) => return Ok(o),
                 Line::Error(e) => return Err(ControlError::Failed(e)),
                 Line::Failed { kind, message } => return Err(ControlError::GetFailed { kind, message }),
-                Line::Status(_) => return Err(self.lost("unexpected status line")),
+                Line::Status(_) | Line::Preheat(_) => return Err(self.lost("unexpected line")),
             }
         }
     }

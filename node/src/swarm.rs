@@ -19,6 +19,7 @@ pub mod codec;
 pub mod holdings;
 pub mod hooks;
 pub mod meta;
+pub mod preheat;
 pub mod transfer;
 
 pub use libp2p;
@@ -41,6 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::hash::{Etag, Sha256};
+use swarm_protocol::repo::Printable;
 use swarm_protocol::wire::{self, HaveRequest, HaveResponse, MetaRequest, MetaResponse};
 use tokio::sync::{Notify, mpsc, oneshot};
 use transfer::Transfer;
@@ -69,6 +71,8 @@ pub struct NodeConfig {
     pub ban_time: Duration,
     /// Misbehave on purpose (tests of hostile peers only; empty without feature `test-hooks`).
     pub hooks: Hooks,
+    /// Accept preheats from any peer of an open swarm (a private swarm's members always may).
+    pub accept_preheat: bool,
 }
 
 impl NodeConfig {
@@ -86,6 +90,7 @@ impl NodeConfig {
             max_download_rate: None,
             ban_time: Duration::from_secs(3600),
             hooks: Hooks::default(),
+            accept_preheat: false,
         }
     }
 }
@@ -136,6 +141,7 @@ struct Behaviour {
     have: request_response::Behaviour<codec::HaveCodec>,
     meta: request_response::Behaviour<codec::MetaCodec>,
     report: request_response::Behaviour<codec::ReportCodec>,
+    preheat: request_response::Behaviour<codec::PreheatCodec>,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -161,6 +167,7 @@ enum PeerCommand {
     MetaRespond { channel: request_response::ResponseChannel<MetaResponse>, resp: MetaResponse },
     Report { peer: PeerId, req: wire::ChunkRequest },
     ReportRespond { channel: request_response::ResponseChannel<wire::ReportAck>, resp: wire::ReportAck },
+    Preheat { peer: PeerId, req: Box<wire::PreheatRequest>, reply: oneshot::Sender<Result<wire::PreheatReply, String>> },
     Provide(Etag),
     FindProviders { etag: Etag, reply: oneshot::Sender<Vec<PeerId>> },
 }
@@ -308,6 +315,9 @@ pub struct NodeStatus {
     /// their `HF_ENDPOINT`.
     #[serde(default)]
     pub hub_endpoint: Option<String>,
+    /// Preheats run or asked for here, newest first.
+    #[serde(default)]
+    pub preheats: Vec<preheat::PreheatView>,
 }
 
 /// Peers caught lying, and until when.
@@ -378,6 +388,10 @@ struct Shared {
     /// Where the metrics are served, if they are (`status` says).
     metrics_url: std::sync::OnceLock<String>,
     hub_endpoint: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Preheats run or asked for here.
+    preheat: preheat::Board,
+    /// [`NodeConfig::accept_preheat`].
+    accept_preheat: bool,
 }
 
 /// How long the set of peers must stay the same, once one is connected, before a node that has
@@ -440,6 +454,11 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
                 codec::report_codec(),
                 [(StreamProtocol::new(wire::REPORT_PROTOCOL), ProtocolSupport::Full)],
                 request_response::Config::default().with_request_timeout(Duration::from_secs(60)),
+            ),
+            preheat: request_response::Behaviour::with_codec(
+                codec::preheat_codec(),
+                [(StreamProtocol::new(wire::PREHEAT_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
             ),
             stream: libp2p_stream::Behaviour::new(),
         })
@@ -510,6 +529,8 @@ impl Node {
             metrics: Arc::default(),
             metrics_url: std::sync::OnceLock::new(),
             hub_endpoint: std::sync::OnceLock::new(),
+            preheat: preheat::Board::default(),
+            accept_preheat: cfg.accept_preheat,
         });
         // Wait until every listener is bound, so that the addresses we report are real.
         let mut bound = 0;
@@ -667,6 +688,22 @@ impl NodeHandle {
     /// Records where the metrics are served (for `status`).
     pub fn set_metrics_url(&self, url: String) {
         let _ = self.shared.metrics_url.set(url);
+    }
+
+    /// The preheats this node runs or asked for.
+    pub fn preheat_board(&self) -> &preheat::Board {
+        &self.shared.preheat
+    }
+
+    /// Sends a preheat message to `peer` and waits for its answer.
+    pub async fn preheat_ask(&self, peer: PeerId, req: wire::PreheatRequest) -> Result<wire::PreheatReply, String> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .cmd
+            .send(PeerCommand::Preheat { peer, req: Box::new(req), reply: tx }.into())
+            .await
+            .map_err(|_| "the node is stopping".to_owned())?;
+        rx.await.map_err(|_| "the node is stopping".to_owned())?
     }
 
     /// Records where the node's Hub endpoint listens (`join --hub-listen`).
@@ -896,6 +933,7 @@ impl NodeHandle {
             handshake_failures: self.shared.handshake_failures.load(Relaxed),
             metrics: self.shared.metrics_url.get().cloned(),
             hub_endpoint: self.hub_endpoint().map(|a| format!("http://{a}")),
+            preheats: self.shared.preheat.views(),
         }
     }
 }
@@ -949,6 +987,35 @@ impl StaticPeer {
     }
 }
 
+impl EventLoop {
+    /// Answers a peer's preheat message: a private swarm's members may start one, an open
+    /// swarm's peers only where `--accept-preheat` says so.
+    fn preheat_answer(&self, peer: PeerId, req: wire::PreheatRequest) -> wire::PreheatReply {
+        match req {
+            wire::PreheatRequest::Progress { id } => {
+                self.shared.preheat.progress(id).map_or(wire::PreheatReply::Unknown, wire::PreheatReply::Progress)
+            }
+            wire::PreheatRequest::Start(job) => {
+                if self.shared.open && !self.shared.accept_preheat {
+                    tracing::info!(%peer, repo = %Printable(&job.repo_id), "refused a preheat: open swarm without --accept-preheat");
+                    return wire::PreheatReply::Refused(
+                        "this node is in an open swarm and accepts preheats only when started with --accept-preheat"
+                            .into(),
+                    );
+                }
+                if let Err(e) = job.validate() {
+                    return wire::PreheatReply::Refused(e.to_string());
+                }
+                tracing::info!(%peer, repo = %Printable(&job.repo_id), revision = %Printable(&job.revision), "preheat asked by a peer");
+                match self.shared.preheat.accept(job, Some(peer)) {
+                    Ok(()) => wire::PreheatReply::Accepted,
+                    Err(why) => wire::PreheatReply::Refused(why),
+                }
+            }
+        }
+    }
+}
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     cache_root: PathBuf,
@@ -957,6 +1024,7 @@ struct EventLoop {
     static_peers: Vec<StaticPeer>,
     pending_have: HashMap<OutboundRequestId, oneshot::Sender<Result<HaveResponse, String>>>,
     pending_meta: HashMap<OutboundRequestId, oneshot::Sender<Result<MetaResponse, String>>>,
+    pending_preheat: HashMap<OutboundRequestId, oneshot::Sender<Result<wire::PreheatReply, String>>>,
     pending_providers: HashMap<kad::QueryId, (oneshot::Sender<Vec<PeerId>>, HashSet<PeerId>)>,
     provided: HashSet<Etag>,
     /// Hosts whose failed handshake was already explained in the log.
@@ -973,6 +1041,7 @@ impl EventLoop {
             static_peers: cfg.peers.iter().map(|a| StaticPeer::new(a.clone())).collect(),
             pending_have: HashMap::new(),
             pending_meta: HashMap::new(),
+            pending_preheat: HashMap::new(),
             pending_providers: HashMap::new(),
             provided: HashSet::new(),
             warned: HashSet::new(),
@@ -1082,6 +1151,10 @@ impl EventLoop {
             PeerCommand::Meta { peer, req, reply } => {
                 let id = self.swarm.behaviour_mut().meta.send_request(&peer, req);
                 self.pending_meta.insert(id, reply);
+            }
+            PeerCommand::Preheat { peer, req, reply } => {
+                let id = self.swarm.behaviour_mut().preheat.send_request(&peer, *req);
+                self.pending_preheat.insert(id, reply);
             }
             PeerCommand::Report { peer, req } => {
                 let _ = self.swarm.behaviour_mut().report.send_request(&peer, req);
@@ -1204,6 +1277,18 @@ impl EventLoop {
             },
             BehaviourEvent::Meta(request_response::Event::OutboundFailure { request_id, error, .. }) => {
                 reply(&mut self.pending_meta, request_id, Err(error.to_string()));
+            }
+            BehaviourEvent::Preheat(request_response::Event::Message { peer, message, .. }) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let resp = self.preheat_answer(peer, request);
+                    let _ = self.swarm.behaviour_mut().preheat.send_response(channel, resp);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    reply(&mut self.pending_preheat, request_id, Ok(response));
+                }
+            },
+            BehaviourEvent::Preheat(request_response::Event::OutboundFailure { request_id, error, .. }) => {
+                reply(&mut self.pending_preheat, request_id, Err(error.to_string()));
             }
             BehaviourEvent::Report(request_response::Event::Message {
                 peer,

@@ -26,6 +26,55 @@ pub enum ControlRequest {
     Status,
     /// Download into the node's cache (callers the node allows to).
     Get(GetParams),
+    /// Ask the swarm's nodes (and this one) to download a repo now (callers the node allows to
+    /// download).
+    Preheat(PreheatParams),
+}
+
+/// A preheat asked of a node: every node it reaches (or those named) downloads the repo into its
+/// own cache, with its own Hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreheatParams {
+    /// model, dataset or space.
+    pub repo_type: RepoType,
+    /// The repo id.
+    pub repo_id: RepoId,
+    /// Branch, tag, `refs/pr/N`, short or full commit.
+    pub revision: String,
+    /// Include patterns.
+    pub include: Vec<String>,
+    /// Exclude patterns.
+    pub exclude: Vec<String>,
+    /// Peer ids of the nodes to ask; empty for every connected peer.
+    pub nodes: Vec<String>,
+}
+
+/// Most nodes a preheat may name.
+pub const MAX_PREHEAT_NODES: usize = 4096;
+/// Most patterns a preheat may carry (each kind); what crosses the wire to peers.
+pub const MAX_PREHEAT_PATTERNS: usize = 64;
+
+impl PreheatParams {
+    /// Checks every field, as for a download, with the tighter bounds of the peer message.
+    pub fn validate(&self) -> Result<(), ControlDecodeError> {
+        let invalid = |what: String| Err(ControlDecodeError::Invalid(what));
+        check_revision(&self.revision).map_err(|e| ControlDecodeError::Invalid(e.to_string()))?;
+        for (name, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
+            if patterns.len() > MAX_PREHEAT_PATTERNS {
+                return invalid(format!("more than {MAX_PREHEAT_PATTERNS} {name} patterns"));
+            }
+            if let Some(p) = patterns.iter().find(|p| p.len() > 512 || p.chars().any(char::is_control)) {
+                return invalid(format!("{name} pattern '{}' is too long or has control characters", Printable(p)));
+            }
+        }
+        if self.nodes.len() > MAX_PREHEAT_NODES
+            || self.nodes.iter().any(|n| n.len() > 128 || !n.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            return invalid("the nodes named are not peer ids".into());
+        }
+        Ok(())
+    }
 }
 
 /// A download asked of a node. It always lands in the node's cache: a caller that wants plain
@@ -110,8 +159,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<ControlRequest, ControlDecodeError
     }
     let req: ControlRequest =
         serde_json::from_slice(bytes).map_err(|e| ControlDecodeError::Malformed(e.to_string()))?;
-    if let ControlRequest::Get(g) = &req {
-        g.validate()?;
+    match &req {
+        ControlRequest::Get(g) => g.validate()?,
+        ControlRequest::Preheat(p) => p.validate()?,
+        ControlRequest::Status => {}
     }
     Ok(req)
 }

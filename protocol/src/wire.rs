@@ -25,6 +25,9 @@ pub const META_PROTOCOL: &str = "/swarm-dl/meta/1";
 /// Protocol name of bad-chunk reports: "the chunk you served me does not match your record"
 /// (a [`ChunkRequest`] naming it, answered with a [`ReportAck`]).
 pub const REPORT_PROTOCOL: &str = "/swarm-dl/report/1";
+/// Protocol name of preheat: "fetch this repo now" ([`PreheatRequest`], answered with a
+/// [`PreheatReply`]), and "how far is it?".
+pub const PREHEAT_PROTOCOL: &str = "/swarm-dl/preheat/1";
 /// Protocol name of the Kademlia DHT (private: never the public IPFS one).
 pub const KAD_PROTOCOL: &str = "/swarm-dl/kad/1";
 /// Identify's protocol version string.
@@ -43,6 +46,12 @@ pub const MAX_META_REQUEST: usize = 4096;
 pub const MAX_META_RESPONSE: usize = 16 << 20;
 /// Most files a listing may name.
 pub const MAX_LISTING_FILES: usize = 200_000;
+/// Largest preheat request or reply frame.
+pub const MAX_PREHEAT_FRAME: usize = 64 << 10;
+/// Most include or exclude patterns a preheat may carry (each).
+pub const MAX_PREHEAT_PATTERNS: usize = 64;
+/// Longest name (repo type, id, revision, pattern, message) in a preheat frame.
+pub const MAX_PREHEAT_FIELD: usize = 512;
 /// Most chunks a file may have on the wire.
 pub const MAX_CHUNKS: u32 = 1 << 16;
 /// Most distinct signers one response may name.
@@ -257,6 +266,91 @@ pub enum ChunkHeader {
 pub struct ReportAck {
     /// Whether the holder hashed the chunk again (reports are rate-limited).
     pub rechecked: bool,
+}
+
+/// A preheat: download a repo now, as `get` would, with the receiving node's own Hub and
+/// token. No token crosses the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreheatJob {
+    /// Chosen by the node that asked; the same on every node.
+    pub id: u64,
+    /// model, dataset or space.
+    pub repo_type: String,
+    /// The repo id.
+    pub repo_id: String,
+    /// Branch, tag or commit.
+    pub revision: String,
+    /// Include patterns (none: all files).
+    pub include: Vec<String>,
+    /// Exclude patterns.
+    pub exclude: Vec<String>,
+}
+
+impl PreheatJob {
+    /// Checks sizes and counts (names are checked again where they are used).
+    pub fn validate(&self) -> Result<(), WireError> {
+        let long = |s: &String| s.len() > MAX_PREHEAT_FIELD || s.chars().any(char::is_control);
+        if [&self.repo_type, &self.repo_id, &self.revision].into_iter().any(long) {
+            return Err(WireError::Invalid(
+                "a preheat names a repo or revision that is too long or not printable".into(),
+            ));
+        }
+        for patterns in [&self.include, &self.exclude] {
+            if patterns.len() > MAX_PREHEAT_PATTERNS || patterns.iter().any(long) {
+                return Err(WireError::Invalid(format!(
+                    "a preheat carries more than {MAX_PREHEAT_PATTERNS} patterns, or one too long"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A preheat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreheatRequest {
+    /// Start this download.
+    Start(PreheatJob),
+    /// How far is the preheat with this id?
+    Progress {
+        /// [`PreheatJob::id`].
+        id: u64,
+    },
+}
+
+/// Where a node's preheat stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreheatState {
+    /// Downloading.
+    Running,
+    /// Every selected file is in its cache.
+    Done,
+    /// It failed, and why.
+    Failed(String),
+}
+
+/// A node's progress on one preheat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreheatProgress {
+    /// Running, done or failed.
+    pub state: PreheatState,
+    /// Files complete, of those selected.
+    pub files: (u64, u64),
+    /// Bytes present, of those to fetch.
+    pub bytes: (u64, u64),
+}
+
+/// The answer to a [`PreheatRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PreheatReply {
+    /// The download started (or runs already).
+    Accepted,
+    /// Not here, and why.
+    Refused(String),
+    /// The progress asked for.
+    Progress(PreheatProgress),
+    /// No preheat with that id here.
+    Unknown,
 }
 
 /// "Which commit is this revision, and what files does it hold?"

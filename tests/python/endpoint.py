@@ -6,6 +6,7 @@ Usage: endpoint.py MODE ARGS...
   file CACHE REPO PATH          hf_hub_download; prints the path
   make-tiny DIR                 writes a tiny tokenizer + config made by transformers itself
   transformers CACHE REPO       AutoConfig and AutoTokenizer.from_pretrained; prints JSON
+  datasets CACHE REPO           datasets.load_dataset; prints JSON (rows, columns)
 """
 import json
 import os
@@ -69,6 +70,12 @@ elif mode == "transformers":
             }
         )
     )
+elif mode == "datasets":
+    import datasets
+
+    cache, repo = args
+    ds = datasets.load_dataset(repo, cache_dir=cache, split="train")
+    print(json.dumps({"rows": ds.num_rows, "columns": ds.column_names, "first": ds[0]}))
 else:
     print(f"unknown mode {mode}", file=sys.stderr)
     sys.exit(1)

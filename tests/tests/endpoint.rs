@@ -45,8 +45,17 @@ async fn py(pyexe: &Path, home: &Path, endpoint: &str, script: &str, args: &[&st
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
-fn has_transformers(pyexe: &Path) -> bool {
-    std::process::Command::new(pyexe).args(["-c", "import transformers"]).output().is_ok_and(|o| o.status.success())
+/// Whether `module` imports; outside CI a missing one skips that part (scripts/test installs it).
+fn has(pyexe: &Path, module: &str) -> bool {
+    let ok = std::process::Command::new(pyexe)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(!swarm_tests::in_ci(), "{module} is required under CI (scripts/test installs it)");
+        eprintln!("SKIPPED the {module} part: not installed");
+    }
+    ok
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,13 +74,11 @@ async fn unmodified_clients_download_through_a_nodes_hub_endpoint() {
     );
     PlainRepo::new(&root, "", "org/gated").file("config.json", b"{}");
     let tiny = root.join("org/tiny");
-    let transformers = has_transformers(&pyexe);
+    let transformers = has(&pyexe, "transformers");
     if transformers {
         py(&pyexe, tmp.path(), "", "endpoint.py", &["make-tiny", tiny.to_str().expect("utf-8")]).await;
-    } else {
-        assert!(!swarm_tests::in_ci(), "transformers is required under CI (scripts/test installs it)");
-        eprintln!("SKIPPED the transformers part: not installed");
     }
+    let table = PlainRepo::new(&root, "datasets", "org/table").file("data.csv", b"city,people\nParis,2\nLyon,3\n");
     let mut cfg = HubServerConfig::loopback(&root);
     cfg.page_size = 2; // the tree is paginated, and the Link header must lead back to the node
     cfg.gated = vec!["org/gated".into()];
@@ -135,6 +142,13 @@ async fn unmodified_clients_download_through_a_nodes_hub_endpoint() {
         assert_eq!(out["model_type"], "gpt2", "{out}");
         assert_eq!(out["n_embd"], 8, "{out}");
         assert_eq!(out["ids"], serde_json::json!([1, 2, 3, 4]), "the tokenizer came through whole: {out}");
+    }
+    if has(&pyexe, "datasets") {
+        let out = py(&pyexe, tmp.path(), &ep, "endpoint.py", &["datasets", &cache, "org/table"]).await;
+        let out: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("")).expect("json");
+        assert_eq!(out["rows"], 2, "{out}");
+        assert_eq!(out["first"], serde_json::json!({"city": "Paris", "people": 2}), "{out}");
+        assert!(!table.files.is_empty());
     }
 }
 

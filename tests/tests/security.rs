@@ -190,23 +190,31 @@ async fn a_control_group_member_downloads_through_the_node_and_writes_its_local_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_listens_on_no_tcp_port_but_its_peer_port() {
+async fn a_node_listens_on_no_tcp_port_but_its_peer_port_and_its_loopback_hub_endpoint() {
     // Before: `join --http 0.0.0.0:0` put the unauthenticated control API on the network,
-    // although its help said "loopback"; by default it sat on a loopback TCP port.
+    // although its help said "loopback"; by default it sat on a loopback TCP port. Now the only
+    // other port is the Hub endpoint, on loopback, and `--hub-listen off` closes it.
     require!(swarm_tests::is_root() && have("ss"), "needs root and ss to see the node's sockets");
     let tmp = tempfile::tempdir().expect("tmp");
-    let cache = tmp.path().join("cache");
-    let node = JoinNode::loopback(tmp.path(), &cache, &[]).await;
-    let pid = node.child.id().expect("pid");
-    let ss = std::process::Command::new("ss").args(["-H", "-ltnp"]).output().expect("ss");
-    let mine: Vec<String> = String::from_utf8_lossy(&ss.stdout)
-        .lines()
-        .filter(|l| l.contains(&format!("pid={pid},")))
-        .map(str::to_owned)
-        .collect();
+    let listeners = |pid: u32| -> Vec<String> {
+        let ss = std::process::Command::new("ss").args(["-H", "-ltnp"]).output().expect("ss");
+        String::from_utf8_lossy(&ss.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("pid={pid},")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let node = JoinNode::loopback(tmp.path(), &tmp.path().join("cache"), &[]).await;
+    let mine = listeners(node.child.id().expect("pid"));
     let port = node.addr().split('/').nth(4).expect("port").to_owned();
-    assert_eq!(mine.len(), 1, "one TCP listener: {mine:?}");
-    assert!(mine[0].contains(&format!("127.0.0.1:{port} ")), "{mine:?} is the peer listener {port}");
+    let hub = node.hub_endpoint.as_deref().expect("a Hub endpoint").trim_start_matches("http://").to_owned();
+    assert!(hub.starts_with("127.0.0.1:"), "the Hub endpoint is on loopback: {hub}");
+    assert_eq!(mine.len(), 2, "the peer port and the Hub endpoint: {mine:?}");
+    assert!(mine.iter().any(|l| l.contains(&format!("127.0.0.1:{port} "))), "{mine:?} has the peer listener {port}");
+    assert!(mine.iter().any(|l| l.contains(&format!("{hub} "))), "{mine:?} has the Hub endpoint {hub}");
+    let off = JoinNode::loopback(tmp.path(), &tmp.path().join("cache-off"), &["--hub-listen", "off"]).await;
+    let mine = listeners(off.child.id().expect("pid"));
+    assert_eq!(mine.len(), 1, "--hub-listen off: the peer port alone: {mine:?}");
     let o = swarm(
         tmp.path(),
         &["join", "--cache-dir", &tmp.path().join("c2").display().to_string(), "--http", "0.0.0.0:0"],

@@ -67,6 +67,14 @@ pub type MetaCodec = FrameCodec<MetaRequest, MetaResponse>;
 /// `/swarm-dl/report/1`.
 pub type ReportCodec = FrameCodec<wire::ChunkRequest, wire::ReportAck>;
 
+/// `/swarm-dl/preheat/1`.
+pub type PreheatCodec = FrameCodec<wire::PreheatRequest, wire::PreheatReply>;
+
+/// The preheat codec with its limits.
+pub fn preheat_codec() -> PreheatCodec {
+    FrameCodec::new(wire::MAX_PREHEAT_FRAME, wire::MAX_PREHEAT_FRAME)
+}
+
 /// The report codec with its limits.
 pub fn report_codec() -> ReportCodec {
     FrameCodec::new(wire::MAX_CHUNK_FRAME, wire::MAX_CHUNK_FRAME)
