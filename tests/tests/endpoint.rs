@@ -290,3 +290,35 @@ async fn the_endpoint_is_loopback_unless_asked_and_never_its_own_upstream() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("its own Hub endpoint"), "{}", stderr(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_asking_at_once_cost_one_hub_request_per_token() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("hub");
+    PlainRepo::new(&root, "", "org/model").file("config.json", b"{}");
+    let mut cfg = HubServerConfig::loopback(&root);
+    cfg.tokens = vec!["hf_a".into(), "hf_b".into()];
+    let hub = TestHub::with(cfg).await;
+    let node = JoinNode::loopback(tmp.path(), &tmp.path().join("node"), &["--endpoint", &hub.endpoint]).await;
+    let ep = node.hub_endpoint.clone().expect("endpoint");
+    let http = reqwest::Client::new();
+    let api = || hub.stats().api_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let ask = |token: &'static str| {
+        let (http, url) = (http.clone(), format!("{ep}/api/models/org/model"));
+        async move {
+            let r = http.get(url).bearer_auth(token).send().await.expect("GET");
+            assert_eq!(r.status(), 200);
+            r.text().await.expect("body")
+        }
+    };
+    let before = api();
+    let answers = futures_util::future::join_all((0..16).map(|_| ask("hf_a"))).await;
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "the same answer for all");
+    assert_eq!(api() - before, 1, "16 clients with one token at once: one Hub request");
+    // Another token is another key: its answer comes from the Hub, never from the first one's.
+    futures_util::future::join_all((0..4).map(|_| ask("hf_b"))).await;
+    assert_eq!(api() - before, 2, "a second token: one more Hub request");
+    // A token the Hub refuses gets the Hub's refusal, not a kept answer.
+    let r = http.get(format!("{ep}/api/models/org/model")).bearer_auth("hf_bad").send().await.expect("GET");
+    assert_eq!(r.status(), 401, "the Hub's own answer to a bad token");
+}
