@@ -107,6 +107,11 @@ pub struct JoinArgs {
     #[arg(long, env = "SWARM_DL_RETRIES", hide_env_values = true, default_value_t = swarm_node::hub::RetryPolicy::default().max_attempts,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub retries: u32,
+    /// Caps by local day and time, e.g. "mon-fri 08:00-19:00 50M; sat,sun 20M/5M; * 0": the
+    /// first matching rule sets the download cap (and the upload cap, after a `/`; `0` is no
+    /// cap); outside every rule --max-download-rate and --max-upload-rate apply.
+    #[arg(long, value_name = "SPEC", env = "SWARM_DL_RATE_SCHEDULE", hide_env_values = true)]
+    pub rate_schedule: Option<String>,
     /// Accept preheats from peers of an open swarm (members of a private swarm may always
     /// ask): any node that reaches this one can then make it download public repos.
     #[arg(long)]

@@ -109,6 +109,12 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = node_config(cache.root(), &a.swarm, key)?;
     cfg.max_download_rate = max_download_rate;
     cfg.accept_preheat = a.accept_preheat;
+    cfg.rate_schedule = a
+        .rate_schedule
+        .as_deref()
+        .map(str::parse::<swarm_node::schedule::Schedule>)
+        .transpose()
+        .map_err(|e| anyhow!("--rate-schedule: {e}"))?;
     swarm_note(&cfg);
     let node = Node::start(cfg).await?;
     let handle = node.handle();

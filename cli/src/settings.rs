@@ -34,6 +34,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWARM_DL_NO_SWARM", "download from the Hub alone (--no-swarm)"),
     ("SWARM_DL_CONTROL_GROUP", "group whose members may download through a join node (--control-group)"),
     ("SWARM_DL_HUB_LISTEN", "where join serves its Hub endpoint, or off (--hub-listen)"),
+    ("SWARM_DL_RATE_SCHEDULE", "caps by local day and time for join (--rate-schedule)"),
 ];
 
 fn var(k: &str) -> Option<String> {
@@ -145,28 +146,7 @@ pub fn read_timeout() -> anyhow::Result<Duration> {
 /// Parses a rate: `500K`, `50M`, `1G` (powers of 1000), `64Mi` (powers of 1024), a plain number
 /// of bytes; an optional trailing `B` or `/s` is accepted.
 pub fn parse_rate(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']);
-    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        None => (t, 1u64),
-        Some((i, _)) => {
-            let mult = match &t[i..] {
-                "k" | "K" => 1_000,
-                "M" | "m" => 1_000_000,
-                "G" | "g" => 1_000_000_000,
-                "Ki" | "ki" => 1 << 10,
-                "Mi" | "mi" => 1 << 20,
-                "Gi" | "gi" => 1 << 30,
-                other => bail!("unknown unit '{other}' in rate '{s}' (use K, M, G, Ki, Mi or Gi)"),
-            };
-            (&t[..i], mult)
-        }
-    };
-    let n: f64 = num.trim().parse().with_context(|| format!("'{s}' is not a rate (e.g. 50M)"))?;
-    let bytes = (n * mult as f64).round();
-    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
-        bail!("rate '{s}' must be at least 1 byte per second");
-    }
-    Ok(bytes as u64)
+    swarm_node::throttle::parse_rate(s).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod rate;
+pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod swarm;

@@ -73,6 +73,9 @@ pub struct NodeConfig {
     pub hooks: Hooks,
     /// Accept preheats from any peer of an open swarm (a private swarm's members always may).
     pub accept_preheat: bool,
+    /// Download and upload caps by local time (`join --rate-schedule`); outside its rules the
+    /// two caps above apply.
+    pub rate_schedule: Option<crate::schedule::Schedule>,
 }
 
 impl NodeConfig {
@@ -91,6 +94,7 @@ impl NodeConfig {
             ban_time: Duration::from_secs(3600),
             hooks: Hooks::default(),
             accept_preheat: false,
+            rate_schedule: None,
         }
     }
 }
@@ -416,6 +420,8 @@ impl std::fmt::Debug for NodeHandle {
 pub struct Node {
     handle: NodeHandle,
     task: tokio::task::JoinHandle<()>,
+    /// The rate schedule's driver, if there is a schedule.
+    schedule: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
@@ -525,7 +531,9 @@ impl Node {
             discovers: cfg.mdns || !cfg.peers.is_empty(),
             has_static_peers: !cfg.peers.is_empty(),
             static_wait_spent: std::sync::atomic::AtomicBool::new(false),
-            download: cfg.max_download_rate.map(|r| Arc::new(crate::throttle::Throttle::new(Some(r)))),
+            // A schedule changes the node-wide cap, so there is one even when it starts uncapped.
+            download: (cfg.max_download_rate.is_some() || cfg.rate_schedule.is_some())
+                .then(|| Arc::new(crate::throttle::Throttle::new(cfg.max_download_rate))),
             metrics: Arc::default(),
             metrics_url: std::sync::OnceLock::new(),
             hub_endpoint: std::sync::OnceLock::new(),
@@ -554,8 +562,22 @@ impl Node {
         tokio::spawn(transfer.clone().serve(holdings.clone()));
         let handle = NodeHandle { shared: shared.clone() };
         tokio::spawn(rates(Arc::downgrade(&shared)));
+        let schedule = match (&cfg.rate_schedule, &shared.download) {
+            (Some(s), Some(download)) => {
+                let fallback = crate::schedule::Caps { download: cfg.max_download_rate, upload: cfg.max_upload_rate };
+                let drive = crate::schedule::drive(
+                    s.clone(),
+                    fallback,
+                    download.clone(),
+                    shared.transfer.upload_throttle(),
+                    crate::schedule::WeekTime::now,
+                );
+                Some(tokio::spawn(drive))
+            }
+            _ => None,
+        };
         let task = tokio::spawn(EventLoop::new(swarm, &cfg, shared).run(rx));
-        Ok(Node { handle, task })
+        Ok(Node { handle, task, schedule })
     }
 
     /// The handle.
@@ -565,6 +587,9 @@ impl Node {
 
     /// Stops the node: closes connections and ends the event loop.
     pub async fn shutdown(self) {
+        if let Some(s) = &self.schedule {
+            s.abort();
+        }
         let _ = self.handle.shared.cmd.send(Command::Shutdown).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }

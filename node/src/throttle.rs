@@ -13,6 +13,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The smallest burst, in bytes (a cap below it bursts its whole second).
@@ -33,10 +34,11 @@ impl Clock for TokioClock {
 
 type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
 
-/// A shared byte-rate cap; a no-op when unlimited.
+/// A shared byte-rate cap; a no-op when unlimited. The cap may change while transfers run
+/// ([`Throttle::set_rate`], for bandwidth schedules): they follow it within a burst.
 #[derive(Debug)]
 pub struct Throttle {
-    limiter: Option<Limiter>,
+    limiter: std::sync::RwLock<Option<Arc<Limiter>>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +47,8 @@ struct Limiter {
     clock: TokioClock,
     /// The burst, in cells: the most one check may take.
     burst: NonZeroU32,
+    /// Bytes per second.
+    rate: u64,
     /// Bytes taken but not yet charged as a whole cell.
     carry: std::sync::Mutex<u64>,
 }
@@ -52,20 +56,38 @@ struct Limiter {
 impl Throttle {
     /// A cap of `bytes_per_sec`, or none.
     pub fn new(bytes_per_sec: Option<u64>) -> Self {
-        let limiter = bytes_per_sec.filter(|&r| r > 0).map(|rate| {
+        Self { limiter: std::sync::RwLock::new(Self::limiter(bytes_per_sec)) }
+    }
+
+    /// Changes the cap (`None`: no cap). Transfers waiting on the old one follow the new one
+    /// from their next step (a twentieth of a second's worth at most).
+    pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
+        *self.limiter.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Self::limiter(bytes_per_sec);
+    }
+
+    /// The cap now, bytes per second.
+    pub fn rate(&self) -> Option<u64> {
+        self.current().map(|l| l.rate)
+    }
+
+    fn current(&self) -> Option<Arc<Limiter>> {
+        self.limiter.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn limiter(bytes_per_sec: Option<u64>) -> Option<Arc<Limiter>> {
+        bytes_per_sec.filter(|&r| r > 0).map(|rate| {
             let cells = |bytes: u64| NonZeroU32::new(u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX));
             let per_sec = cells(rate).unwrap_or(NonZeroU32::MIN);
             let burst = cells((rate / 20).max(MIN_BURST).min(rate)).unwrap_or(NonZeroU32::MIN);
             let clock = TokioClock(tokio::time::Instant::now());
             let bucket = RateLimiter::direct_with_clock(Quota::per_second(per_sec).allow_burst(burst), clock.clone());
-            Limiter { bucket, clock, burst, carry: std::sync::Mutex::new(0) }
-        });
-        Self { limiter }
+            Arc::new(Limiter { bucket, clock, burst, rate, carry: std::sync::Mutex::new(0) })
+        })
     }
 
     /// Waits until `n` bytes may pass.
     pub async fn take(&self, n: usize) {
-        let Some(l) = &self.limiter else {
+        let Some(mut l) = self.current() else {
             return;
         };
         let mut cells = {
@@ -75,6 +97,11 @@ impl Throttle {
             bytes / UNIT
         };
         while cells > 0 {
+            // The cap may have changed (or gone) since the last step.
+            match self.current() {
+                Some(now) => l = now,
+                None => return,
+            }
             let step = cells.min(u64::from(l.burst.get()));
             let Some(k) = NonZeroU32::new(step as u32) else { return };
             // `step <= burst`, so the bucket can always hold it: `Err` is impossible.
@@ -84,6 +111,33 @@ impl Throttle {
             cells -= step;
         }
     }
+}
+
+/// Reads a rate: a number with an optional unit, decimal (`K`, `M`, `G`) or binary (`Ki`, `Mi`,
+/// `Gi`), and an optional `B`, `b` or `/s` (`50M`, `1.5G/s`, `64MiB`), in bytes per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']);
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (t, 1u64),
+        Some((i, _)) => {
+            let mult = match &t[i..] {
+                "k" | "K" => 1_000,
+                "M" | "m" => 1_000_000,
+                "G" | "g" => 1_000_000_000,
+                "Ki" | "ki" => 1 << 10,
+                "Mi" | "mi" => 1 << 20,
+                "Gi" | "gi" => 1 << 30,
+                other => return Err(format!("unknown unit '{other}' in rate '{s}' (use K, M, G, Ki, Mi or Gi)")),
+            };
+            (&t[..i], mult)
+        }
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("'{s}' is not a rate (e.g. 50M)"))?;
+    let bytes = (n * mult as f64).round();
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("rate '{s}' must be at least 1 byte per second"));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ pub struct Transfer {
     pool: Mutex<HashMap<PeerId, Vec<Stream>>>,
     /// Bytes moved.
     pub counters: Arc<Counters>,
-    upload: Throttle,
+    upload: Arc<Throttle>,
     serve_total: Arc<Semaphore>,
     serve_per_peer: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
     /// One stream opening at a time per peer (see [`Transfer::open_and_ask`]).
@@ -118,13 +118,18 @@ fn protocol() -> StreamProtocol {
 }
 
 impl Transfer {
+    /// The cap on what is served to peers (changed by a rate schedule).
+    pub fn upload_throttle(&self) -> Arc<Throttle> {
+        self.upload.clone()
+    }
+
     /// Both ends, on `control`.
     pub fn new(control: libp2p_stream::Control, max_upload_rate: Option<u64>, hooks: Hooks) -> Self {
         Self {
             control,
             pool: Mutex::default(),
             counters: Arc::default(),
-            upload: Throttle::new(max_upload_rate),
+            upload: Arc::new(Throttle::new(max_upload_rate)),
             serve_total: Arc::new(Semaphore::new(SERVE_TOTAL)),
             serve_per_peer: Mutex::default(),
             ask_per_peer: Mutex::default(),
