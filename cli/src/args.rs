@@ -125,23 +125,30 @@ pub struct JoinArgs {
     pub json: bool,
 }
 
+/// Which revision and files: the selection flags of `get` and `preheat`.
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// Branch, tag, full or short commit, or `refs/pr/N` [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// model, dataset or space [default: model, or as the repo id says].
+    #[arg(long, visible_alias = "type")]
+    pub repo_type: Option<String>,
+    /// Only files matching this pattern (fnmatch, like huggingface_hub; repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Skip files matching this pattern (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+}
+
 /// `swarm-dl preheat`.
 #[derive(Debug, Args)]
 pub struct PreheatArgs {
     /// The repo, as for `get`: `org/name`, `datasets/org/name`, `hf://…@rev`.
     pub repo_id: String,
-    /// Branch, tag or commit.
-    #[arg(long)]
-    pub revision: Option<String>,
-    /// model, dataset or space.
-    #[arg(long, visible_alias = "type")]
-    pub repo_type: Option<String>,
-    /// Only files matching (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Not files matching (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Ask only these nodes (peer ids, comma-separated), not every connected peer.
     #[arg(long, value_name = "PEER_ID", value_delimiter = ',')]
     pub nodes: Vec<String>,
@@ -194,18 +201,8 @@ pub struct GetArgs {
     /// Only these files (paths in the repo; `dir/` for a folder), like `hf download REPO FILE…`.
     /// One plain file: its path is printed instead of the snapshot's.
     pub filenames: Vec<String>,
-    /// Branch, tag, full or short commit, or `refs/pr/N` [default: main].
-    #[arg(long)]
-    pub revision: Option<String>,
-    /// model, dataset or space [default: model, or as the repo id says].
-    #[arg(long, visible_alias = "type")]
-    pub repo_type: Option<String>,
-    /// Only files matching this pattern (fnmatch, like huggingface_hub; repeatable).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Skip files matching this pattern (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Hub cache directory [env: HF_HUB_CACHE, else $HF_HOME/hub].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,

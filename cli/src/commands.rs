@@ -231,7 +231,7 @@ async fn wait_for_signal() {
 }
 
 async fn preheat(a: PreheatArgs) -> anyhow::Result<ExitCode> {
-    let t = crate::target::parse(&a.repo_id, a.repo_type.as_deref(), a.revision.as_deref())?;
+    let t = crate::target::parse(&a.repo_id, a.select.repo_type.as_deref(), a.select.revision.as_deref())?;
     if t.path.is_some() {
         return Err(anyhow!("preheat takes a repo, not a file in it: use --include"));
     }
@@ -243,8 +243,8 @@ async fn preheat(a: PreheatArgs) -> anyhow::Result<ExitCode> {
         repo_type: t.repo.ty,
         repo_id: t.repo.id.clone(),
         revision: t.revision,
-        include: a.include,
-        exclude: a.exclude,
+        include: a.select.include,
+        exclude: a.select.exclude,
         nodes: a.nodes,
     };
     let quiet = a.json;
@@ -426,7 +426,7 @@ pub fn error_kind(e: &anyhow::Error) -> &str {
 }
 
 async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
-    let target = crate::target::parse(&a.repo_id, a.repo_type.as_deref(), a.revision.as_deref())
+    let target = crate::target::parse(&a.repo_id, a.select.repo_type.as_deref(), a.select.revision.as_deref())
         .map_err(|e| failure("usage", e.to_string()))?;
     let repo = target.repo.clone();
     let revision = target.revision.clone();
@@ -447,12 +447,12 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
     };
     let named = !filenames.is_empty();
     let (include, exclude) = if named {
-        if !a.include.is_empty() || !a.exclude.is_empty() {
+        if !a.select.include.is_empty() || !a.select.exclude.is_empty() {
             tracing::warn!("--include/--exclude are ignored when files are named");
         }
         (filenames, Vec::new())
     } else {
-        (a.include, a.exclude)
+        (a.select.include, a.select.exclude)
     };
     let cache_root = settings::cache_dir(a.cache_dir);
     let mut req = GetRequest {

@@ -268,20 +268,23 @@ fn token_key(auth: Option<&HeaderValue>) -> String {
     auth.map_or_else(String::new, |v| hex::encode(sha2::Sha256::digest(v.as_bytes())))
 }
 
+/// What of a client's request goes to the Hub.
+struct Call<'a> {
+    method: Method,
+    /// Path and query.
+    pq: &'a str,
+    auth: Option<&'a HeaderValue>,
+    ctype: Option<&'a HeaderValue>,
+    body: Bytes,
+}
+
 impl Gateway {
     /// Relays a request to the Hub, sharing GET and HEAD answers for the same token and URL.
-    async fn relay(
-        &self,
-        method: Method,
-        pq: &str,
-        auth: Option<&HeaderValue>,
-        ctype: Option<&HeaderValue>,
-        body: Bytes,
-    ) -> Answer {
-        if !matches!(method, Method::GET | Method::HEAD) || !body.is_empty() {
-            return self.ask(method, pq, auth, ctype, body).await;
+    async fn relay(&self, call: Call<'_>) -> Answer {
+        if !matches!(call.method, Method::GET | Method::HEAD) || !call.body.is_empty() {
+            return self.ask(&call).await;
         }
-        let key = (token_key(auth), method.clone(), pq.to_owned());
+        let key = (token_key(call.auth), call.method.clone(), call.pq.to_owned());
         let kept = {
             let mut map = self.answers.lock().unwrap_or_else(|p| p.into_inner());
             if map.len() >= MAX_KEPT {
@@ -299,7 +302,7 @@ impl Gateway {
                 }
             }
         };
-        let answer = kept.answer.get_or_init(|| self.ask(method, pq, auth, ctype, Bytes::new())).await.clone();
+        let answer = kept.answer.get_or_init(|| self.ask(&call)).await.clone();
         if !answer.status.is_success() && !answer.status.is_redirection() || answer.body.len() > MAX_KEPT_BODY {
             // Failures are shared with the requests that waited for them, never kept.
             let mut map = self.answers.lock().unwrap_or_else(|p| p.into_inner());
@@ -310,24 +313,18 @@ impl Gateway {
         answer
     }
 
-    async fn ask(
-        &self,
-        method: Method,
-        pq: &str,
-        auth: Option<&HeaderValue>,
-        ctype: Option<&HeaderValue>,
-        body: Bytes,
-    ) -> Answer {
+    async fn ask(&self, call: &Call<'_>) -> Answer {
+        let (method, pq) = (&call.method, call.pq);
         let url = format!("{}{pq}", self.upstream);
         let mut req = self.http.request(method.clone(), &url).header(header::ACCEPT_ENCODING, "identity");
-        if let Some(a) = auth {
+        if let Some(a) = call.auth {
             req = req.header(header::AUTHORIZATION, a.clone());
         }
-        if let Some(c) = ctype {
+        if let Some(c) = call.ctype {
             req = req.header(header::CONTENT_TYPE, c.clone());
         }
-        if !body.is_empty() {
-            req = req.body(body);
+        if !call.body.is_empty() {
+            req = req.body(call.body.clone());
         }
         let resp = match req.send().await {
             Ok(r) => r,
@@ -342,7 +339,7 @@ impl Gateway {
             .hub_request(if pq.contains("/resolve/") { "resolve" } else { "api" }, Some(status.as_u16()));
         let mut headers = HeaderMap::new();
         for (k, v) in resp.headers() {
-            if relayed_header(k, &method) {
+            if relayed_header(k, method) {
                 headers.append(k.clone(), v.clone());
             }
         }
@@ -557,13 +554,14 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             );
         }
     };
-    let answer = gw.relay(parts.method.clone(), &pq, auth, parts.headers.get(header::CONTENT_TYPE), body).await;
+    let ctype = parts.headers.get(header::CONTENT_TYPE);
+    let answer = gw.relay(Call { method: parts.method.clone(), pq: &pq, auth, ctype, body }).await;
     answer.into_response(&base, &gw.upstream, head)
 }
 
 async fn resolve(gw: &Arc<Gateway>, r: &Resolve, pq: &str, headers: &HeaderMap, head: bool, base: &str) -> Response {
     let auth = headers.get(header::AUTHORIZATION);
-    let answer = gw.relay(Method::HEAD, pq, auth, None, Bytes::new()).await;
+    let answer = gw.relay(Call { method: Method::HEAD, pq, auth, ctype: None, body: Bytes::new() }).await;
     let Some(meta) = FileMeta::from_answer(&answer) else {
         return answer.into_response(base, &gw.upstream, head);
     };

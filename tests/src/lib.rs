@@ -30,6 +30,22 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
+/// The interpreter with the pip packages of the interop tests (`huggingface_hub`,
+/// `transformers`, `datasets`): `SWARM_DL_PYTHON`, else `.venv/bin/python` at the repo root.
+/// `None` (after saying so) when missing outside CI; under CI a missing one fails the test.
+pub fn python() -> Option<std::path::PathBuf> {
+    let p = std::env::var_os("SWARM_DL_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    if !p.is_file() {
+        let why = "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed; scripts/test installs it";
+        assert!(!in_ci(), "required under CI: {why}");
+        eprintln!("SKIPPED: {why}");
+        return None;
+    }
+    Some(p)
+}
+
 /// Skips a test (returns from it) with a clear message, except under CI where it fails.
 #[macro_export]
 macro_rules! require {

@@ -259,11 +259,7 @@ async fn field_a_single_seed_and_gets_through_join_nodes_in_a_private_swarm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmodified_clients_on_four_hosts_pull_the_repo_from_the_hub_about_once() {
     require!(root_or_skip(), "the testbed needs root and iproute2");
-    let pyexe = match std::env::var_os("SWARM_DL_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    };
-    require!(pyexe.is_file(), "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed");
+    let Some(pyexe) = swarm_tests::python() else { return };
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/interop.py");
     let c = Cluster::new(4, 64 << 20).await;
     let seed = format!("/ip4/{}/tcp/4001", c.tb.addr(1));

@@ -9,19 +9,6 @@ use swarm_tests::hub::TestHub;
 use swarm_tests::node::JoinNode;
 use swarm_tests::run::stderr;
 
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("SWARM_DL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    if !p.is_file() {
-        let why = "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed; scripts/test installs it";
-        assert!(!swarm_tests::in_ci(), "required under CI: {why}");
-        eprintln!("SKIPPED: {why}");
-        return None;
-    }
-    Some(p)
-}
-
 /// Runs `program args…` with a clean Hugging Face environment and `HF_ENDPOINT=endpoint`.
 async fn client(program: &Path, home: &Path, endpoint: &str, args: &[&str]) -> std::process::Output {
     let mut c = tokio::process::Command::new(program);
@@ -60,7 +47,7 @@ fn has(pyexe: &Path, module: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmodified_clients_download_through_a_nodes_hub_endpoint() {
-    let Some(pyexe) = python() else { return };
+    let Some(pyexe) = swarm_tests::python() else { return };
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path().join("hub");
     let model = PlainRepo::new(&root, "", "org/model")
@@ -154,7 +141,7 @@ async fn unmodified_clients_download_through_a_nodes_hub_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sharing_the_nodes_cache_waits_on_its_lock_and_writes_nothing() {
-    let Some(pyexe) = python() else { return };
+    let Some(pyexe) = swarm_tests::python() else { return };
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path().join("hub");
     let model = PlainRepo::new(&root, "", "org/model")

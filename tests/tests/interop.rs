@@ -7,20 +7,6 @@ use swarm_tests::fixture::{PlainRepo, only_snapshot, sha256_file, walk_files};
 use swarm_tests::hub::TestHub;
 use swarm_tests::run::{stderr, stdout, swarm};
 
-/// The interpreter with huggingface_hub; `None` (after saying so) when missing outside CI.
-fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("SWARM_DL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    if !p.is_file() {
-        let why = "huggingface_hub's Python (SWARM_DL_PYTHON or .venv) is not installed; scripts/test installs it";
-        assert!(!swarm_tests::in_ci(), "required under CI: {why}");
-        eprintln!("SKIPPED: {why}");
-        return None;
-    }
-    Some(p)
-}
-
 async fn py(py: &Path, home: &Path, endpoint: &str, offline: bool, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/interop.py");
     let mut c = tokio::process::Command::new(py);
@@ -56,7 +42,7 @@ fn repos(root: &Path) -> (PlainRepo, PlainRepo) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huggingface_hub_accepts_our_cache_and_local_dir() {
-    let Some(pyexe) = python() else { return };
+    let Some(pyexe) = swarm_tests::python() else { return };
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, data) = repos(&tmp.path().join("hub"));
     let hub = TestHub::start(&tmp.path().join("hub")).await;
@@ -90,7 +76,7 @@ async fn huggingface_hub_accepts_our_cache_and_local_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huggingface_hub_downloads_from_hub_serve() {
-    let Some(pyexe) = python() else { return };
+    let Some(pyexe) = swarm_tests::python() else { return };
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, data) = repos(&tmp.path().join("hub"));
     let mut cfg = swarm_node::http::HubServerConfig::loopback(tmp.path().join("hub"));
@@ -115,7 +101,7 @@ async fn huggingface_hub_downloads_from_hub_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huggingface_hub_accepts_files_fetched_from_peers() {
-    let Some(pyexe) = python() else { return };
+    let Some(pyexe) = swarm_tests::python() else { return };
     let tmp = tempfile::tempdir().expect("tmp");
     let (model, _) = repos(&tmp.path().join("hub"));
     let hub = TestHub::start(&tmp.path().join("hub")).await;
