@@ -958,7 +958,7 @@ impl NodeHandle {
             handshake_failures: self.shared.handshake_failures.load(Relaxed),
             metrics: self.shared.metrics_url.get().cloned(),
             hub_endpoint: self.hub_endpoint().map(|a| format!("http://{a}")),
-            preheats: self.shared.preheat.views(),
+            preheats: preheat::status_views(self, Duration::from_secs(1)).await,
         }
     }
 }
@@ -1020,6 +1020,11 @@ impl EventLoop {
             wire::PreheatRequest::Progress { id } => {
                 self.shared.preheat.progress(id).map_or(wire::PreheatReply::Unknown, wire::PreheatReply::Progress)
             }
+            wire::PreheatRequest::Nodes { id } => self
+                .shared
+                .preheat
+                .nodes(id, self.shared.peer_id)
+                .map_or(wire::PreheatReply::Unknown, wire::PreheatReply::Nodes),
             wire::PreheatRequest::Start(job) => {
                 if self.shared.open && !self.shared.accept_preheat {
                     tracing::info!(%peer, repo = %Printable(&job.repo_id), "refused a preheat: open swarm without --accept-preheat");

@@ -46,8 +46,10 @@ pub const MAX_META_REQUEST: usize = 4096;
 pub const MAX_META_RESPONSE: usize = 16 << 20;
 /// Most files a listing may name.
 pub const MAX_LISTING_FILES: usize = 200_000;
-/// Largest preheat request or reply frame.
+/// Largest preheat request frame.
 pub const MAX_PREHEAT_FRAME: usize = 64 << 10;
+/// Largest preheat reply frame (every node's part, for a few thousand nodes).
+pub const MAX_PREHEAT_REPLY: usize = 1 << 20;
 /// Most include or exclude patterns a preheat may carry (each).
 pub const MAX_PREHEAT_PATTERNS: usize = 64;
 /// Longest name (repo type, id, revision, pattern, message) in a preheat frame.
@@ -316,6 +318,11 @@ pub enum PreheatRequest {
         /// [`PreheatJob::id`].
         id: u64,
     },
+    /// Every node's part in the preheat with this id (asked of the node that started it).
+    Nodes {
+        /// [`PreheatJob::id`].
+        id: u64,
+    },
 }
 
 /// Where a node's preheat stands.
@@ -349,6 +356,8 @@ pub enum PreheatReply {
     Refused(String),
     /// The progress asked for.
     Progress(PreheatProgress),
+    /// Every node's part, by peer id (a node that refused or went silent: `Failed`).
+    Nodes(Vec<(String, PreheatProgress)>),
     /// No preheat with that id here.
     Unknown,
 }

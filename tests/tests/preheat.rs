@@ -58,8 +58,13 @@ async fn one_preheat_fills_every_node_of_a_private_swarm_pulling_the_repo_about_
     // Every node's status shows the preheat; the seed's shows every node's part.
     let status = seed.status(tmp.path()).await;
     assert_eq!(status["preheats"][0]["nodes"].as_array().expect("nodes").len(), 4, "{status}");
+    // Any node's status shows every node's part: it asks the node that started the preheat.
     let status = others[0].status(tmp.path()).await;
     assert_eq!(status["preheats"][0]["asked_by"], seed.peer_id.as_str(), "{status}");
+    let parts = status["preheats"][0]["nodes"].as_array().expect("nodes").clone();
+    assert_eq!(parts.len(), 4, "{status}");
+    assert!(parts.iter().any(|p| p[0] == seed.peer_id.as_str()), "the seed's part is named by its id: {status}");
+    assert!(parts.iter().all(|p| p[1]["Progress"]["state"] == "Done"), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,7 +72,7 @@ pub type PreheatCodec = FrameCodec<wire::PreheatRequest, wire::PreheatReply>;
 
 /// The preheat codec with its limits.
 pub fn preheat_codec() -> PreheatCodec {
-    FrameCodec::new(wire::MAX_PREHEAT_FRAME, wire::MAX_PREHEAT_FRAME)
+    FrameCodec::new(wire::MAX_PREHEAT_FRAME, wire::MAX_PREHEAT_REPLY)
 }
 
 /// The report codec with its limits.

@@ -3,9 +3,10 @@
 //!
 //! The asking node sends [`PreheatRequest::Start`] to every connected peer (or to the peers
 //! named), runs the same download itself, then asks each node every second how far it is
-//! ([`PreheatRequest::Progress`]) until every node is done. Its `status` shows every node's
-//! progress; the other nodes' `status` show their own. The downloads start within moments of each
-//! other, so they share the Hub work like any downloads started together.
+//! ([`PreheatRequest::Progress`]) until every node is done. `status` on any node shows every
+//! node's progress: the asking node knows it, and the others ask it ([`PreheatRequest::Nodes`]).
+//! The downloads start within moments of each other, so they share the Hub work like any
+//! downloads started together.
 //!
 //! A node accepts a preheat from a member of its private swarm; in an open swarm only when started
 //! with `--accept-preheat`. It downloads with its own Hub and no token: no token crosses the
@@ -22,6 +23,8 @@ use std::time::Duration;
 use swarm_protocol::wire::{PreheatJob, PreheatProgress, PreheatReply, PreheatRequest, PreheatState};
 use tokio::sync::mpsc;
 
+/// How a view names the node that shows it.
+pub const THIS_NODE: &str = "this node";
 /// Preheats queued for this node's runner at most.
 const QUEUE: usize = 64;
 /// Preheats remembered (finished ones are dropped oldest first past this).
@@ -199,6 +202,30 @@ impl Board {
         }
     }
 
+    /// Every node's part in preheat `id`, as this node (which asked them) knows it, for a node
+    /// that asks; this node's own part is named `me`.
+    pub fn nodes(&self, id: u64, me: PeerId) -> Option<Vec<(String, PreheatProgress)>> {
+        let view = self.view(id)?;
+        let failed = |why: String| PreheatProgress { state: PreheatState::Failed(why), files: (0, 0), bytes: (0, 0) };
+        Some(
+            view.nodes
+                .into_iter()
+                .map(|(name, part)| {
+                    let name = if name == THIS_NODE { me.to_string() } else { name };
+                    let p = match part {
+                        NodePart::Asked => {
+                            PreheatProgress { state: PreheatState::Running, files: (0, 0), bytes: (0, 0) }
+                        }
+                        NodePart::Refused(why) => failed(format!("refused: {why}")),
+                        NodePart::Gone(why) => failed(format!("lost: {why}")),
+                        NodePart::Progress(p) => p,
+                    };
+                    (name, p)
+                })
+                .collect(),
+        )
+    }
+
     /// Every preheat, newest first.
     pub fn views(&self) -> Vec<PreheatView> {
         let jobs = self.jobs();
@@ -209,7 +236,7 @@ impl Board {
                     Some((p, end)) => NodePart::Progress(local_progress(p, end.as_ref())),
                     None => NodePart::Asked,
                 };
-                let mut nodes = vec![("this node".to_owned(), own)];
+                let mut nodes = vec![(THIS_NODE.to_owned(), own)];
                 nodes.extend(j.remote.iter().map(|(peer, (part, _))| (peer.to_string(), part.clone())));
                 let view = PreheatView {
                     id: j.job.id,
@@ -229,6 +256,28 @@ impl Board {
     pub fn view(&self, id: u64) -> Option<PreheatView> {
         self.views().into_iter().find(|v| v.id == id)
     }
+}
+
+/// Every preheat as `status` shows it: for a preheat another node asked for, every node's part
+/// as that node knows it (asked for at most `wait`), else this node's own.
+pub async fn status_views(node: &NodeHandle, wait: Duration) -> Vec<PreheatView> {
+    let views = node.preheat_board().views();
+    let me = node.peer_id().to_string();
+    // All asked at once: the answer takes `wait` at most, however many preheats there are.
+    let asks = views.into_iter().map(|mut v| {
+        let me = me.clone();
+        async move {
+            let Some(origin) = v.asked_by.as_deref().and_then(|p| p.parse::<PeerId>().ok()) else { return v };
+            let ask = node.preheat_ask(origin, PreheatRequest::Nodes { id: v.id });
+            if let Ok(Ok(PreheatReply::Nodes(parts))) = tokio::time::timeout(wait, ask).await {
+                let others = parts.into_iter().filter(|(peer, _)| *peer != me);
+                v.nodes.truncate(1);
+                v.nodes.extend(others.map(|(peer, p)| (peer, NodePart::Progress(p))));
+            }
+            v
+        }
+    });
+    futures::future::join_all(asks).await
 }
 
 /// Starts preheat `job` here and on `targets` (every connected peer when empty), then keeps
