@@ -645,7 +645,8 @@ impl FileStream {
         };
         match inflight.ended() {
             Some(Err(f)) => return Err(Stop::Failed(f)),
-            Some(Ok(())) | None if self.blob.is_file() && self.file.is_none() => {
+            // (No stat per piece once a file is open.)
+            Some(Ok(())) | None if self.file.is_none() && self.blob.is_file() => {
                 self.file = Some((Arc::new(std::fs::File::open(&self.blob).map_err(Stop::Io)?), true));
                 return Ok(self.size);
             }

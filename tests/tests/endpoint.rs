@@ -229,6 +229,26 @@ async fn resolve_streams_before_the_file_is_complete_and_honours_ranges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_endpoint_is_its_nodes_hub_endpoint_downloads_from_the_nodes_hub() {
+    // HF_ENDPOINT exported for the clients reaches `swarm-dl get` too: the node must not fetch
+    // through its own endpoint (that would wait on the lock the get's own download holds).
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("hub");
+    let repo = PlainRepo::new(&root, "", "org/model").file("config.json", b"{}").random("w.bin", 71, 6 << 20);
+    let hub = TestHub::start(&root).await;
+    let cache = tmp.path().join("node");
+    let node = JoinNode::loopback(tmp.path(), &cache, &["--endpoint", &hub.endpoint]).await;
+    let ep = node.hub_endpoint.clone().expect("endpoint");
+    let mut c = swarm_tests::run::swarm_command(tmp.path());
+    c.args(["get", "org/model", "--quiet", "--cache-dir"]).arg(&cache).env("HF_ENDPOINT", &ep);
+    let o =
+        tokio::time::timeout(std::time::Duration::from_secs(60), c.output()).await.expect("no deadlock").expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    swarm_tests::fixture::assert_snapshot(&only_snapshot(&cache.join("models--org--model")), &repo.files);
+    assert_eq!(hub.stats().file_bytes(), (6 << 20) + 2, "each byte once, from the node's Hub");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_download_is_a_5xx_never_a_short_200() {
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path().join("hub");
