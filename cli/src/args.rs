@@ -12,6 +12,10 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Config file (TOML; keys are long flag names) [default: $XDG_CONFIG_HOME/swarm-dl/config.toml,
+    /// else /etc/swarm-dl/config.toml]; `none` reads none. Flags and environment variables beat it.
+    #[arg(long, global = true, value_name = "FILE", env = "SWARM_DL_CONFIG", hide_env_values = true)]
+    pub config: Option<PathBuf>,
 }
 
 /// Subcommands.
@@ -36,6 +40,29 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// See the swarm work on this machine: a Hub stand-in, three nodes, their downloads.
     Demo(DemoArgs),
+    /// The config file and the effective settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `swarm-dl config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print each setting's effective value and where it came from (flag, env, file, default);
+    /// the token is never shown.
+    Show(ConfigShowArgs),
+}
+
+/// `swarm-dl config show`.
+#[derive(Debug, Args)]
+pub struct ConfigShowArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// A command line whose settings to show, e.g. `get org/model --max-workers 4` [default:
+    /// those of `join`, then the keys only `get` has].
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 impl Command {
@@ -49,6 +76,7 @@ impl Command {
             Self::Join(a) => a.json,
             Self::Status(a) => a.json,
             Self::Preheat(a) => a.json,
+            Self::Config(ConfigCommand::Show(a)) => a.json,
             Self::Keygen(_) | Self::Demo(_) => false,
         }
     }

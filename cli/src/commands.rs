@@ -1,7 +1,8 @@
 //! The commands: each resolves its settings, calls `swarm-node`, prints the result.
 
 use crate::args::{
-    CacheCommand, Command, GetArgs, HubCommand, JoinArgs, KeygenArgs, PreheatArgs, ServeArgs, StatusArgs, SwarmArgs,
+    CacheCommand, Command, ConfigCommand, ConfigShowArgs, GetArgs, HubCommand, JoinArgs, KeygenArgs, PreheatArgs,
+    ServeArgs, StatusArgs, SwarmArgs,
 };
 use crate::output::outln;
 use crate::progress::Display;
@@ -44,7 +45,31 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Preheat(a) => preheat(a).await,
         Command::Keygen(a) => keygen(a),
         Command::Demo(a) => crate::demo::run(a).await,
+        Command::Config(ConfigCommand::Show(a)) => config_show(&a),
     }
+}
+
+/// `config show`: each setting, its value and where it came from.
+fn config_show(a: &ConfigShowArgs) -> anyhow::Result<ExitCode> {
+    let shown = crate::config::show(&a.command)?;
+    let file = crate::config::loaded().map(|f| f.path.display().to_string());
+    if a.json {
+        outln!("{}", serde_json::json!({ "file": file, "settings": shown }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &file {
+        Some(f) => outln!("config file: {f}")?,
+        None => outln!(
+            "config file: none (looked for --config, $SWARM_DL_CONFIG, {}, /etc/swarm-dl/config.toml)",
+            settings::xdg_config_home().join("swarm-dl/config.toml").display()
+        )?,
+    }
+    let width = shown.iter().map(|s| s.value.as_deref().map_or(5, str::len)).max().unwrap_or(0).min(48);
+    for s in &shown {
+        let value = s.value.as_deref().unwrap_or("unset");
+        outln!("{:<18} {value:<width$}  {}", s.key, s.source)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The node settings shared by `join` and the node `get` runs for itself.

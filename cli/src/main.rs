@@ -7,21 +7,38 @@
 
 mod args;
 mod commands;
+mod config;
 mod demo;
 mod output;
 mod progress;
 mod settings;
 mod target;
 
-use clap::Parser as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match args::Cli::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let wants_json = argv.iter().any(|a| a == "--json");
+    // The config file comes first: its values become the defaults clap parses against.
+    let command =
+        config::load(&argv).and_then(|file| config::apply(<args::Cli as clap::CommandFactory>::command(), file));
+    let command = match command {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if wants_json {
+                let _ = output::line(format_args!("{}", json_error("config", &e.to_string())));
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let parsed =
+        command.try_get_matches_from(&argv).and_then(|m| <args::Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // With --json, a usage error is JSON on stdout too (help and version are not errors).
-            if e.use_stderr() && std::env::args().any(|a| a == "--json") {
+            if e.use_stderr() && wants_json {
                 let first = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
                 let _ = output::line(format_args!("{}", json_error("usage", &first)));
             }

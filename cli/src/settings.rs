@@ -1,7 +1,10 @@
-//! Resolves raw arguments into settings, once: flag > environment > default, with the
-//! environment variables `huggingface_hub` defines meaning what they mean there. This is the
-//! only place that reads the environment: `swarm-node` receives typed values.
+//! Resolves raw arguments into settings, once: flag > environment > config file > default, with
+//! the environment variables `huggingface_hub` defines meaning what they mean there. This is the
+//! only place that reads the environment: `swarm-node` receives typed values. Flags that clap
+//! reads get their file values as clap defaults ([`crate::config::apply`]); the settings below
+//! read the file themselves, after the environment.
 
+use crate::config::{Source, file_value};
 use anyhow::{Context as _, bail};
 use std::env;
 use std::path::PathBuf;
@@ -35,6 +38,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWARM_DL_CONTROL_GROUP", "group whose members may download through a join node (--control-group)"),
     ("SWARM_DL_HUB_LISTEN", "where join serves its Hub endpoint, or off (--hub-listen)"),
     ("SWARM_DL_RATE_SCHEDULE", "caps by local day and time for join (--rate-schedule)"),
+    ("SWARM_DL_CONFIG", "the config file to read (--config; `none` reads none)"),
+    ("XDG_CONFIG_HOME", "the user's config file is $XDG_CONFIG_HOME/swarm-dl/config.toml (default ~/.config)"),
 ];
 
 fn var(k: &str) -> Option<String> {
@@ -93,6 +98,16 @@ fn home() -> PathBuf {
     var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// `$SWARM_DL_CONFIG`: the config file named in the environment.
+pub fn config_env() -> Option<PathBuf> {
+    var("SWARM_DL_CONFIG").map(PathBuf::from)
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+pub fn xdg_config_home() -> PathBuf {
+    var("XDG_CONFIG_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".config"))
+}
+
 /// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
 pub fn hf_home() -> PathBuf {
     var("HF_HOME")
@@ -101,29 +116,91 @@ pub fn hf_home() -> PathBuf {
         .unwrap_or_else(|| home().join(".cache").join("huggingface"))
 }
 
-/// `--cache-dir`, else `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`.
+/// The first of `candidates` that is set, with its source.
+fn first<T>(candidates: impl IntoIterator<Item = (Option<T>, Source)>) -> Option<(T, Source)> {
+    candidates.into_iter().find_map(|(v, s)| v.map(|v| (v, s)))
+}
+
+fn env(k: &'static str) -> (Option<String>, Source) {
+    (var(k), Source::Env(k.into()))
+}
+
+/// `--cache-dir`, else `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub` when
+/// `HF_HOME` is set, else the config file's `cache-dir`, else `$HF_HOME/hub` by its defaults.
+pub fn cache_dir_from(flag: Option<PathBuf>) -> (PathBuf, Source) {
+    first([
+        (flag.map(|f| f.display().to_string()), Source::Flag),
+        env("HF_HUB_CACHE"),
+        env("HUGGINGFACE_HUB_CACHE"),
+        (var("HF_HOME").map(|h| PathBuf::from(h).join("hub").display().to_string()), Source::Env("HF_HOME".into())),
+        (file_value("cache-dir").map(str::to_owned), Source::File),
+    ])
+    .map(|(v, s)| (PathBuf::from(v), s))
+    .unwrap_or_else(|| (hf_home().join("hub"), Source::Default))
+}
+
+/// The cache directory ([`cache_dir_from`]).
 pub fn cache_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| var("HF_HUB_CACHE").map(PathBuf::from))
-        .or_else(|| var("HUGGINGFACE_HUB_CACHE").map(PathBuf::from))
-        .unwrap_or_else(|| hf_home().join("hub"))
+    cache_dir_from(flag).0
 }
 
-/// `--token`, else `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the token file
-/// (`HF_TOKEN_PATH`, default `$HF_HOME/token`).
-pub fn token(flag: Option<String>) -> Option<Token> {
-    if let Some(t) = flag.or_else(|| var("HF_TOKEN")).or_else(|| var("HUGGING_FACE_HUB_TOKEN")) {
-        return Token::new(&t);
+/// `--token`, else `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the file `HF_TOKEN_PATH`
+/// names, else the config file's `token`, else the token file `huggingface_hub` logs in to
+/// (`$HF_HOME/token`).
+pub fn token_from(flag: Option<String>) -> (Option<Token>, Source) {
+    let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+    // As in huggingface_hub, HF_TOKEN_PATH replaces the default token file.
+    let named_path = var("HF_TOKEN_PATH").map(PathBuf::from);
+    let default_file = if named_path.is_none() { read(hf_home().join("token")) } else { None };
+    let found = first([
+        (flag, Source::Flag),
+        env("HF_TOKEN"),
+        env("HUGGING_FACE_HUB_TOKEN"),
+        (named_path.and_then(read), Source::Env("HF_TOKEN_PATH".into())),
+        (file_value("token").map(str::to_owned), Source::File),
+        (default_file, Source::Default),
+    ]);
+    match found {
+        Some((t, s)) => (Token::new(&t), s),
+        None => (None, Source::Default),
     }
-    let path = var("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| hf_home().join("token"));
-    std::fs::read_to_string(path).ok().and_then(|t| Token::new(&t))
 }
 
-/// `--endpoint`, else `HF_ENDPOINT`, else the Hub.
+/// The token ([`token_from`]).
+pub fn token(flag: Option<String>) -> Option<Token> {
+    token_from(flag).0
+}
+
+/// `--endpoint`, else `HF_ENDPOINT`, else the config file's `endpoint`, else the Hub.
+pub fn endpoint_from(flag: Option<String>) -> (String, Source) {
+    let (v, s) =
+        first([(flag, Source::Flag), env("HF_ENDPOINT"), (file_value("endpoint").map(str::to_owned), Source::File)])
+            .unwrap_or_else(|| ("https://huggingface.co".into(), Source::Default));
+    (v.trim_end_matches('/').to_owned(), s)
+}
+
+/// The Hub endpoint ([`endpoint_from`]).
 pub fn endpoint(flag: Option<String>) -> String {
-    flag.or_else(|| var("HF_ENDPOINT"))
-        .unwrap_or_else(|| "https://huggingface.co".into())
-        .trim_end_matches('/')
-        .to_owned()
+    endpoint_from(flag).0
+}
+
+/// A setting this module resolves, for `config show` (the token is never shown).
+pub fn shown(key: &str, flag: Option<String>) -> (Option<String>, Source) {
+    match key {
+        "cache-dir" => {
+            let (v, s) = cache_dir_from(flag.map(PathBuf::from));
+            (Some(v.display().to_string()), s)
+        }
+        "endpoint" => {
+            let (v, s) = endpoint_from(flag);
+            (Some(v), s)
+        }
+        "token" => {
+            let (t, s) = token_from(flag);
+            (t.map(|_| "(set, not shown)".to_owned()), s)
+        }
+        _ => (None, Source::Default),
+    }
 }
 
 /// `HF_HUB_DOWNLOAD_TIMEOUT` (seconds, default 10): the longest silence on a connection.

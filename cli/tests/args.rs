@@ -77,7 +77,7 @@ fn a_garbage_swarm_key_is_one_plain_sentence() {
         assert_eq!(
             err.trim(),
             format!(
-                "error: cannot use swarm key '{k}': it is not a swarm key file (expected three lines: /key/swarm/psk/1.0.0/, /base16/, then 64 hex digits) (make one with `swarm-dl keygen FILE`)"
+                "error: cannot use swarm key '{k}': it is not a swarm key file (expected three lines: /key/swarm/psk/1.0.0/, /base16/, then 64 hex digits); make one with `swarm-dl keygen FILE`"
             )
         );
     }

@@ -119,7 +119,7 @@ pub enum NodeError {
         reason: String,
     },
     /// The swarm key file is unreadable or malformed.
-    #[error("cannot use swarm key '{}': {reason} (make one with `swarm-dl keygen FILE`)", .path.display())]
+    #[error("cannot use swarm key '{}': {reason}; make one with `swarm-dl keygen FILE`", .path.display())]
     SwarmKey {
         /// The file.
         path: PathBuf,

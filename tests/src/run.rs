@@ -36,7 +36,11 @@ pub fn command(home: &Path) -> tokio::process::Command {
 pub fn swarm_command(home: &Path) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(swarm_dl());
     for (k, _) in std::env::vars() {
-        if k.starts_with("HF_") || k.starts_with("HUGGING") || k.starts_with("SWARM_DL") || k == "TRANSFORMERS_OFFLINE"
+        if k.starts_with("HF_")
+            || k.starts_with("HUGGING")
+            || k.starts_with("SWARM_DL")
+            || k == "TRANSFORMERS_OFFLINE"
+            || k == "XDG_CONFIG_HOME"
         {
             c.env_remove(k);
         }

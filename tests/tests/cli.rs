@@ -601,3 +601,75 @@ async fn a_closed_stdout_ends_quietly() {
         assert!(!stderr(&o).contains("panicked") && !stderr(&o).contains("Broken pipe"), "{}", stderr(&o));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_sits_under_flags_and_environment() {
+    let env = Env::new();
+    let _repo = model(&env.path("hub"));
+    let hub = TestHub::start(&env.path("hub")).await;
+    // The user's file ($HOME/.config/swarm-dl/config.toml; HOME is the test's home).
+    let dir = env.path(".config/swarm-dl");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("config.toml");
+    let text = format!(
+        "endpoint = \"{}\"\ncache-dir = \"{}\"\nmax-workers = 3\nmax-download-rate = \"500M\"\n",
+        hub.endpoint,
+        env.cache()
+    );
+    std::fs::write(&file, text).expect("write");
+    // The endpoint comes from the file; the cache does not, since HF_HOME (set by the harness)
+    // names one and the environment beats the file.
+    let o = swarm(env.home(), &["get", "org/model", "config.json", "--quiet"], &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with(&env.path("hf-home/hub").display().to_string()), "{}", stdout(&o));
+    // `config show` says where each value came from, and never shows the token.
+    let mut text = std::fs::read_to_string(&file).expect("read");
+    text.push_str("token = \"hf_from_the_file\"\n");
+    std::fs::write(&file, text).expect("write");
+    let o = swarm(
+        env.home(),
+        &["config", "show", "--json", "get", "org/model", "--max-workers", "5"],
+        &[("SWARM_DL_MAX_DOWNLOAD_RATE", "9M")],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("hf_from_the_file"), "the token is shown: {}", stdout(&o));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(shown["file"], file.display().to_string());
+    let of = |k: &str| {
+        let s = shown["settings"].as_array().expect("list").iter().find(|s| s["key"] == k).cloned();
+        let s = s.unwrap_or_else(|| panic!("{k} not shown: {shown}"));
+        (s["value"].as_str().unwrap_or("unset").to_owned(), s["source"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(of("endpoint"), (hub.endpoint.clone(), "file".into()));
+    assert_eq!(of("cache-dir"), (env.path("hf-home/hub").display().to_string(), "env HF_HOME".into()));
+    assert_eq!(of("max-workers"), ("5".into(), "flag".into()));
+    assert_eq!(of("max-download-rate"), ("9M".into(), "env SWARM_DL_MAX_DOWNLOAD_RATE".into()));
+    assert_eq!(of("token"), ("(set, not shown)".into(), "file".into()));
+    assert_eq!(of("retries"), ("7".into(), "default".into()));
+    // The environment beats the file: this endpoint answers nothing, and the cached commit is used.
+    let o = swarm(env.home(), &["get", "org/model", "config.json"], &[("HF_ENDPOINT", "http://127.0.0.1:9")]).await;
+    assert!(o.status.success() && stderr(&o).contains("http://127.0.0.1:9"), "{}", stderr(&o));
+    // A bad value: one sentence naming the file, the key and what is allowed; nothing is done.
+    std::fs::write(&file, "max-workers = 0\n").expect("write");
+    let o = swarm(env.home(), &["get", "org/other"], &[]).await;
+    assert_one_clear_error(
+        &o,
+        &format!(
+            "config file '{}', key 'max-workers': invalid value '0' for '--max-workers <MAX_WORKERS>': 0 is not in 1..=4096",
+            file.display()
+        ),
+    );
+    // --config names another file, and `none` reads none.
+    let other = env.path("other.toml");
+    std::fs::write(&other, "retries = 2\n").expect("write");
+    let o = swarm(env.home(), &["config", "show", "--config", &other.display().to_string()], &[]).await;
+    assert!(o.status.success() && stdout(&o).contains(&format!("config file: {}", other.display())), "{}", stdout(&o));
+    assert!(
+        stdout(&o).lines().any(|l| l.starts_with("retries") && l.contains(" 2 ") && l.ends_with("file")),
+        "{}",
+        stdout(&o)
+    );
+    let o = swarm(env.home(), &["config", "show"], &[("SWARM_DL_CONFIG", "none")]).await;
+    assert!(o.status.success() && stdout(&o).starts_with("config file: none"), "{}", stdout(&o));
+}
