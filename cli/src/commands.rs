@@ -1,9 +1,10 @@
 //! The commands: each resolves its settings, calls `swarm-node`, prints the result.
 
 use crate::args::{
-    CacheCommand, Command, ConfigCommand, ConfigShowArgs, GetArgs, HubCommand, JoinArgs, KeygenArgs, PreheatArgs,
-    ServeArgs, StatusArgs, SwarmArgs,
+    CacheCommand, Command, ConfigCommand, ConfigShowArgs, GetArgs, HubCommand, KeygenArgs, ServeArgs, SwarmArgs,
 };
+#[cfg(unix)]
+use crate::args::{JoinArgs, PreheatArgs, StatusArgs};
 use crate::output::outln;
 use crate::progress::Display;
 use crate::settings;
@@ -17,7 +18,9 @@ use std::time::Duration;
 use swarm_node::cache::local_dir::LocalDir;
 use swarm_node::cache::trust;
 use swarm_node::cache::{HubCache, scan};
+#[cfg(unix)]
 use swarm_node::control::{ControlClient, ControlPolicy, ControlServer};
+#[cfg(unix)]
 use swarm_node::endpoint::{EndpointConfig, EndpointError, HubEndpoint};
 use swarm_node::fetch::progress::Progress;
 use swarm_node::fetch::{self, GetRequest};
@@ -25,6 +28,7 @@ use swarm_node::http::{HubServer, HubServerConfig};
 use swarm_node::hub::{HubClient, RepoRef};
 use swarm_node::swarm::libp2p::{Multiaddr, identity::Keypair};
 use swarm_node::swarm::{self, Node, NodeConfig};
+#[cfg(unix)]
 use swarm_protocol::control::GetParams;
 
 /// Runs one command.
@@ -40,9 +44,16 @@ pub async fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             cache_clean(settings::cache_dir(dir.cache_dir), dry_run, dir.json)
         }
         Command::Hub(HubCommand::Serve(a)) => serve(a).await,
+        #[cfg(unix)]
         Command::Join(a) => join(a).await,
+        #[cfg(unix)]
         Command::Status(a) => status(a).await,
+        #[cfg(unix)]
         Command::Preheat(a) => preheat(a).await,
+        #[cfg(not(unix))]
+        Command::Join(_) | Command::Status(_) | Command::Preheat(_) => Err(anyhow!(
+            "join, status and preheat talk to a node through a Unix socket and are not available on Windows yet; `swarm-dl get` runs its own node there"
+        )),
         Command::Keygen(a) => keygen(a),
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Config(ConfigCommand::Show(a)) => config_show(&a),
@@ -108,6 +119,7 @@ fn swarm_note(cfg: &NodeConfig) {
     }
 }
 
+#[cfg(unix)]
 async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     let cache = HubCache::new(settings::cache_dir(a.cache_dir.clone())).with_copies(settings::copies());
     cache.ensure().with_context(|| format!("cannot use cache '{}'", cache.root().display()))?;
@@ -191,6 +203,7 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(unix)]
 /// Starts `join`'s Hub endpoint (`--hub-listen`). The default address may be taken (another
 /// node on this host): that is a warning, not a failure; an address asked for must work.
 async fn start_hub_endpoint(
@@ -255,6 +268,7 @@ async fn wait_for_signal() {
     }
 }
 
+#[cfg(unix)]
 async fn preheat(a: PreheatArgs) -> anyhow::Result<ExitCode> {
     let t = crate::target::parse(&a.repo_id, a.select.repo_type.as_deref(), a.select.revision.as_deref())?;
     if t.path.is_some() {
@@ -293,6 +307,7 @@ async fn preheat(a: PreheatArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+#[cfg(unix)]
 fn describe_part(part: &swarm_node::swarm::preheat::NodePart) -> String {
     use swarm_node::protocol::wire::PreheatState;
     use swarm_node::swarm::preheat::NodePart;
@@ -311,6 +326,7 @@ fn describe_part(part: &swarm_node::swarm::preheat::NodePart) -> String {
     }
 }
 
+#[cfg(unix)]
 async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let root = settings::cache_dir(a.cache_dir);
     let deadline = std::time::Instant::now() + Duration::from_secs_f64(a.wait.max(0.0));
@@ -437,6 +453,7 @@ pub fn error_kind(e: &anyhow::Error) -> &str {
         if let Some(h) = c.downcast_ref::<swarm_node::hub::HubError>() {
             return h.kind();
         }
+        #[cfg(unix)]
         if let Some(c) = c.downcast_ref::<swarm_node::control::ControlError>() {
             return c.kind();
         }
@@ -513,28 +530,31 @@ async fn get(a: GetArgs) -> anyhow::Result<ExitCode> {
             }
         } else if a.no_swarm {
             return fetch::get(&req, hub, progress.clone()).await.map_err(|e| local_failure(e, &progress));
-        } else if let Some(client) = ControlClient::find(&cache_root).await {
-            tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
-            let g = GetParams {
-                repo_type: repo.ty,
-                repo_id: repo.id.clone(),
-                revision: req.revision.clone(),
-                include: req.include.clone(),
-                exclude: req.exclude.clone(),
-                endpoint: hub_settings.endpoint.clone(),
-                token: hub_settings.token.as_ref().map(|t| t.expose().to_owned()),
-                retries: hub_settings.retries,
-                read_timeout_ms: u64::try_from(hub_settings.read_timeout.as_millis()).unwrap_or(u64::MAX),
-                max_workers: u32::try_from(req.max_workers).unwrap_or(u32::MAX),
-                max_download_rate: req.max_download_rate,
-                peer_wait_ms: u64::try_from(req.peer_wait.as_millis()).unwrap_or(u64::MAX),
-                named: req.named,
-                force: req.force,
-            };
-            // The node's sentence says what it kept.
-            let out = client.get(g, &progress).await.map_err(|e| failure(e.kind().to_owned(), e.to_string()))?;
-            // The node wrote its cache; the folder asked for is written here, with our rights.
-            return fetch::publish_local_dir(&req, out).map_err(|e| local_failure(e, &progress));
+        } else {
+            #[cfg(unix)]
+            if let Some(client) = ControlClient::find(&cache_root).await {
+                tracing::info!(node = %client.file.peer_id, "downloading through the running swarm-dl node");
+                let g = GetParams {
+                    repo_type: repo.ty,
+                    repo_id: repo.id.clone(),
+                    revision: req.revision.clone(),
+                    include: req.include.clone(),
+                    exclude: req.exclude.clone(),
+                    endpoint: hub_settings.endpoint.clone(),
+                    token: hub_settings.token.as_ref().map(|t| t.expose().to_owned()),
+                    retries: hub_settings.retries,
+                    read_timeout_ms: u64::try_from(hub_settings.read_timeout.as_millis()).unwrap_or(u64::MAX),
+                    max_workers: u32::try_from(req.max_workers).unwrap_or(u32::MAX),
+                    max_download_rate: req.max_download_rate,
+                    peer_wait_ms: u64::try_from(req.peer_wait.as_millis()).unwrap_or(u64::MAX),
+                    named: req.named,
+                    force: req.force,
+                };
+                // The node's sentence says what it kept.
+                let out = client.get(g, &progress).await.map_err(|e| failure(e.kind().to_owned(), e.to_string()))?;
+                // The node wrote its cache; the folder asked for is written here, with our rights.
+                return fetch::publish_local_dir(&req, out).map_err(|e| local_failure(e, &progress));
+            }
         }
         let state = match trust::secure_state_dir(&cache_root) {
             Ok(state) => state,
@@ -852,11 +872,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         outln!("{}", server.endpoint())?;
     }
     eprintln!("serving the Hub API on {} (data on http://{}); Ctrl-C stops", server.endpoint(), server.data_addr);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    wait_for_signal().await;
     let s = &server.stats;
     eprintln!(
         "served {} API and {} resolve requests, {} of file data",

@@ -387,8 +387,7 @@ impl BlobLock {
         }
         let mut o = OpenOptions::new();
         o.read(true).write(true).create(true).truncate(false);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o664);
+        crate::os::create_mode(&mut o, 0o664);
         o.open(path)
     }
 

@@ -702,7 +702,7 @@ impl FileStream {
                 let (file, at) = (file.clone(), self.pos);
                 let read = tokio::task::spawn_blocking(move || {
                     let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
-                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, at).map(|()| buf)
+                    crate::os::FileAt::read_exact_at(&*file, &mut buf, at).map(|()| buf)
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));

@@ -9,12 +9,14 @@
 //! binary's job (`cli/`). Errors are typed per module; the binary turns them into one sentence.
 
 pub mod cache;
+#[cfg(unix)]
 pub mod control;
 pub mod endpoint;
 pub mod fetch;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod os;
 pub mod rate;
 pub mod schedule;
 pub mod scheduler;

@@ -20,9 +20,9 @@
 
 pub mod writer;
 
+use crate::os::FileAt as _;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -80,11 +80,9 @@ impl StoreError {
     }
 }
 
-/// True for ENOSPC / EDQUOT.
+/// True for ENOSPC / EDQUOT (and Windows' disk-full errors).
 pub fn is_disk_full(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::StorageFull
-        || e.kind() == io::ErrorKind::QuotaExceeded
-        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    crate::os::is_disk_full(e)
 }
 
 /// What reopening a partial file kept.

@@ -7,11 +7,9 @@
 //! the node's state dir, `node.json` and socket belong to a uid it trusts: root, itself, or the
 //! owner of the cache root (who can replace every blob of the cache anyway).
 
+use crate::os;
 use std::fs;
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{
-    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
-};
 use std::path::{Path, PathBuf};
 
 /// Why a path in a cache's state dir is not trusted.
@@ -62,7 +60,7 @@ impl TrustError {
 
 /// This process's effective uid.
 pub fn euid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+    os::euid()
 }
 
 /// A group named by name or number (`--control-group`).
@@ -70,6 +68,9 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
+    #[cfg(windows)]
+    return Err(format!("groups are a Unix feature: '{}'", swarm_protocol::repo::Printable(name)));
+    #[cfg(unix)]
     match nix::unistd::Group::from_name(name) {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
         Ok(None) => Err(format!("there is no group '{}' on this machine", swarm_protocol::repo::Printable(name))),
@@ -81,7 +82,7 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 pub fn trusted_uids(cache_root: &Path) -> Vec<u32> {
     let mut uids = vec![0, euid()];
     if let Ok(m) = fs::metadata(cache_root) {
-        uids.push(m.uid());
+        uids.push(os::owner(&m));
     }
     uids
 }
@@ -102,8 +103,8 @@ pub fn check_owned(
     if !is_kind(&m.file_type()) {
         return Err(TrustError::Kind { path: path.to_path_buf(), expected });
     }
-    if !trusted.contains(&m.uid()) {
-        return Err(TrustError::Owner { path: path.to_path_buf(), owner: m.uid(), me: euid() });
+    if !trusted.contains(&os::owner(&m)) {
+        return Err(TrustError::Owner { path: path.to_path_buf(), owner: os::owner(&m), me: euid() });
     }
     Ok(m)
 }
@@ -111,7 +112,7 @@ pub fn check_owned(
 /// Checks a directory: owned by one of `trusted`, and writable by nobody else.
 pub fn check_dir(path: &Path, trusted: &[u32]) -> Result<(), TrustError> {
     let m = check_owned(path, trusted, "directory", fs::FileType::is_dir)?;
-    let mode = m.permissions().mode();
+    let mode = os::mode(&m);
     if mode & 0o022 != 0 {
         return Err(TrustError::Writable { path: path.to_path_buf(), mode: mode & 0o7777 });
     }
@@ -132,7 +133,7 @@ pub fn secure_state_dir(cache_root: &Path) -> Result<PathBuf, TrustError> {
         move |source| TrustError::Io { path, source }
     };
     fs::create_dir_all(&locks).map_err(io(&locks))?;
-    match fs::DirBuilder::new().mode(0o755).create(&state) {
+    match os::create_dir(&state, 0o755) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io(&state)(e)),
@@ -148,14 +149,14 @@ pub fn secure_state_dir(cache_root: &Path) -> Result<PathBuf, TrustError> {
 /// sign or serve.
 pub fn write_state_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    os::create_dir_all(dir, 0o755)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
         std::process::id()
     ));
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
-    f.set_permissions(fs::Permissions::from_mode(0o644))?;
+    let mut f = os::create_mode(fs::OpenOptions::new().write(true).create(true).truncate(true), 0o644).open(&tmp)?;
+    os::set_mode(&f, 0o644)?;
     f.write_all(bytes)?;
     drop(f);
     fs::rename(&tmp, path).inspect_err(|_| {
@@ -169,9 +170,10 @@ pub fn write_state_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn read_state_file(path: &Path) -> Option<Vec<u8>> {
     let mut f = fs::File::open(path).ok()?;
     let m = f.metadata().ok()?;
-    let mine = m.is_file() && (m.uid() == 0 || m.uid() == euid()) && m.permissions().mode() & 0o022 == 0;
+    let owner = os::owner(&m);
+    let mine = m.is_file() && (owner == 0 || owner == euid()) && os::mode(&m) & 0o022 == 0;
     if !mine {
-        tracing::warn!(path = %path.display(), owner = m.uid(), "ignoring a state file another user owns or can write");
+        tracing::warn!(path = %path.display(), owner, "ignoring a state file another user owns or can write");
         return None;
     }
     let mut out = Vec::new();
@@ -181,7 +183,7 @@ pub fn read_state_file(path: &Path) -> Option<Vec<u8>> {
 
 /// True for a Unix socket.
 pub fn is_socket(t: &fs::FileType) -> bool {
-    t.is_socket()
+    os::is_socket(t)
 }
 
 /// True for a regular file.
@@ -189,9 +191,10 @@ pub fn is_file(t: &fs::FileType) -> bool {
     t.is_file()
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn a_state_dir_others_can_write_is_refused() {

@@ -15,6 +15,7 @@
 //! listed or announced, whoever asks. In a private swarm every blob is.
 
 use super::hooks::Hooks;
+use crate::os::FileAt as _;
 use crate::store::PartialFile;
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
@@ -22,7 +23,6 @@ use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
