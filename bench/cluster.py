@@ -127,7 +127,7 @@ def spawn(i, cmd, env, log=None):
                             stderr=open(log, "w") if log else subprocess.PIPE, text=True)
 
 
-def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, binary, log_dir=None):
+def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, binary, log_dir=None, metrics=None):
     mode, swarm, delay = SCENARIOS[scenario]
     tb = Testbed(n, uplink_mbit)
     joins = []
@@ -152,8 +152,9 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
             keys = ["--swarm-key", key_file] if swarm == "private" else []
             if tool == "swarm-dl" and mode in ("join", "endpoint"):
                 peer = [] if i == 1 else ["--peer", f"/ip4/{addr(1)}/tcp/4001"]
+                scrape = ["--metrics-listen", f"{addr(i)}:9464"] if metrics else []
                 j = spawn(i, [binary, "join", "--cache-dir", cache, "--json", "--no-mdns", "--endpoint", endpoint,
-                              "--listen", f"/ip4/{addr(i)}/tcp/4001", *peer, *keys], env,
+                              "--listen", f"/ip4/{addr(i)}/tcp/4001", *peer, *keys, *scrape], env,
                           os.path.join(log_dir, f"{scenario}-{n}-join{i}.log") if log_dir else os.devnull)
                 ready = json.loads(j.stdout.readline())  # ready: a get now goes through this node
                 joins.append(j)
@@ -181,6 +182,13 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
                 o = json.loads(out.splitlines()[-1])
                 dups += o.get("chunks_duplicated", 0)
                 takeovers += o.get("chunks_taken_over", 0)
+        if metrics and joins:
+            # Each join node's /metrics once every get is done: what an operator's Prometheus sees.
+            with open(metrics, "w") as f:
+                for i in range(1, len(joins) + 1):
+                    body = subprocess.run(["ip", "netns", "exec", ns(i), "curl", "-s", f"http://{addr(i)}:9464/metrics"],
+                                          capture_output=True, text=True).stdout
+                    f.write(f"# node {i} ({addr(i)})\n{body}\n")
         for j in joins:
             j.terminate()
             j.communicate()
@@ -210,6 +218,7 @@ def main():
     ap.add_argument("--runs", type=int, default=1, help="runs per scenario and N; the worst is reported")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--log", help="keep each get's log (info, fetch at debug) in this directory")
+    ap.add_argument("--metrics", help="join scenarios: write each join node's /metrics after the last run to this file")
     ap.add_argument("--binary", default=BIN, help="swarm-dl binary to measure (default: the release build, built here)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -234,7 +243,8 @@ def main():
             for tool, sc in cases:
                 runs = []
                 for k in range(args.runs):
-                    r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary, args.log)
+                    r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary, args.log,
+                                  args.metrics)
                     runs.append(r)
                     print(f"N={n} {tool} {sc} run {k + 1}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
                           f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests, "
