@@ -131,6 +131,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
     mode, swarm, delay = SCENARIOS[scenario]
     tb = Testbed(n, uplink_mbit)
     joins = []
+    homes = []
     try:
         hub = subprocess.Popen(["ip", "netns", "exec", ns(0), binary, "hub", "serve", hub_dir, "--json",
                                 "--listen", f"{addr(0)}:8080", "--data-listen", f"{addr(0)}:8081"],
@@ -145,6 +146,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
             # Short: a join node's control socket path must fit in 107 bytes.
             home = os.path.join(work, f"{tool[0]}{scenario[:3]}{n}-{i}-{time.monotonic_ns() % 10**6}")
             os.makedirs(home, exist_ok=True)
+            homes.append(home)
             env = clean_env(home)
             if log_dir:
                 env["SWARM_DL_LOG"] = "info,swarm_node::fetch=debug"
@@ -207,6 +209,10 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
             if j.poll() is None:
                 j.kill()
         tb.close()
+        # Each round's caches are N copies of the repo: keep them only for this round, or a
+        # matrix of runs fills the disk (5 runs x 4 scenarios x 8 nodes x 512 MiB = 80 GiB).
+        for h in homes:
+            shutil.rmtree(h, ignore_errors=True)
 
 
 def main():

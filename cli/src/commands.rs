@@ -203,9 +203,9 @@ async fn join(a: JoinArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(unix)]
 /// Starts `join`'s Hub endpoint (`--hub-listen`). The default address may be taken (another
 /// node on this host): that is a warning, not a failure; an address asked for must work.
+#[cfg(unix)]
 async fn start_hub_endpoint(
     a: &JoinArgs,
     node: &swarm_node::swarm::NodeHandle,
