@@ -128,14 +128,14 @@ fn env(k: &'static str) -> (Option<String>, Source) {
 /// `--cache-dir`, else `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub` when
 /// `HF_HOME` is set, else the config file's `cache-dir`, else `$HF_HOME/hub` by its defaults.
 pub fn cache_dir_from(flag: Option<PathBuf>) -> (PathBuf, Source) {
+    let path = |(v, s): (Option<String>, Source)| (v.map(PathBuf::from), s);
     first([
-        (flag.map(|f| f.display().to_string()), Source::Flag),
-        env("HF_HUB_CACHE"),
-        env("HUGGINGFACE_HUB_CACHE"),
-        (var("HF_HOME").map(|h| PathBuf::from(h).join("hub").display().to_string()), Source::Env("HF_HOME".into())),
-        (file_value("cache-dir").map(str::to_owned), Source::File),
+        (flag, Source::Flag),
+        path(env("HF_HUB_CACHE")),
+        path(env("HUGGINGFACE_HUB_CACHE")),
+        (var("HF_HOME").map(|h| PathBuf::from(h).join("hub")), Source::Env("HF_HOME".into())),
+        (file_value("cache-dir").map(PathBuf::from), Source::File),
     ])
-    .map(|(v, s)| (PathBuf::from(v), s))
     .unwrap_or_else(|| (hf_home().join("hub"), Source::Default))
 }
 
