@@ -14,7 +14,12 @@
 //!   (itself included). The owner fetches it from the Hub; everyone else waits for it to appear
 //!   at the owner and takes it from there, chunk by chunk. Alone, a node owns everything.
 //!   Hub requests are at most [`Limits::hub`] at a time (shared out among interested nodes), and
-//!   only if the Hub is allowed (offline runs finish from peers or not at all).
+//!   only if the Hub is allowed (offline runs finish from peers or not at all). Across the swarm,
+//!   only the first [`Limits::hub_window`] chunks that have not left the Hub may be fetched from
+//!   it: the Hub work in flight stays bounded whatever the number of nodes, and chunks land one
+//!   after another rather than all together at the end. What has left the Hub is what this
+//!   node holds, what its peers hold, and what they said has ([`Event::Landed`]), so the window
+//!   slides for nodes that do not see each other.
 //! - An owner that leaves loses its chunks at once (they hash to the others); one that owes
 //!   chunks and has made no progress for [`Limits::stall_after`] is passed over until it
 //!   progresses again. Progress is bytes arriving from the Hub ([`Event::Progress`], announced
@@ -99,6 +104,12 @@ pub enum Event {
         /// Bytes.
         bytes: u64,
     },
+    /// Chunks that have left the Hub: held by some node, as a peer heard it (its
+    /// [`FileScheduler::landed`]), perhaps from nodes this one does not talk to. A hint, only
+    /// used to slide the swarm-wide Hub window ([`Limits::hub_window`]) past chunks that no
+    /// longer need the Hub; whether a chunk is fetched from a peer or the Hub still depends
+    /// on who this node sees holding it.
+    Landed(Bitmap),
     /// The driver stopped a Hub fetch this node was asked to [`Action::Release`].
     Released {
         /// Which chunk.
@@ -165,8 +176,14 @@ pub enum Action {
 pub struct Limits {
     /// Requests in flight per peer.
     pub per_peer: u32,
-    /// Requests in flight to the Hub for this file.
+    /// Requests in flight to the Hub for this file, from this node.
     pub hub: u32,
+    /// Requests in flight to the Hub for this file across the swarm, when other nodes download
+    /// it too: only the first `hub_window` chunks (in file order) that no node holds yet may be
+    /// fetched from the Hub, each by its owner. However many nodes there are, the uplink then
+    /// carries about this many requests, and chunks arrive one after another, so that the
+    /// nodes pass the first ones round while the Hub still sends the last.
+    pub hub_window: u32,
     /// Failures in a row after which a peer is dropped for this file.
     pub max_peer_failures: u32,
     /// How long an owner may go without a new chunk before its chunks are taken over.
@@ -183,6 +200,7 @@ impl Default for Limits {
         Self {
             per_peer: 4,
             hub: 16,
+            hub_window: 16,
             max_peer_failures: 3,
             stall_after: Duration::from_secs(20),
             warmup: Duration::ZERO,
@@ -297,6 +315,8 @@ pub struct FileScheduler {
     membership: u64,
     /// [`Self::membership`] when in-flight Hub fetches were last checked for release.
     release_checked: u64,
+    /// Chunks peers said have left the Hub ([`Event::Landed`]).
+    landed: Bitmap,
 }
 
 impl FileScheduler {
@@ -341,6 +361,7 @@ impl FileScheduler {
             released: 0,
             membership: 0,
             release_checked: 0,
+            landed: Bitmap::new(count),
         }
     }
 
@@ -467,6 +488,31 @@ impl FileScheduler {
         if n == 1 { self.limits.hub } else { (self.limits.hub / (2 * n)).clamp(2, self.limits.hub.max(2)) }
     }
 
+    /// The first chunk index past the swarm-wide Hub window ([`Limits::hub_window`]): the
+    /// window holds the first chunks that still have to come from the Hub as far as this node
+    /// can tell (not done here, held by no peer it knows of), including those in flight at the
+    /// Hub here or elsewhere. Alone on the file, there is no window beyond [`Limits::hub`].
+    fn hub_window_end(&self) -> u32 {
+        if self.live_interested == 0 && !self.warming_up {
+            return self.chunks.len() as u32;
+        }
+        let mut open = 0;
+        for (i, c) in self.chunks.iter().enumerate() {
+            let via_hub = match c {
+                Chunk::Done | Chunk::InFlight { source: Source::Peer(_), .. } => false,
+                Chunk::InFlight { source: Source::Hub, .. } => true,
+                Chunk::Missing => !self.held_by_any(i as u32) && !self.landed.get(i as u32),
+            };
+            if via_hub {
+                open += 1;
+                if open > self.limits.hub_window.max(1) {
+                    return i as u32;
+                }
+            }
+        }
+        self.chunks.len() as u32
+    }
+
     /// True when every chunk is done.
     pub fn is_complete(&self) -> bool {
         self.chunks.iter().all(|c| *c == Chunk::Done)
@@ -481,6 +527,22 @@ impl FileScheduler {
     /// Requests in flight.
     pub fn in_flight(&self) -> u32 {
         self.chunks.iter().filter(|c| matches!(c, Chunk::InFlight { .. })).count() as u32
+    }
+
+    /// Chunks that have left the Hub as far as this node knows: done here, held by a peer, or
+    /// said to have landed by one. Passed on to peers, so that the Hub window slides across
+    /// the whole swarm although no node talks to every other.
+    pub fn landed(&self) -> Bitmap {
+        let mut bits = self.landed.clone();
+        for (i, c) in self.chunks.iter().enumerate() {
+            if *c == Chunk::Done {
+                bits.set(i as u32);
+            }
+        }
+        for p in self.peers.values() {
+            bits.union_with(&p.have);
+        }
+        bits
     }
 
     /// Chunks not yet done.
@@ -527,6 +589,7 @@ impl FileScheduler {
                 }
             }
             Event::PeerGone(peer) => self.drop_peer(&peer),
+            Event::Landed(bits) => self.landed.union_with(&bits),
             Event::Progress { peer, bytes } => self.progressed(&peer, bytes, now),
             Event::Released { index } => {
                 if let Some(Chunk::InFlight { source: Source::Hub, dup: None, .. }) = self.chunks.get(index as usize) {
@@ -704,10 +767,16 @@ impl FileScheduler {
         }
         if self.hub_allowed {
             let limit = self.hub_limit();
+            let window_end = self.hub_window_end();
             for i in hub_only {
                 if self.owner_cached(i) != self.me || self.claimed_by_live_peer(i) {
                     // Its owner (or whoever already fetches it) will have it soon. Until then
                     // this is not the end of the file: no endgame.
+                    work_left = true;
+                    continue;
+                }
+                if i >= window_end {
+                    // Its turn at the Hub has not come (the swarm-wide window is full).
                     work_left = true;
                     continue;
                 }
@@ -1013,7 +1082,55 @@ mod tests {
     }
 
     fn wide() -> Limits {
-        Limits { hub: 1000, ..Limits::default() }
+        Limits { hub: 1000, hub_window: 1000, ..Limits::default() }
+    }
+
+    #[test]
+    fn the_swarm_keeps_a_window_of_hub_chunks_that_slides_as_chunks_land() {
+        // Four nodes on a 64-chunk file, a window of 8: together they fetch only chunks 0..8
+        // from the Hub, each its own; the rest wait even though each node may open more.
+        let nodes: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let limits = Limits { hub: 1000, hub_window: 8, ..Limits::default() };
+        let join = |me: &PeerId| {
+            let mut s = FileScheduler::new(*me, 99, 64, [], true, limits);
+            for p in nodes.iter().filter(|p| *p != me) {
+                s.observe(
+                    Event::Have { peer: *p, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() },
+                    T0,
+                );
+            }
+            s
+        };
+        let mut all: Vec<u32> = Vec::new();
+        let mut scheds: Vec<FileScheduler> = nodes.iter().map(join).collect();
+        let mut first = Vec::new();
+        for s in &mut scheds {
+            let started = hub_chunks(&s.assign(T0));
+            all.extend(&started);
+            first.push(started);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<u32>>(), "the first 8 chunks, once each");
+        // Node 0 finishes its own; the others' land where it does not see them (nodes it has no
+        // connection to): only a peer's hint slides the window on, to 8..16.
+        let s = &mut scheds[0];
+        for &i in &first[0] {
+            let more = hub_chunks(&s.handle(Event::Done { index: i, source: Source::Hub }, T0));
+            assert!(more.iter().all(|&m| m < 8 + first[0].len() as u32), "no further than its own freed places");
+        }
+        let before: Vec<u32> = (0..64).filter(|&i| matches!(s.chunks[i as usize], Chunk::InFlight { .. })).collect();
+        let landed = bits(64, &(0..8).collect::<Vec<u32>>());
+        let mine: Vec<u32> = (8..16).filter(|&i| s.owner(i) == nodes[0] && !before.contains(&i)).collect();
+        let now: Vec<u32> = hub_chunks(&s.handle(Event::Landed(landed), T0));
+        assert_eq!(now, mine, "its own chunks of the next window");
+        assert!(s.landed().count_ones() >= 8, "the hint is passed on");
+    }
+
+    #[test]
+    fn alone_the_window_does_not_hold_a_node_back() {
+        let limits = Limits { hub: 12, hub_window: 4, ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 20, [], true, limits);
+        assert_eq!(hub_chunks(&s.assign(T0)).len(), 12);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //!
 //! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
 //! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
-//! blob), `/swarm-dl/have/3` (availability with signed chunk records, [`holdings`]) and
+//! blob), `/swarm-dl/have/4` (availability with signed chunk records, [`holdings`]) and
 //! `/swarm-dl/chunk/1` (bytes, [`transfer`]).
 //!
 //! It must not decide what to fetch (that is [`crate::scheduler`] and [`crate::fetch`]) nor write
@@ -198,6 +198,11 @@ impl Offer {
         self.partial.add(index, self.node.shared.holdings.sign(&self.etag, self.size, index, sha256));
     }
 
+    /// Announces the chunks that have left the Hub, as this node's schedule knows them.
+    pub fn set_landed(&self, bits: wire::Bitmap) {
+        self.partial.set_landed(bits);
+    }
+
     /// The counter of bytes received from the Hub for this file, announced to peers.
     pub fn hub_bytes(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.partial.hub_bytes.clone()
@@ -234,6 +239,8 @@ pub struct Availability {
     pub fetching: wire::Bitmap,
     /// Bytes it has received from the Hub for the file so far (only grows while it progresses).
     pub hub_bytes: u64,
+    /// Chunks that have left the Hub, as it knows them.
+    pub landed: wire::Bitmap,
 }
 
 /// A peer's answer that failed its checks: the peer misbehaved (ban it).
@@ -869,12 +876,13 @@ impl NodeHandle {
             Err(_) => return Ok(None),
         };
         let (downloading, fetching, hub_bytes) = (resp.downloading, resp.fetching.clone(), resp.hub_bytes);
+        let landed = resp.landed.clone();
         let mut chunks = tokio::task::spawn_blocking(move || check_have(&req, resp))
             .await
             .map_err(|e| InvalidAnswer(format!("checking the answer failed: {e}")))?
             .map_err(InvalidAnswer)?;
         chunks.retain(|(_, r)| r.as_ref().is_none_or(|r| !self.is_banned(&r.signer.peer)));
-        Ok(Some(Availability { chunks, downloading, fetching, hub_bytes }))
+        Ok(Some(Availability { chunks, downloading, fetching, hub_bytes, landed }))
     }
 
     /// Asks connected peers, all at once, for a revision's commit and listing; returns the

@@ -17,7 +17,7 @@ use crate::hash::{Etag, Sha256};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name of the availability exchange.
-pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/3";
+pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/4";
 /// Protocol name of chunk transfer.
 pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
 /// Protocol name of the metadata exchange (a revision's commit and file listing).
@@ -104,6 +104,14 @@ impl Bitmap {
         }
     }
 
+    /// Adds every chunk of `other` (bytes beyond this set's end are ignored; a bitmap from a
+    /// peer is checked to fit the file before it gets here).
+    pub fn union_with(&mut self, other: &Bitmap) {
+        for (a, b) in self.0.iter_mut().zip(&other.0) {
+            *a |= b;
+        }
+    }
+
     /// Number of chunks in the set.
     pub fn count_ones(&self) -> u32 {
         self.0.iter().map(|b| b.count_ones()).sum()
@@ -166,6 +174,11 @@ pub struct HaveResponse {
     /// flight included (0 when not downloading it). It only grows: an owner whose count does
     /// not grow while it owes chunks is stalled.
     pub hub_bytes: u64,
+    /// Chunks that have left the Hub as far as it knows (held by it, by its peers, or said to
+    /// be by theirs; empty when it is not downloading the file). A hint that slides the
+    /// swarm-wide Hub window past them: a false one can only make the asker use more of its
+    /// own Hub connections, never fewer, and never makes it take a chunk from anyone.
+    pub landed: Bitmap,
 }
 
 impl HaveRequest {
@@ -189,6 +202,7 @@ impl HaveResponse {
             downloading: false,
             fetching: Bitmap::default(),
             hub_bytes: 0,
+            landed: Bitmap::default(),
         }
     }
 
@@ -199,6 +213,9 @@ impl HaveResponse {
         let count = req.validate()?;
         if !self.fetching.0.is_empty() && !self.fetching.fits(count) {
             return Err(WireError::Invalid(format!("fetching bitmap does not fit {count} chunks")));
+        }
+        if !self.landed.0.is_empty() && !self.landed.fits(count) {
+            return Err(WireError::Invalid(format!("landed bitmap does not fit {count} chunks")));
         }
         if self.have.0.is_empty() && self.records.is_empty() {
             return Ok(());
@@ -584,6 +601,7 @@ mod tests {
             downloading: true,
             fetching: Bitmap::new(3),
             hub_bytes: 5 << 20,
+            landed: have.clone(),
         };
         ok.validate(&req).expect("valid");
         let not_held = HaveResponse { records: vec![rec(1, 0)], ..ok.clone() };
@@ -592,6 +610,8 @@ mod tests {
         assert!(bad_signer.validate(&req).is_err());
         let twice = HaveResponse { records: vec![rec(0, 0), rec(0, 0)], ..ok.clone() };
         assert!(twice.validate(&req).is_err());
+        let landed_wide = HaveResponse { landed: Bitmap::new(9), ..ok.clone() };
+        assert!(landed_wide.validate(&req).is_err());
         let mut wide = Bitmap::new(3);
         wide.0[0] = 0b1000;
         assert!(HaveResponse { have: wide, ..ok }.validate(&req).is_err());
@@ -619,6 +639,7 @@ mod tests {
                 downloading: recs % 2 == 0,
                 fetching: Bitmap(vec![recs as u8]),
                 hub_bytes: (recs as u64) << 22,
+                landed: Bitmap(vec![!(recs as u8)]),
             };
             prop_assert_eq!(decode_frame::<HaveResponse>(&encode_frame(&resp), MAX_HAVE_RESPONSE)?, resp);
         }

@@ -3,10 +3,10 @@
 //! Every node runs the real [`FileScheduler`] (the pure state machine `swarm-dl` drives over
 //! sockets). The world around it is simulated: a Hub uplink shared equally by the transfers on
 //! it, a LAN where each node sends and receives at a fixed rate shared by its transfers, a few
-//! random neighbours per node whose availability it sees (as `Have` answers), and the whole
-//! membership as gossip (`Member` events). Nodes die and join mid-download. The test prints Hub
-//! bytes / repo and makespan / bound (bound = repo size / uplink) and holds them to loose,
-//! honest limits, so that regressions that show only at scale are caught.
+//! random neighbours per node whose availability it sees (as `Have` answers, with the chunks each
+//! says have left the Hub), and the membership as `Member` events. Nodes die and join
+//! mid-download. The test prints Hub bytes / repo and makespan / bound (bound = repo size /
+//! uplink) and holds them to limits, so that regressions that show only at scale are caught.
 
 use std::time::Duration;
 use swarm_node::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
@@ -68,7 +68,14 @@ impl World {
         let id = swarm_node::swarm::libp2p::identity::Keypair::ed25519_from_bytes(secret)
             .map(|k| k.public().to_peer_id())
             .unwrap_or_else(|_| PeerId::random());
-        let limits = Limits { hub: 16, stall_after: Limits::stall_for(CHUNK as u64), ..Limits::default() };
+        // As `get` sets them: --max-workers Hub connections alone, and as the swarm-wide window.
+        let workers = swarm_node::fetch::DEFAULT_MAX_WORKERS;
+        let limits = Limits {
+            hub: workers,
+            hub_window: workers,
+            stall_after: Limits::stall_for(CHUNK as u64),
+            ..Limits::default()
+        };
         let mut sched = FileScheduler::new(id, self.salt, self.chunks, [], true, limits);
         let at = Duration::from_secs_f64(now);
         for other in self.nodes.iter_mut().filter(|n| n.alive && n.finished_at.is_none()) {
@@ -152,6 +159,8 @@ impl World {
 
     fn tick(&mut self, now: f64) {
         let at = Duration::from_secs_f64(now);
+        // What each node would announce as having left the Hub, as of the start of the tick.
+        let landed: Vec<Bitmap> = self.nodes.iter().map(|n| n.sched.landed()).collect();
         // Availability from neighbours, then placement, for every node still downloading.
         for i in 0..self.nodes.len() {
             if !self.nodes[i].alive || self.nodes[i].finished_at.is_some() {
@@ -171,7 +180,13 @@ impl World {
                     }
                 })
                 .collect();
-            for e in news {
+            let landed: Vec<Event> = self.nodes[i]
+                .neighbours
+                .iter()
+                .filter(|&&j| self.nodes[j].alive)
+                .map(|&j| Event::Landed(landed[j].clone()))
+                .collect();
+            for e in news.into_iter().chain(landed) {
                 let _ = self.nodes[i].sched.observe(e, at);
             }
             let progress: Vec<Event> = self.nodes[i]
@@ -332,9 +347,12 @@ fn one_hundred_nodes_without_churn_pull_the_repo_about_once() {
 
 #[test]
 fn a_thousand_nodes_with_churn() {
-    let o = simulate(1000, 32, 50, 20, 0xfeed);
+    let o = simulate(1000, 128, 50, 20, 0xfeed);
+    // 512 MiB, the size `bench/cluster.py` uses. Without the swarm-wide Hub window all 128
+    // chunks came from the Hub at once, landed together at the end, and only then spread:
+    // 1.80 x the bound. With it (32, the default), 1.43 x.
     report("1000 nodes, 50 die, 20 join", &o);
     assert_eq!(o.finished, o.alive, "every live node finishes");
-    assert!(o.hub_ratio <= 1.5, "Hub bytes {:.3} x repo", o.hub_ratio);
-    assert!(o.makespan <= 4.0 * o.bound, "makespan {:.2} x bound", o.makespan / o.bound);
+    assert!(o.hub_ratio <= 1.05, "Hub bytes {:.3} x repo", o.hub_ratio);
+    assert!(o.makespan <= 1.5 * o.bound, "makespan {:.2} x bound", o.makespan / o.bound);
 }

@@ -177,6 +177,7 @@ pub(crate) async fn fetch_chunks(
     let done = (0..count).filter(|i| !missing.contains(i));
     let limits = Limits {
         hub: ctx.max_workers as u32,
+        hub_window: ctx.max_workers as u32,
         stall_after: Limits::stall_for(layout.chunk_size),
         warmup: if asks_peers { REFRESH } else { Duration::ZERO },
         ..Limits::default()
@@ -402,6 +403,9 @@ pub(crate) async fn fetch_chunks(
                     actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
                     heard_askers(node, f, &mut sched, now());
                 }
+                if let Some(offer) = &partial {
+                    offer.set_landed(sched.landed());
+                }
                 actions.extend(sched.assign(now()));
             }
         }
@@ -471,7 +475,7 @@ async fn ask_peers(
     }
     for (peer, answer) in answers {
         match answer {
-            Ok(Some(crate::swarm::Availability { chunks, downloading, fetching: claimed, hub_bytes })) => {
+            Ok(Some(crate::swarm::Availability { chunks, downloading, fetching: claimed, hub_bytes, landed })) => {
                 let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
                 let mut have = Bitmap::new(count);
                 for (i, r) in chunks {
@@ -487,6 +491,7 @@ async fn ask_peers(
                 tracing::debug!(%peer, file = %f.path, held = have.count_ones(), "peer availability");
                 actions.extend(sched.observe(Event::Have { peer, have, downloading, claimed }, now));
                 actions.extend(sched.observe(Event::Progress { peer, bytes: hub_bytes }, now));
+                actions.extend(sched.observe(Event::Landed(landed), now));
             }
             Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer), now)),
             Err(why) => {

@@ -93,6 +93,9 @@ pub struct Partial {
     pub pf: Arc<PartialFile>,
     records: Mutex<Vec<Option<Record>>>,
     fetching: Mutex<Bitmap>,
+    /// Chunks that have left the Hub as far as this node's schedule knows (announced: the
+    /// swarm-wide Hub window).
+    landed: Mutex<Bitmap>,
     /// Bytes received from the Hub for the file in this download (announced: stall detection).
     pub hub_bytes: Arc<AtomicU64>,
 }
@@ -113,6 +116,11 @@ impl Partial {
         } else if let Some(b) = f.0.get_mut((index / 8) as usize) {
             *b &= !(1 << (index % 8));
         }
+    }
+
+    /// Sets the chunks announced as having left the Hub.
+    pub fn set_landed(&self, bits: Bitmap) {
+        *lock(&self.landed) = bits;
     }
 
     /// Chunks offered so far.
@@ -273,6 +281,7 @@ impl Holdings {
             pf,
             records: Mutex::new(vec![None; count]),
             fetching: Mutex::new(Bitmap::new(count as u32)),
+            landed: Mutex::new(Bitmap::new(count as u32)),
             hub_bytes: Arc::default(),
         });
         lock(&self.partial).insert(etag.clone(), p.clone());
@@ -501,6 +510,7 @@ impl Holdings {
         }
         let fetching = partial.as_ref().map(|p| lock(&p.fetching).clone()).unwrap_or_default();
         let hub_bytes = partial.as_ref().map_or(0, |p| p.hub_bytes.load(Relaxed));
+        let landed = partial.as_ref().map(|p| lock(&p.landed).clone()).unwrap_or_default();
         let records: Vec<Option<Record>> = match partial {
             Some(p) => lock(&p.records).clone(),
             None => match self.complete(&req.etag, req.size) {
@@ -517,6 +527,7 @@ impl Holdings {
             downloading,
             fetching,
             hub_bytes,
+            landed,
         };
         let mut signer_index: HashMap<PeerId, u16> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
