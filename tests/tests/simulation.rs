@@ -4,8 +4,14 @@
 //! sockets). The world around it is simulated: a Hub uplink shared equally by the transfers on
 //! it, a LAN where each node sends and receives at a fixed rate shared by its transfers, a few
 //! random neighbours per node whose availability it sees (as `Have` answers, with the chunks each
-//! says have left the Hub), and the membership as `Member` events. Nodes die and join
-//! mid-download. The test prints Hub bytes / repo and makespan / bound (bound = repo size /
+//! says have left the Hub), and membership learnt by gossip over those neighbours (`Member`
+//! events as news arrives; a death is seen at once only by the dead node's neighbours). Nodes
+//! die and join mid-download.
+//!
+//! The gossip is the simulation's: the node itself learns who downloads a file only from the
+//! peers it is connected to (their availability answers, and their questions). The simulation
+//! thus shows what the scheduler does with partial, late membership, as a swarm of 1,000 would
+//! have; carrying membership between nodes that are not connected is not built yet. The test prints Hub bytes / repo and makespan / bound (bound = repo size /
 //! uplink) and holds them to limits, so that regressions that show only at scale are caught.
 
 use std::time::Duration;
@@ -29,7 +35,41 @@ struct Node {
     alive: bool,
     finished_at: Option<f64>,
     neighbours: Vec<usize>,
+    /// Membership news it has heard (bit `e` is `World::news[e]`).
+    heard: Vec<u64>,
+    /// When it joined.
+    born: f64,
+    /// When it last heard news, or joined.
+    last_news: f64,
+    /// Whether it has started placing chunks (after the settle, as `get` waits for peers).
+    settled: bool,
 }
+
+/// Membership news, spread by gossip: each tick, every live node hears what its live neighbours
+/// had heard by the tick before, so news takes a few ticks to cross the swarm.
+#[derive(Clone, Copy)]
+enum News {
+    /// The node started downloading.
+    Joined(usize),
+    /// The node finished (it still serves; it no longer owns chunks).
+    Finished(usize),
+    /// The node died (its neighbours see the connection close at once).
+    Died(usize),
+}
+
+fn hear(bits: &mut Vec<u64>, e: usize) {
+    if bits.len() <= e / 64 {
+        bits.resize(e / 64 + 1, 0);
+    }
+    bits[e / 64] |= 1 << (e % 64);
+}
+
+/// A node places no chunk until it has heard no membership news for this long (as `get` waits
+/// until no peer has connected for `swarm::PEERS_SETTLE`), or for at most [`SETTLE_MAX`].
+/// Without it, 1,000 nodes that each knew only their neighbours owned (and fetched) every chunk
+/// many times over in the first tick, and the uplink collapsed: no node finished.
+const SETTLE_QUIET: f64 = 0.1;
+const SETTLE_MAX: f64 = 3.0;
 
 struct Transfer {
     dst: usize,
@@ -48,6 +88,7 @@ struct World {
     salt: u64,
     hub_bytes: f64,
     rng: u64,
+    news: Vec<News>,
 }
 
 impl World {
@@ -68,21 +109,19 @@ impl World {
         let id = swarm_node::swarm::libp2p::identity::Keypair::ed25519_from_bytes(secret)
             .map(|k| k.public().to_peer_id())
             .unwrap_or_else(|_| PeerId::random());
-        // As `get` sets them: --max-workers Hub connections alone, and as the swarm-wide window.
+        // As `get` sets them: --max-workers Hub connections alone, half of them as the window.
         let workers = swarm_node::fetch::DEFAULT_MAX_WORKERS;
         let limits = Limits {
             hub: workers,
-            hub_window: workers,
+            hub_window: workers / 2,
             stall_after: Limits::stall_for(CHUNK as u64),
             ..Limits::default()
         };
-        let mut sched = FileScheduler::new(id, self.salt, self.chunks, [], true, limits);
-        let at = Duration::from_secs_f64(now);
-        for other in self.nodes.iter_mut().filter(|n| n.alive && n.finished_at.is_none()) {
-            sched.observe(Event::Member { peer: other.id, downloading: true, held: other.have.count_ones() }, at);
-            other.sched.observe(Event::Member { peer: id, downloading: true, held: 0 }, at);
-        }
+        let sched = FileScheduler::new(id, self.salt, self.chunks, [], true, limits);
         let me = self.nodes.len();
+        let mut heard = Vec::new();
+        hear(&mut heard, self.news.len());
+        self.news.push(News::Joined(me));
         let alive: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].alive).collect();
         let mut neighbours = Vec::new();
         for _ in 0..NEIGHBOURS.min(alive.len()) {
@@ -94,7 +133,20 @@ impl World {
         }
         let (have, claimed) = (Bitmap::new(self.chunks), Bitmap::new(self.chunks));
         self.index.insert(id, self.nodes.len());
-        self.nodes.push(Node { id, sched, have, claimed, hub_bytes: 0.0, alive: true, finished_at: None, neighbours });
+        self.nodes.push(Node {
+            id,
+            sched,
+            have,
+            claimed,
+            hub_bytes: 0.0,
+            alive: true,
+            finished_at: None,
+            neighbours,
+            heard,
+            born: now,
+            last_news: now,
+            settled: false,
+        });
     }
 
     fn kill(&mut self, victim: usize, now: f64) {
@@ -111,8 +163,14 @@ impl World {
         for (dst, index) in failed {
             let _ = self.nodes[dst].sched.observe(Event::Failed { index, peer: id, fault: Fault::Unavailable }, at);
         }
-        for n in self.nodes.iter_mut().filter(|n| n.alive) {
-            let _ = n.sched.observe(Event::PeerGone(id), at);
+        let e = self.news.len();
+        self.news.push(News::Died(victim));
+        for j in self.nodes[victim].neighbours.clone() {
+            let n = &mut self.nodes[j];
+            if n.alive {
+                hear(&mut n.heard, e);
+                let _ = n.sched.observe(Event::PeerGone(id), at);
+            }
         }
     }
 
@@ -161,6 +219,44 @@ impl World {
         let at = Duration::from_secs_f64(now);
         // What each node would announce as having left the Hub, as of the start of the tick.
         let landed: Vec<Bitmap> = self.nodes.iter().map(|n| n.sched.landed()).collect();
+        let told: Vec<Vec<u64>> = self.nodes.iter().map(|n| n.heard.clone()).collect();
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].alive {
+                continue;
+            }
+            let mut news = Vec::new();
+            for &j in &self.nodes[i].neighbours {
+                if !self.nodes[j].alive {
+                    continue;
+                }
+                for (w, &bits) in told[j].iter().enumerate() {
+                    let new = bits & !self.nodes[i].heard.get(w).copied().unwrap_or(0);
+                    for b in 0..64 {
+                        if new & (1 << b) != 0 {
+                            news.push(w * 64 + b);
+                        }
+                    }
+                }
+            }
+            news.sort_unstable();
+            news.dedup();
+            if !news.is_empty() {
+                self.nodes[i].last_news = now;
+            }
+            for e in news {
+                hear(&mut self.nodes[i].heard, e);
+                let event = match self.news[e] {
+                    News::Joined(n) if n != i => Event::Member { peer: self.nodes[n].id, downloading: true, held: 0 },
+                    News::Finished(n) if n != i => {
+                        Event::Member { peer: self.nodes[n].id, downloading: false, held: 0 }
+                    }
+                    News::Died(n) if n != i => Event::PeerGone(self.nodes[n].id),
+                    _ => continue,
+                };
+                let _ = self.nodes[i].sched.observe(event, at);
+            }
+        }
+
         // Availability from neighbours, then placement, for every node still downloading.
         for i in 0..self.nodes.len() {
             if !self.nodes[i].alive || self.nodes[i].finished_at.is_some() {
@@ -197,6 +293,11 @@ impl World {
                 .collect();
             for e in progress {
                 let _ = self.nodes[i].sched.observe(e, at);
+            }
+            let n = &mut self.nodes[i];
+            n.settled |= now - n.last_news >= SETTLE_QUIET || now - n.born >= SETTLE_MAX;
+            if !n.settled {
+                continue;
             }
             let actions = self.nodes[i].sched.assign(at);
             self.start(i, actions, at);
@@ -247,10 +348,8 @@ impl World {
             let actions = n.sched.handle(Event::Done { index: t.index, source }, at);
             if n.sched.is_complete() && n.finished_at.is_none() {
                 n.finished_at = Some(now);
-                let id = n.id;
-                for o in self.nodes.iter_mut().filter(|o| o.alive) {
-                    let _ = o.sched.observe(Event::Member { peer: id, downloading: false, held: 0 }, at);
-                }
+                hear(&mut n.heard, self.news.len());
+                self.news.push(News::Finished(t.dst));
             } else {
                 self.start(t.dst, actions, at);
             }
@@ -277,6 +376,7 @@ fn simulate(nodes: usize, chunks: u32, deaths: usize, joins: usize, seed: u64) -
         salt: 77,
         hub_bytes: 0.0,
         rng: seed | 1,
+        news: Vec::new(),
     };
     for _ in 0..nodes {
         w.add_node(0.0);
@@ -329,8 +429,8 @@ fn one_hundred_nodes_with_churn() {
     let o = simulate(100, 64, 10, 5, 0x5eed);
     report("100 nodes, 10 die, 5 join", &o);
     assert_eq!(o.finished, o.alive, "every live node finishes");
-    assert!(o.hub_ratio <= 1.5, "Hub bytes {:.3} x repo", o.hub_ratio);
-    assert!(o.makespan <= 3.0 * o.bound, "makespan {:.2} x bound", o.makespan / o.bound);
+    assert!(o.hub_ratio <= 1.10, "Hub bytes {:.3} x repo", o.hub_ratio);
+    assert!(o.makespan <= 2.0 * o.bound, "makespan {:.2} x bound", o.makespan / o.bound);
 }
 
 #[test]
@@ -350,7 +450,7 @@ fn a_thousand_nodes_with_churn() {
     let o = simulate(1000, 128, 50, 20, 0xfeed);
     // 512 MiB, the size `bench/cluster.py` uses. Without the swarm-wide Hub window all 128
     // chunks came from the Hub at once, landed together at the end, and only then spread:
-    // 1.80 x the bound. With it (32, the default), 1.43 x.
+    // 1.82 x the bound. With it (16, the default), 1.41 x; 1.43 to 1.47 x with four other seeds.
     report("1000 nodes, 50 die, 20 join", &o);
     assert_eq!(o.finished, o.alive, "every live node finishes");
     assert!(o.hub_ratio <= 1.05, "Hub bytes {:.3} x repo", o.hub_ratio);

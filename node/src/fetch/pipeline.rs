@@ -177,7 +177,9 @@ pub(crate) async fn fetch_chunks(
     let done = (0..count).filter(|i| !missing.contains(i));
     let limits = Limits {
         hub: ctx.max_workers as u32,
-        hub_window: ctx.max_workers as u32,
+        // Together, the swarm keeps half of what one node alone would (as the per-node share
+        // out does at a few nodes), however many nodes there are.
+        hub_window: (ctx.max_workers as u32 / 2).max(1),
         stall_after: Limits::stall_for(layout.chunk_size),
         warmup: if asks_peers { REFRESH } else { Duration::ZERO },
         ..Limits::default()
