@@ -490,9 +490,10 @@ impl FileScheduler {
 
     /// The first chunk index past the swarm-wide Hub window ([`Limits::hub_window`]): the
     /// window holds the first chunks that still have to come from the Hub as far as this node
-    /// can tell (not done here, held by no peer it knows of), including those in flight at the
-    /// Hub here or elsewhere. Alone on the file, there is no window beyond [`Limits::hub`].
-    fn hub_window_end(&self) -> u32 {
+    /// can tell, including those in flight at the Hub here or elsewhere. `hub_only` lists, in
+    /// index order, the missing chunks no peer holds. Alone on the file, there is no window
+    /// beyond [`Limits::hub`].
+    fn hub_window_end(&self, hub_only: &[u32]) -> u32 {
         if self.live_interested == 0 && !self.warming_up {
             return self.chunks.len() as u32;
         }
@@ -501,7 +502,7 @@ impl FileScheduler {
             let via_hub = match c {
                 Chunk::Done | Chunk::InFlight { source: Source::Peer(_), .. } => false,
                 Chunk::InFlight { source: Source::Hub, .. } => true,
-                Chunk::Missing => !self.held_by_any(i as u32) && !self.landed.get(i as u32),
+                Chunk::Missing => !self.landed.get(i as u32) && hub_only.binary_search(&(i as u32)).is_ok(),
             };
             if via_hub {
                 open += 1;
@@ -767,7 +768,7 @@ impl FileScheduler {
         }
         if self.hub_allowed {
             let limit = self.hub_limit();
-            let window_end = self.hub_window_end();
+            let window_end = self.hub_window_end(&hub_only);
             for i in hub_only {
                 if self.owner_cached(i) != self.me || self.claimed_by_live_peer(i) {
                     // Its owner (or whoever already fetches it) will have it soon. Until then

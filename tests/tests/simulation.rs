@@ -11,8 +11,10 @@
 //! The gossip is the simulation's: the node itself learns who downloads a file only from the
 //! peers it is connected to (their availability answers, and their questions). The simulation
 //! thus shows what the scheduler does with partial, late membership, as a swarm of 1,000 would
-//! have; carrying membership between nodes that are not connected is not built yet. The test prints Hub bytes / repo and makespan / bound (bound = repo size /
-//! uplink) and holds them to limits, so that regressions that show only at scale are caught.
+//! have; carrying membership between nodes that are not connected is not built yet.
+//!
+//! The test prints Hub bytes / repo and makespan / bound (bound = repo size / uplink) and holds
+//! them to limits, so that regressions that show only at scale are caught.
 
 use std::time::Duration;
 use swarm_node::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
