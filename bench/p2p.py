@@ -15,12 +15,18 @@ bytes B took from peers vs the Hub, and the file bytes the Hub stand-in served d
 With --private, both nodes share a swarm key (a private swarm). CPU is also given per GiB moved:
 A's per GiB served, B's per GiB received.
 
-Usage: python3 bench/p2p.py [--size-mib 1024] [--repeat 3] [--private] [--binary PATH]
-Needs: a release build (built here unless --binary names one).
+With --phases, one more p2p-repo run is sampled with `perf record` on both nodes, and their CPU
+is split by phase (whole-file sha256, chunk BLAKE3, encryption, copies, page cache, ...), in
+CPU-seconds per GiB. Symbols need a build that keeps them: `cargo build --profile profiling`
+(target/profiling/swarm-dl), given with --binary.
+
+Usage: python3 bench/p2p.py [--size-mib 1024] [--repeat 3] [--private] [--binary PATH] [--phases]
+Needs: a release build (built here unless --binary names one); perf for --phases.
 """
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -106,7 +112,40 @@ def run_get(args, env):
     return dt, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, json.loads(out)
 
 
-def one_run(scenario, hub, work):
+# Where a node's CPU goes, by the symbol perf sampled: first match wins.
+PHASES = [
+    ("whole-file sha256 (the ETag check)", r"sha2::|sha256_block|sha256::"),
+    ("chunk hash (BLAKE3)", r"blake3"),
+    ("encryption (noise ChaCha20-Poly1305)", r"chacha|poly1305"),
+    ("kernel: page cache writes", r"copy_folio_from_iter|ext4_|block_|mark_buffer|folio"),
+    ("kernel: copies to and from sockets and files", r"_copy_to_iter|_copy_from_iter|skb_|copy_page_to_iter|tcp_|__skb"),
+    ("user copies and zeroing (memmove, memset)", r"memmove|memset|memcpy"),
+    ("yamux, libp2p, tokio, allocator", r"yamux|libp2p|multistream|tokio|futures|malloc|_int_free|free|calloc|mio|epoll"),
+]
+
+
+def perf_start(pid, path):
+    return subprocess.Popen(["perf", "record", "-F", "499", "-p", str(pid), "-o", path, "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def perf_phases(path):
+    """Share of samples per phase (the rest under "other")."""
+    out = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "symbol", "--stdio"],
+                         capture_output=True, text=True).stdout
+    shares = {name: 0.0 for name, _ in PHASES}
+    shares["other (kernel scheduling, syscalls, the rest)"] = 0.0
+    for line in out.splitlines():
+        m = re.match(r"\s+([0-9.]+)%\s+\[[.k]\]\s+(.*)", line)
+        if not m:
+            continue
+        pct, sym = float(m.group(1)), m.group(2)
+        name = next((n for n, rx in PHASES if re.search(rx, sym)), "other (kernel scheduling, syscalls, the rest)")
+        shares[name] += pct / 100
+    return shares
+
+
+def one_run(scenario, hub, work, phases=False):
     env = env_for(work)
     repo = "bench/one-file" if scenario == "p2p-1file" else "bench/sharded"
     cache_a, cache_b = os.path.join(work, "a"), os.path.join(work, "b")
@@ -126,10 +165,15 @@ def one_run(scenario, hub, work):
             dt, cpu_b, rss_b, out = run_get(get + swarm + ["--peer", peer, "--peer-wait", "5"], env)
         else:
             b = Proc(["join", "--cache-dir", cache_b, "--json", "--peer", peer] + swarm, env)
+            perf = [perf_start(a.p.pid, os.path.join(work, "a.perf")), perf_start(b.p.pid, os.path.join(work, "b.perf"))] if phases else []
+            time.sleep(0.5 if phases else 0)
             cpu_b0 = b.cpu()
             dt, cpu_get, _, out = run_get(get, env)
             cpu_b = b.cpu() - cpu_b0 + cpu_get
             rss_b = b.peak_rss_mb()
+            for p in perf:
+                p.send_signal(2)
+                p.wait()
         served = hub_served(hub.info["endpoint"]) - served0
         gib = out["bytes_from_peers"] / (1 << 30)
         return {
@@ -143,6 +187,7 @@ def one_run(scenario, hub, work):
             "rss_b_mb": rss_b,
             "from_peers": out["bytes_from_peers"] / out["bytes"],
             "hub_file_bytes": served,
+            "phases": (perf_phases(os.path.join(work, "a.perf")), perf_phases(os.path.join(work, "b.perf"))) if phases else None,
         }
     finally:
         a.stop()
@@ -156,6 +201,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--private", action="store_true", help="both nodes in a private swarm (one swarm key)")
     ap.add_argument("--binary", default=None, help="swarm-dl binary to measure (default: the release build, built here)")
+    ap.add_argument("--phases", action="store_true", help="one more p2p-repo run under perf: CPU per GiB by phase")
     args = ap.parse_args()
     global BIN
     if args.binary is None:
@@ -182,6 +228,13 @@ def main():
             med = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
             walls = [r["wall_s"] for r in runs]
             rows.append((scenario, med, min(walls), max(walls), max(r["rss_a_mb"] for r in runs), max(r["rss_b_mb"] for r in runs)))
+        sampled = None
+        if args.phases:
+            work = tempfile.mkdtemp(prefix="swarm-dl-p2p-", dir=OUT)
+            try:
+                sampled = one_run("p2p-repo", hub, work, phases=True)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     finally:
         hub.stop()
     swarm = "private swarm" if args.private else "open swarm"
@@ -191,6 +244,16 @@ def main():
     for s, m, lo, hi, ra, rb in rows:
         print(f"| {s} | {m['wall_s']:.2f} ({lo:.2f}–{hi:.2f}) | {m['mib_s']:.0f} | {m['cpu_a_s']:.2f} | {m['cpu_b_s']:.2f} "
               f"| {m['cpu_a_gib']:.2f} | {m['cpu_b_gib']:.2f} | {ra:.0f} | {rb:.0f} | {m['from_peers']:.3f} | {m['hub_file_bytes']} |")
+    if sampled:
+        pa, pb = sampled["phases"]
+        print(f"\nCPU by phase, one p2p-repo run under perf (A served, B received, {sampled['wall_s']:.2f} s): "
+              f"share of samples, and CPU-seconds per GiB\n")
+        print("| phase | A serving % | A CPU-s/GiB | B receiving % | B CPU-s/GiB |")
+        print("|---|---:|---:|---:|---:|")
+        for name in pa:
+            print(f"| {name} | {100 * pa[name]:.1f} | {pa[name] * sampled['cpu_a_gib']:.2f} "
+                  f"| {100 * pb[name]:.1f} | {pb[name] * sampled['cpu_b_gib']:.2f} |")
+        print(f"| total | 100 | {sampled['cpu_a_gib']:.2f} | 100 | {sampled['cpu_b_gib']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use swarm_protocol::hash::{ContentHasher, Etag, Sha256};
+use swarm_protocol::hash::{ChunkHash, ChunkHasher, ContentHasher, Etag};
 use swarm_protocol::manifest::ChunkManifest;
 pub use writer::ChunkWriter;
 
@@ -313,12 +313,11 @@ impl PartialFile {
         if done { 0 } else { st.written.get(index as usize).copied().unwrap_or(0) }
     }
 
-    /// The sha256 state of chunk `index`'s first `n` bytes, read back from disk (to continue a
+    /// The hasher state of chunk `index`'s first `n` bytes, read back from disk (to continue a
     /// chunk from its watermark). Blocking.
-    pub fn hash_prefix(&self, index: u32, n: u64) -> Result<sha2::Sha256, StoreError> {
-        use sha2::Digest as _;
+    pub fn hash_prefix(&self, index: u32, n: u64) -> Result<ChunkHasher, StoreError> {
         let start = self.lock_state().manifest.layout().range(index).map_or(0, |r| r.start);
-        let mut h = sha2::Sha256::new();
+        let mut h = ChunkHasher::new();
         let mut buf = vec![0u8; READ_BUF];
         read_range(&self.file, &self.path, start..start + n, &mut buf, |b| h.update(b))?;
         Ok(h)
@@ -339,7 +338,7 @@ impl PartialFile {
 
     /// Records the ticket's chunk as written with hash `hash`, unless the ticket was superseded;
     /// saves the state now and then. Blocking.
-    pub fn chunk_done(&self, ticket: Ticket, hash: Sha256) -> Result<(), StoreError> {
+    pub fn chunk_done(&self, ticket: Ticket, hash: ChunkHash) -> Result<(), StoreError> {
         {
             let gate = self.gate();
             self.check(&gate, ticket)?;
@@ -513,16 +512,15 @@ fn hash_range(
     range: std::ops::Range<u64>,
     buf: &mut [u8],
     mut also: Option<&mut ContentHasher>,
-) -> Result<Sha256, StoreError> {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
+) -> Result<ChunkHash, StoreError> {
+    let mut h = ChunkHasher::new();
     read_range(file, path, range, buf, |b| {
         h.update(b);
         if let Some(a) = also.as_deref_mut() {
             a.update(b);
         }
     })?;
-    Ok(Sha256(h.finalize().into()))
+    Ok(h.finish())
 }
 
 #[cfg(test)]
@@ -541,7 +539,7 @@ mod tests {
         let bytes = &data[r.start as usize..r.end as usize];
         let t = pf.ticket(i);
         pf.write_at(t, r.start, bytes).expect("write");
-        pf.chunk_done(t, Sha256::of(bytes)).expect("done");
+        pf.chunk_done(t, ChunkHash::of(bytes)).expect("done");
     }
 
     #[test]
@@ -616,7 +614,7 @@ mod tests {
         assert_eq!(w.received(), cut);
         w.push(&data[(r1.start + cut) as usize..r1.end as usize]).await.expect("rest");
         let hash = w.finish().await.expect("finish");
-        assert_eq!(hash, Sha256::of(&data[r1.start as usize..r1.end as usize]));
+        assert_eq!(hash, ChunkHash::of(&data[r1.start as usize..r1.end as usize]));
         w.commit(hash).await.expect("commit");
         assert_eq!(pf.kept(1), 0, "done: no watermark");
         // Chunk 2: marked, then overwritten by an unmarked writer: nothing kept.
@@ -672,8 +670,8 @@ mod tests {
         pf.write_at(winner, r.start, good).expect("winner writes");
         // The slow writer's late bytes and its claim are refused.
         assert!(matches!(pf.write_at(slow, r.start, &[0xee; 16]), Err(StoreError::Superseded { index: 1 })));
-        assert!(matches!(pf.chunk_done(slow, Sha256::of(b"x")), Err(StoreError::Superseded { index: 1 })));
-        pf.chunk_done(winner, Sha256::of(good)).expect("winner done");
+        assert!(matches!(pf.chunk_done(slow, ChunkHash::of(b"x")), Err(StoreError::Superseded { index: 1 })));
+        pf.chunk_done(winner, ChunkHash::of(good)).expect("winner done");
         // Once done, nobody takes it over and nobody writes it, not even the winner.
         assert_eq!(pf.supersede(1), None);
         assert!(pf.write_at(winner, r.start, &[0; 16]).is_err());

@@ -9,7 +9,7 @@
 //!
 //! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
 //! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
-//! blob), `/swarm-dl/have/4` (availability with signed chunk records, [`holdings`]) and
+//! blob), `/swarm-dl/have/5` (availability with signed chunk records, [`holdings`]) and
 //! `/swarm-dl/chunk/1` (bytes, [`transfer`]).
 //!
 //! It must not decide what to fetch (that is [`crate::scheduler`] and [`crate::fetch`]) nor write
@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarm_protocol::chunk::ChunkLayout;
-use swarm_protocol::hash::{Etag, Sha256};
+use swarm_protocol::hash::{ChunkHash, Etag};
 use swarm_protocol::repo::Printable;
 use swarm_protocol::wire::{self, HaveRequest, HaveResponse, MetaRequest, MetaResponse};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -192,10 +192,10 @@ impl Offer {
         self.partial.set_fetching(index, on);
     }
 
-    /// Offers chunk `index`, whose bytes this node fetched from the Hub and hashed to `sha256`,
+    /// Offers chunk `index`, whose bytes this node fetched from the Hub and hashed to `hash`,
     /// under this node's signature.
-    pub fn add_own(&self, index: u32, sha256: Sha256) {
-        self.partial.add(index, self.node.shared.holdings.sign(&self.etag, self.size, index, sha256));
+    pub fn add_own(&self, index: u32, hash: ChunkHash) {
+        self.partial.add(index, self.node.shared.holdings.sign(&self.etag, self.size, index, hash));
     }
 
     /// Announces the chunks that have left the Hub, as this node's schedule knows them.
@@ -988,7 +988,7 @@ fn check_have(req: &HaveRequest, resp: HaveResponse) -> Result<Vec<(u32, Option<
     let mut by_index: HashMap<u32, Record> = HashMap::new();
     for r in resp.records {
         let rec =
-            Record { sha256: r.sha256, signer: signers[usize::from(r.signer)].clone(), signature: r.signature.into() };
+            Record { hash: r.hash, signer: signers[usize::from(r.signer)].clone(), signature: r.signature.into() };
         if !rec.verify(&req.etag, req.size, r.index) {
             return Err(format!("bad signature on the record of chunk {}", r.index));
         }

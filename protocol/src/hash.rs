@@ -75,19 +75,25 @@ impl fmt::Debug for Etag {
     }
 }
 
-/// A sha256 digest (of a chunk, or of a whole file).
+/// A chunk's hash: BLAKE3, 32 bytes.
+///
+/// The Hub gives no per-chunk hashes, so the chunk hash is ours to choose, and every receiver
+/// computes it over every byte (besides the whole-file sha256 it owes the Hub's ETag). BLAKE3 is
+/// about 4x cheaper than sha256 here (0.25-0.30 s/GiB against 0.95 with SHA-NI, x86_64,
+/// 2026-12-02), so a chunk check costs a quarter of what it did. Its collision and preimage
+/// resistance are what a signed record needs: a peer cannot find other bytes with the same hash.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Sha256(pub [u8; 32]);
+pub struct ChunkHash(pub [u8; 32]);
 
-impl Sha256 {
-    /// sha256 of `bytes`.
+impl ChunkHash {
+    /// The chunk hash of `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
-        Self(sha2::Sha256::digest(bytes).into())
+        Self(*blake3::hash(bytes).as_bytes())
     }
 }
 
-impl TryFrom<String> for Sha256 {
+impl TryFrom<String> for ChunkHash {
     type Error = BadEtag;
     fn try_from(s: String) -> Result<Self, BadEtag> {
         let mut out = [0u8; 32];
@@ -96,15 +102,42 @@ impl TryFrom<String> for Sha256 {
     }
 }
 
-impl From<Sha256> for String {
-    fn from(h: Sha256) -> String {
+impl From<ChunkHash> for String {
+    fn from(h: ChunkHash) -> String {
         hex::encode(h.0)
     }
 }
 
-impl fmt::Debug for Sha256 {
+impl fmt::Debug for ChunkHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sha256({})", hex::encode(self.0))
+        write!(f, "ChunkHash({})", hex::encode(self.0))
+    }
+}
+
+/// Incremental [`ChunkHash`]er: bytes in order, then [`Self::finish`].
+#[derive(Clone, Default)]
+pub struct ChunkHasher(blake3::Hasher);
+
+impl ChunkHasher {
+    /// An empty hasher.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The hash of everything fed.
+    pub fn finish(&self) -> ChunkHash {
+        ChunkHash(*self.0.finalize().as_bytes())
+    }
+}
+
+impl fmt::Debug for ChunkHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkHasher")
     }
 }
 
@@ -165,12 +198,25 @@ pub fn git_blob_sha1(content: &[u8]) -> Etag {
 
 /// The ETag a file with this content has on the Hub when stored in LFS.
 pub fn lfs_sha256(content: &[u8]) -> Etag {
-    Etag(hex::encode(Sha256::of(content).0))
+    Etag(hex::encode(sha2::Sha256::digest(content)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_hashes_are_blake3_whole_or_in_pieces() {
+        // BLAKE3 of the empty input and of "abc" (the reference implementation's test vectors).
+        let hex_of = |h: ChunkHash| String::from(h);
+        assert_eq!(hex_of(ChunkHash::of(b"")), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+        assert_eq!(hex_of(ChunkHash::of(b"abc")), "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 / 7) as u8).collect();
+        let mut h = ChunkHasher::new();
+        data.chunks(256 << 10).for_each(|c| h.update(c));
+        assert_eq!(h.finish(), ChunkHash::of(&data));
+        assert_eq!(ChunkHash::try_from(hex_of(h.finish())).expect("hex"), h.finish());
+    }
 
     #[test]
     fn git_blob_sha1_matches_git() {

@@ -10,9 +10,9 @@
 //!   file name in the Hugging Face cache.
 //! - **Chunking**: a file is cut into fixed-size chunks whose size is a pure function of the file's
 //!   length ([`chunk::chunk_size_for`]), so every node cuts a file the same way without asking.
-//! - **Integrity**: a [`manifest::ChunkManifest`] records the sha256 of every chunk of a file, so a
-//!   chunk can be checked on its own, long before the whole file is there to be checked against the
-//!   Hub's ETag. Nothing is trusted until it has been checked against one of the two.
+//! - **Integrity**: a [`manifest::ChunkManifest`] records the hash of every chunk of a file
+//!   ([`hash::ChunkHash`], BLAKE3), so a chunk can be checked on its own, long before the whole
+//!   file is there to be checked against the Hub's ETag. Nothing is trusted until it has been checked against one of the two.
 //! - **Repo naming**: [`repo::RepoId`] and [`repo::RepoType`] validate ids the way the Hub does and map
 //!   them to the cache folder names `huggingface_hub` uses.
 //!
@@ -25,8 +25,8 @@
 //! - [`manifest::ChunkManifest`]: per file, its ETag, size, chunk size and chunk hashes. Written today
 //!   as the resume state of a download; shipped to peers by the swarm (signed by the node that
 //!   fetched the bytes from the Hub).
-//! - [`wire`]: the peer protocols — `/swarm-dl/have/4` (which chunks a peer holds, with a signed
-//!   sha256 record per chunk) and `/swarm-dl/chunk/1` (chunk bytes on a stream) — their frames,
+//! - [`wire`]: the peer protocols — `/swarm-dl/have/5` (which chunks a peer holds, with a signed
+//!   chunk-hash record per chunk) and `/swarm-dl/chunk/1` (chunk bytes on a stream) — their frames,
 //!   size limits, and the exact bytes a node signs to vouch for a chunk.
 //!
 //! - [`rendezvous`]: which node fetches which chunk from the Hub (and which member asks the Hub
@@ -46,5 +46,6 @@ pub mod rendezvous;
 pub mod repo;
 pub mod wire;
 
-/// Version of the rules in this crate (chunk-size rule, manifest layout).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the rules in this crate (chunk-size rule, chunk hash, manifest layout). 2: chunk
+/// hashes are BLAKE3 (they were sha256); manifests saved under version 1 are ignored.
+pub const PROTOCOL_VERSION: u32 = 2;

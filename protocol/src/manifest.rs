@@ -1,11 +1,11 @@
-//! The chunk manifest: per file, the sha256 of every chunk.
+//! The chunk manifest: per file, the hash of every chunk ([`ChunkHash`], BLAKE3).
 //!
 //! The Hub publishes no per-chunk hashes, so a manifest is written by the node that fetched the
 //! bytes from the Hub. Today it is the resume state of a download (a chunk counts as held only if
 //! its bytes on disk still hash to the recorded value); the swarm ships it to peers, signed.
 
 use crate::chunk::ChunkLayout;
-use crate::hash::{Etag, Sha256};
+use crate::hash::{ChunkHash, Etag};
 use serde::{Deserialize, Serialize};
 
 /// Per-file chunk hashes. `chunks[i]` is `None` until chunk `i` has been fetched and hashed.
@@ -20,7 +20,7 @@ pub struct ChunkManifest {
     /// Chunk size in bytes ([`crate::chunk::chunk_size_for`] of `size`).
     pub chunk_size: u64,
     /// Hash of each chunk, once known.
-    pub chunks: Vec<Option<Sha256>>,
+    pub chunks: Vec<Option<ChunkHash>>,
 }
 
 /// Why a manifest cannot describe the file it claims to.
@@ -99,7 +99,7 @@ mod tests {
     fn fresh_manifest_validates_and_round_trips() {
         let mut m = ChunkManifest::empty(etag(), 10 << 20);
         assert_eq!(m.chunks.len(), 3);
-        m.chunks[1] = Some(Sha256::of(b"chunk"));
+        m.chunks[1] = Some(ChunkHash::of(b"chunk"));
         m.validate_for(&etag(), 10 << 20).expect("valid");
         let json = serde_json::to_string(&m).expect("encode");
         let back: ChunkManifest = serde_json::from_str(&json).expect("decode");

@@ -13,11 +13,11 @@
 //! length) are checked by `validate` after decoding.
 
 use crate::chunk::ChunkLayout;
-use crate::hash::{Etag, Sha256};
+use crate::hash::{ChunkHash, Etag};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name of the availability exchange.
-pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/4";
+pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/5";
 /// Protocol name of chunk transfer.
 pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
 /// Protocol name of the metadata exchange (a revision's commit and file listing).
@@ -142,13 +142,13 @@ pub struct HaveRequest {
     pub downloading: bool,
 }
 
-/// A signed statement that chunk `index` of a file hashes to `sha256`.
+/// A signed statement that chunk `index` of a file hashes to `hash`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRecord {
     /// The chunk.
     pub index: u32,
-    /// Its sha256.
-    pub sha256: Sha256,
+    /// Its [`ChunkHash`].
+    pub hash: ChunkHash,
     /// Index into the response's `signers`.
     pub signer: u16,
     /// Signature over [`record_signing_bytes`].
@@ -487,16 +487,16 @@ fn chunk_count(size: u64) -> Result<u32, WireError> {
 }
 
 /// The bytes a node signs to vouch for a chunk hash: a domain tag, then the file's ETag and size,
-/// the chunk index and its sha256. Fixed layout, independent of bincode.
-pub fn record_signing_bytes(etag: &Etag, size: u64, index: u32, sha256: &Sha256) -> Vec<u8> {
-    const TAG: &[u8] = b"swarm-dl chunk record v1\0";
+/// the chunk index and its hash. Fixed layout, independent of bincode.
+pub fn record_signing_bytes(etag: &Etag, size: u64, index: u32, hash: &ChunkHash) -> Vec<u8> {
+    const TAG: &[u8] = b"swarm-dl chunk record v2\0";
     let mut out = Vec::with_capacity(TAG.len() + 64 + 1 + 8 + 4 + 32);
     out.extend_from_slice(TAG);
     out.extend_from_slice(etag.as_str().as_bytes());
     out.push(0);
     out.extend_from_slice(&size.to_be_bytes());
     out.extend_from_slice(&index.to_be_bytes());
-    out.extend_from_slice(&sha256.0);
+    out.extend_from_slice(&hash.0);
     out
 }
 
@@ -573,8 +573,8 @@ mod tests {
 
     #[test]
     fn golden_signing_bytes() {
-        let b = record_signing_bytes(&etag(), 5, 1, &Sha256([7; 32]));
-        assert!(b.starts_with(b"swarm-dl chunk record v1\0"));
+        let b = record_signing_bytes(&etag(), 5, 1, &ChunkHash([7; 32]));
+        assert!(b.starts_with(b"swarm-dl chunk record v2\0"));
         assert_eq!(b.len(), 25 + 64 + 1 + 8 + 4 + 32);
         assert_eq!(&b[b.len() - 44..b.len() - 32], &[0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1]);
     }
@@ -593,7 +593,7 @@ mod tests {
         let req = HaveRequest { etag: etag(), size: 9 << 20, known: Bitmap::new(3), downloading: true };
         let mut have = Bitmap::new(3);
         have.set(0);
-        let rec = |index, signer| ChunkRecord { index, sha256: Sha256([1; 32]), signer, signature: vec![1; 64] };
+        let rec = |index, signer| ChunkRecord { index, hash: ChunkHash([1; 32]), signer, signature: vec![1; 64] };
         let ok = HaveResponse {
             have: have.clone(),
             signers: vec![vec![1; 36]],
@@ -635,7 +635,7 @@ mod tests {
             let resp = HaveResponse {
                 have: Bitmap(bits),
                 signers: vec![vec![9; 36]],
-                records: (0..recs as u32).map(|i| ChunkRecord { index: i, sha256: Sha256([i as u8; 32]), signer: 0, signature: vec![3; 64] }).collect(),
+                records: (0..recs as u32).map(|i| ChunkRecord { index: i, hash: ChunkHash([i as u8; 32]), signer: 0, signature: vec![3; 64] }).collect(),
                 downloading: recs % 2 == 0,
                 fetching: Bitmap(vec![recs as u8]),
                 hub_bytes: (recs as u64) << 22,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use swarm_protocol::chunk::ChunkLayout;
-use swarm_protocol::hash::Sha256;
+use swarm_protocol::hash::ChunkHash;
 use swarm_protocol::wire::{Bitmap, ChunkRequest, HaveRequest};
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
@@ -116,9 +116,9 @@ impl ChunkSource for PeerSource<'_> {
 /// What a fetch brought.
 enum Fetched {
     /// Written into the file and committed, with this hash.
-    Written(Sha256),
+    Written(ChunkHash),
     /// An endgame copy, whole in memory, to be written if the chunk is still not done.
-    Copy(Vec<u8>, Sha256),
+    Copy(Vec<u8>, ChunkHash),
 }
 
 struct Outcome {
@@ -509,7 +509,7 @@ async fn ask_peers(
 /// Writes an endgame copy that won (chunk `index`, at `offset`) into the file: takes the chunk
 /// over (the copy still writing into the file can no longer write), writes it, and marks it
 /// done. `Ok(false)` if the chunk was done already. Blocking.
-fn adopt(pf: &PartialFile, index: u32, offset: u64, bytes: &[u8], hash: Sha256) -> Result<bool, StoreError> {
+fn adopt(pf: &PartialFile, index: u32, offset: u64, bytes: &[u8], hash: ChunkHash) -> Result<bool, StoreError> {
     let Some(ticket) = pf.supersede(index) else { return Ok(false) };
     pf.write_at(ticket, offset, bytes)?;
     pf.chunk_done(ticket, hash)?;
@@ -537,7 +537,7 @@ impl Job {
     async fn fetch_from(
         &self,
         source: &impl ChunkSource,
-        expect: Option<Sha256>,
+        expect: Option<ChunkHash>,
         also_count: Option<Arc<AtomicU64>>,
     ) -> Result<Fetched, ChunkError> {
         let _slot = self.ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
@@ -585,7 +585,7 @@ impl Job {
         let fetched = self.fetch_from(source, None, self.partial.as_ref().map(Offer::hub_bytes)).await?;
         if let (Fetched::Written(hash), Some(node)) = (&fetched, &self.ctx.node) {
             if let Some((server, record)) = check
-                && record.sha256() != *hash
+                && record.hash() != *hash
             {
                 // The Hub's bytes decide: whoever signed the false record, and whoever served it, lied.
                 let why = format!("signed a false hash for chunk {index} of {}", self.f.path);
@@ -603,7 +603,7 @@ impl Job {
 
     /// From a peer, checked against the peer's record before it counts, then offered under it.
     async fn peer_chunk(self, node: &NodeHandle, peer: PeerId, record: Record) -> Result<Fetched, ChunkError> {
-        let fetched = self.fetch_from(&PeerSource { node, peer, f: &self.f }, Some(record.sha256()), None).await?;
+        let fetched = self.fetch_from(&PeerSource { node, peer, f: &self.f }, Some(record.hash()), None).await?;
         if let (Fetched::Written(_), Some(p)) = (&fetched, &self.partial) {
             p.add_relayed(self.index, record);
         }

@@ -4,11 +4,10 @@
 
 use super::{PartialFile, StoreError, Ticket};
 use bytes::BytesMut;
-use sha2::Digest as _;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use swarm_protocol::hash::Sha256;
+use swarm_protocol::hash::{ChunkHash, ChunkHasher};
 
 const WRITE_BUF: usize = 512 << 10;
 
@@ -22,7 +21,7 @@ pub struct ChunkWriter {
     /// The chunk's byte range in the file.
     pub range: Range<u64>,
     flushed: u64,
-    hasher: Option<sha2::Sha256>,
+    hasher: Option<ChunkHasher>,
     buf: BytesMut,
     /// Bytes received so far, readable from outside (to take them back from progress if this
     /// copy loses a race).
@@ -58,7 +57,7 @@ impl ChunkWriter {
             index,
             range,
             flushed: 0,
-            hasher: Some(sha2::Sha256::new()),
+            hasher: Some(ChunkHasher::new()),
             buf: BytesMut::with_capacity(WRITE_BUF),
             got: Arc::default(),
             also: None,
@@ -159,10 +158,10 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Writes what is buffered and returns the chunk's sha256.
-    pub async fn finish(&mut self) -> Result<Sha256, StoreError> {
+    /// Writes what is buffered and returns the chunk's hash.
+    pub async fn finish(&mut self) -> Result<ChunkHash, StoreError> {
         self.flush().await?;
-        Ok(Sha256(self.hasher.take().unwrap_or_default().finalize().into()))
+        Ok(self.hasher.take().unwrap_or_default().finish())
     }
 
     /// The bytes of an in-memory copy (empty for a writer into the file).
@@ -175,7 +174,7 @@ impl ChunkWriter {
 
     /// Marks the chunk done in the file with `hash` (after [`Self::finish`]). Refused if
     /// another copy took the chunk over.
-    pub async fn commit(&self, hash: Sha256) -> Result<(), StoreError> {
+    pub async fn commit(&self, hash: ChunkHash) -> Result<(), StoreError> {
         let Sink::File { pf, ticket } = &self.sink else {
             return Err(StoreError::Task("an in-memory chunk cannot be committed".into()));
         };

@@ -19,7 +19,6 @@ use crate::os::FileAt as _;
 use crate::store::PartialFile;
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
-use sha2::Digest as _;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
@@ -28,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarm_protocol::chunk::ChunkLayout;
-use swarm_protocol::hash::{Etag, Sha256};
+use swarm_protocol::hash::{ChunkHash, ChunkHasher, Etag};
 use swarm_protocol::wire::{Bitmap, ChunkRecord, HaveRequest, HaveResponse, record_signing_bytes};
 
 /// A node that signs records.
@@ -50,11 +49,11 @@ impl Signer {
     }
 }
 
-/// "Chunk `i` hashes to `sha256`", signed.
+/// "Chunk `i` hashes to `hash`", signed.
 #[derive(Debug, Clone)]
 pub struct Record {
     /// The hash.
-    pub(in crate::swarm) sha256: Sha256,
+    pub(in crate::swarm) hash: ChunkHash,
     /// Who vouches for it.
     pub(in crate::swarm) signer: Arc<Signer>,
     /// The signature over [`record_signing_bytes`].
@@ -62,9 +61,9 @@ pub struct Record {
 }
 
 impl Record {
-    /// The chunk's sha256 that the record vouches for.
-    pub fn sha256(&self) -> Sha256 {
-        self.sha256
+    /// The chunk hash that the record vouches for.
+    pub fn hash(&self) -> ChunkHash {
+        self.hash
     }
 
     /// The node that signed it.
@@ -74,7 +73,7 @@ impl Record {
 
     /// Whether the signature is valid for this chunk of this file.
     pub fn verify(&self, etag: &Etag, size: u64, index: u32) -> bool {
-        self.signer.key.verify(&record_signing_bytes(etag, size, index, &self.sha256), &self.signature)
+        self.signer.key.verify(&record_signing_bytes(etag, size, index, &self.hash), &self.signature)
     }
 }
 
@@ -169,7 +168,7 @@ pub enum ChunkBytes {
     Partial(Arc<PartialFile>, std::ops::Range<u64>),
     /// From a blob; with the hash its bytes must have when this chunk was not checked yet (the
     /// server hashes what it sends and reports back with [`Holdings::served`]).
-    Blob(File, std::ops::Range<u64>, Option<Sha256>),
+    Blob(File, std::ops::Range<u64>, Option<ChunkHash>),
 }
 
 impl ChunkBytes {
@@ -189,7 +188,7 @@ impl ChunkBytes {
     }
 
     /// The hash to check the bytes against as they are sent, if this chunk was not checked yet.
-    pub fn unchecked(&self) -> Option<Sha256> {
+    pub fn unchecked(&self) -> Option<ChunkHash> {
         match self {
             Self::Blob(_, _, expect) => *expect,
             Self::Partial(..) => None,
@@ -256,11 +255,11 @@ impl Holdings {
     }
 
     /// Signs a record for a chunk whose bytes this node checked.
-    pub fn sign(&self, etag: &Etag, size: u64, index: u32, sha256: Sha256) -> Record {
-        let msg = record_signing_bytes(etag, size, index, &sha256);
+    pub fn sign(&self, etag: &Etag, size: u64, index: u32, hash: ChunkHash) -> Record {
+        let msg = record_signing_bytes(etag, size, index, &hash);
         // ed25519 signing cannot fail; an empty signature would only be refused by peers.
         let signature: Arc<[u8]> = self.key.sign(&msg).unwrap_or_default().into();
-        Record { sha256, signer: self.me.clone(), signature }
+        Record { hash, signer: self.me.clone(), signature }
     }
 
     /// Starts offering a file being downloaded.
@@ -297,7 +296,7 @@ impl Holdings {
             && let Some(records) = p.all_records()
         {
             let records =
-                records.into_iter().enumerate().map(|(i, r)| self.sign(etag, p.size, i as u32, r.sha256)).collect();
+                records.into_iter().enumerate().map(|(i, r)| self.sign(etag, p.size, i as u32, r.hash)).collect();
             self.insert_complete(etag, Complete::new(path.to_path_buf(), records, true));
             let mut done = lock(&self.completed);
             if done.len() >= MAX_COMPLETED {
@@ -457,10 +456,10 @@ impl Holdings {
         else {
             return false;
         };
-        let hash = || -> io::Result<Sha256> {
+        let hash = || -> io::Result<ChunkHash> {
             hash_chunk(&File::open(&c.path)?, range.clone(), &mut vec![0u8; 1 << 20], |_| {})
         };
-        let good = hash().is_ok_and(|h| h == record.sha256);
+        let good = hash().is_ok_and(|h| h == record.hash);
         self.served(etag, index, good);
         true
     }
@@ -553,7 +552,7 @@ impl Holdings {
                 resp.signers.push(r.signer.encoded.clone());
                 next
             });
-            resp.records.push(ChunkRecord { index: i, sha256: r.sha256, signer, signature: r.signature.to_vec() });
+            resp.records.push(ChunkRecord { index: i, hash: r.hash, signer, signature: r.signature.to_vec() });
         }
         resp
     }
@@ -570,7 +569,7 @@ impl Holdings {
         }
         let c = self.complete(etag, size)?;
         let unchecked = !lock(&c.checked).get(index);
-        let expect = unchecked.then(|| c.records.get(index as usize).map(|r| r.sha256)).flatten();
+        let expect = unchecked.then(|| c.records.get(index as usize).map(|r| r.hash)).flatten();
         File::open(&c.path).ok().map(|f| ChunkBytes::Blob(f, range, expect))
     }
 }
@@ -584,12 +583,12 @@ impl Holdings {
         let mut buf = vec![0u8; (r.end - r.start) as usize];
         c.read_at(r.start, &mut buf).ok()?;
         super::hooks::corrupt(&mut buf);
-        Some(self.sign(etag, size, index, Sha256::of(&buf)))
+        Some(self.sign(etag, size, index, ChunkHash::of(&buf)))
     }
 }
 
 /// Hashes every chunk of a blob and the whole file; `None` if the whole does not match `etag`.
-fn hash_blob(path: &Path, etag: &Etag, size: u64) -> io::Result<Option<Vec<Sha256>>> {
+fn hash_blob(path: &Path, etag: &Etag, size: u64) -> io::Result<Option<Vec<ChunkHash>>> {
     let f = File::open(path)?;
     let layout = ChunkLayout::for_len(size);
     let mut whole = etag.hasher(size);
@@ -602,14 +601,14 @@ fn hash_blob(path: &Path, etag: &Etag, size: u64) -> io::Result<Option<Vec<Sha25
     Ok((whole.finish_hex() == etag.as_str()).then_some(hashes))
 }
 
-/// The sha256 of `range` of `f`, read through `buf`; `also` sees the same bytes.
+/// The chunk hash of `range` of `f`, read through `buf`; `also` sees the same bytes.
 fn hash_chunk(
     f: &File,
     range: std::ops::Range<u64>,
     buf: &mut [u8],
     mut also: impl FnMut(&[u8]),
-) -> io::Result<Sha256> {
-    let mut h = sha2::Sha256::new();
+) -> io::Result<ChunkHash> {
+    let mut h = ChunkHasher::new();
     let mut pos = range.start;
     while pos < range.end {
         let n = ((range.end - pos) as usize).min(buf.len());
@@ -618,7 +617,7 @@ fn hash_chunk(
         also(&buf[..n]);
         pos += n as u64;
     }
-    Ok(Sha256(h.finalize().into()))
+    Ok(h.finish())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -652,7 +651,7 @@ mod tests {
         let signer = Signer::decode(&resp.signers[0]).expect("signer");
         for r in &resp.records {
             let rec = Record {
-                sha256: r.sha256,
+                hash: r.hash,
                 signer: Arc::new(Signer::decode(&resp.signers[0]).expect("s")),
                 signature: r.signature.clone().into(),
             };

@@ -1,4 +1,4 @@
-//! Untrusted bytes as a `/swarm-dl/have/4` response, validated against a fixed request.
+//! Untrusted bytes as a `/swarm-dl/have/5` response, validated against a fixed request.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use swarm_protocol::hash::lfs_sha256;
