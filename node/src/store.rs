@@ -542,6 +542,53 @@ mod tests {
         pf.chunk_done(t, ChunkHash::of(bytes)).expect("done");
     }
 
+    /// A chunk arrives in uneven pieces, some pushed and some read into the writer's buffer,
+    /// into the file and into memory: same bytes, same hash, nothing taken past the chunk.
+    #[tokio::test]
+    async fn writer_takes_pushed_and_read_in_bytes_alike() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(9 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"));
+        let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+        let pf = Arc::new(pf);
+        let r = ChunkLayout::for_len(data.len() as u64).range(1).expect("range");
+        let chunk = &data[r.start as usize..r.end as usize];
+        for memory in [false, true] {
+            let mut w =
+                if memory { ChunkWriter::in_memory(1, r.clone()) } else { ChunkWriter::new(pf.clone(), 1, r.clone()) };
+            let (mut at, mut step, mut read_in) = (0usize, 1usize, false);
+            while w.remaining() > 0 {
+                let n = step.min(chunk.len() - at);
+                if read_in {
+                    let dst = w.spare();
+                    assert!(dst.len() <= chunk.len() - at, "spare never reaches past the chunk");
+                    let n = n.min(dst.len());
+                    dst[..n].copy_from_slice(&chunk[at..at + n]);
+                    w.filled(n).await.expect("filled");
+                    at += n;
+                } else {
+                    w.push(&chunk[at..at + n]).await.expect("push");
+                    at += n;
+                }
+                assert_eq!(w.received(), at as u64);
+                (step, read_in) = (step * 3 + 7, !read_in);
+            }
+            assert!(w.spare().is_empty());
+            w.push(b"past the end").await.expect("ignored");
+            let hash = w.finish().await.expect("finish");
+            assert_eq!(hash, ChunkHash::of(chunk), "memory: {memory}");
+            if memory {
+                assert_eq!(w.into_bytes(), chunk);
+            } else {
+                w.commit(hash).await.expect("commit");
+                let mut back = vec![0; chunk.len()];
+                pf.read_at(r.start, &mut back).expect("read");
+                assert_eq!(back, chunk);
+            }
+        }
+    }
+
     #[test]
     fn out_of_order_chunks_verify_and_finish() {
         let tmp = tempfile::tempdir().expect("tmp");

@@ -1,9 +1,12 @@
 //! [`ChunkWriter`]: receives one chunk's bytes in order from any source (the Hub, a peer),
 //! hashes them on the way, and writes them at the chunk's offset in a [`PartialFile`], or keeps
 //! them in memory for an endgame copy that is written only if it wins.
+//!
+//! Bytes come in two ways: [`ChunkWriter::push`] copies a slice the source already holds (the
+//! Hub's response body), and [`ChunkWriter::spare`] + [`ChunkWriter::filled`] let a source read
+//! straight into the writer's buffer (a peer's stream), saving one copy of every byte.
 
 use super::{PartialFile, StoreError, Ticket};
-use bytes::BytesMut;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,7 +25,10 @@ pub struct ChunkWriter {
     pub range: Range<u64>,
     flushed: u64,
     hasher: Option<ChunkHasher>,
-    buf: BytesMut,
+    /// The write buffer (file sink; allocated at first use): `WRITE_BUF` bytes, of which the
+    /// first `fill` are pending.
+    buf: Vec<u8>,
+    fill: usize,
     /// Bytes received so far, readable from outside (to take them back from progress if this
     /// copy loses a race).
     got: Arc<AtomicU64>,
@@ -34,7 +40,11 @@ pub struct ChunkWriter {
 
 #[derive(Debug)]
 enum Sink {
-    File { pf: Arc<PartialFile>, ticket: Ticket },
+    File {
+        pf: Arc<PartialFile>,
+        ticket: Ticket,
+    },
+    /// The whole chunk, of which the first `flushed` bytes are received.
     Memory(Vec<u8>),
 }
 
@@ -47,8 +57,8 @@ impl ChunkWriter {
 
     /// A writer that keeps the chunk in memory (an endgame duplicate, written only if it wins).
     pub fn in_memory(index: u32, range: Range<u64>) -> Self {
-        let cap = (range.end - range.start) as usize;
-        Self::with_sink(Sink::Memory(Vec::with_capacity(cap)), index, range)
+        let len = (range.end - range.start) as usize;
+        Self::with_sink(Sink::Memory(vec![0; len]), index, range)
     }
 
     fn with_sink(sink: Sink, index: u32, range: Range<u64>) -> Self {
@@ -58,7 +68,8 @@ impl ChunkWriter {
             range,
             flushed: 0,
             hasher: Some(ChunkHasher::new()),
-            buf: BytesMut::with_capacity(WRITE_BUF),
+            buf: Vec::new(),
+            fill: 0,
             got: Arc::default(),
             also: None,
             marks: false,
@@ -97,7 +108,7 @@ impl ChunkWriter {
 
     /// Bytes received so far (written or buffered).
     pub fn received(&self) -> u64 {
-        self.flushed + self.buf.len() as u64
+        self.flushed + self.fill as u64
     }
 
     /// Bytes still wanted.
@@ -107,27 +118,57 @@ impl ChunkWriter {
 
     /// Appends bytes (at most [`Self::remaining`] are taken).
     pub async fn push(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
-        let room = (self.remaining().min(data.len() as u64)) as usize;
-        self.got.fetch_add(room as u64, Relaxed);
-        if let Some(a) = &self.also {
-            a.fetch_add(room as u64, Relaxed);
+        let take = (self.remaining().min(data.len() as u64)) as usize;
+        data = &data[..take];
+        while !data.is_empty() {
+            let dst = self.spare();
+            let n = dst.len().min(data.len());
+            dst[..n].copy_from_slice(&data[..n]);
+            data = &data[n..];
+            self.filled(n).await?;
         }
-        if let Sink::Memory(v) = &mut self.sink {
-            v.extend_from_slice(&data[..room]);
-            if let Some(h) = &mut self.hasher {
-                h.update(&data[..room]);
+        Ok(())
+    }
+
+    /// Where the next bytes go: a source reads into this, then calls [`Self::filled`]. Never
+    /// longer than [`Self::remaining`]; empty only when nothing more is wanted.
+    pub fn spare(&mut self) -> &mut [u8] {
+        let want = self.remaining().min(usize::MAX as u64) as usize;
+        match &mut self.sink {
+            Sink::Memory(v) => {
+                let at = self.flushed as usize;
+                &mut v[at..at + want]
             }
-            self.flushed += room as u64;
+            Sink::File { .. } => {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; WRITE_BUF];
+                }
+                let end = self.buf.len().min(self.fill + want);
+                &mut self.buf[self.fill..end]
+            }
+        }
+    }
+
+    /// Takes the first `n` bytes of [`Self::spare`] as received; writes them out when the buffer
+    /// is full.
+    pub async fn filled(&mut self, n: usize) -> Result<(), StoreError> {
+        let n = n.min(self.remaining() as usize);
+        self.got.fetch_add(n as u64, Relaxed);
+        if let Some(a) = &self.also {
+            a.fetch_add(n as u64, Relaxed);
+        }
+        if let Sink::Memory(v) = &self.sink {
+            let at = self.flushed as usize;
+            if let Some(h) = &mut self.hasher {
+                h.update(&v[at..at + n]);
+            }
+            self.flushed += n as u64;
             return Ok(());
         }
-        while !data.is_empty() {
-            let room = WRITE_BUF - self.buf.len();
-            let n = room.min(data.len());
-            self.buf.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buf.len() >= WRITE_BUF {
-                self.flush().await?;
-            }
+        debug_assert!(self.fill + n <= self.buf.len(), "filled more than spare() gave");
+        self.fill += n;
+        if self.fill == self.buf.len() {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -136,25 +177,26 @@ impl ChunkWriter {
         let Sink::File { pf, ticket } = &self.sink else {
             return Ok(());
         };
-        if self.buf.is_empty() {
+        if self.fill == 0 {
             return Ok(());
         }
-        let buf = std::mem::take(&mut self.buf);
+        let (buf, fill) = (std::mem::take(&mut self.buf), self.fill);
         let mut hasher = self.hasher.take().unwrap_or_default();
         let (pf, ticket, marks) = (pf.clone(), *ticket, self.marks);
         let offset = self.range.start + self.flushed;
-        let (hasher, mut buf, res) = tokio::task::spawn_blocking(move || {
-            hasher.update(&buf);
-            let res = if marks { pf.write_marked(ticket, offset, &buf) } else { pf.write_at(ticket, offset, &buf) };
+        let (hasher, buf, res) = tokio::task::spawn_blocking(move || {
+            let bytes = &buf[..fill];
+            hasher.update(bytes);
+            let res = if marks { pf.write_marked(ticket, offset, bytes) } else { pf.write_at(ticket, offset, bytes) };
             (hasher, buf, res)
         })
         .await
         .map_err(|e| StoreError::Task(format!("writer task failed: {e}")))?;
-        res?;
-        self.flushed += buf.len() as u64;
-        self.hasher = Some(hasher);
-        buf.clear();
         self.buf = buf;
+        res?;
+        self.flushed += fill as u64;
+        self.fill = 0;
+        self.hasher = Some(hasher);
         Ok(())
     }
 
@@ -168,7 +210,10 @@ impl ChunkWriter {
     pub fn into_bytes(self) -> Vec<u8> {
         match self.sink {
             Sink::File { .. } => Vec::new(),
-            Sink::Memory(v) => v,
+            Sink::Memory(mut v) => {
+                v.truncate(self.flushed as usize);
+                v
+            }
         }
     }
 

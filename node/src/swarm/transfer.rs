@@ -2,8 +2,11 @@
 //!
 //! A stream carries many requests, one after another (request frame → header frame → raw bytes),
 //! so a peer keeps a few long-lived streams instead of opening one per chunk: libp2p-stream's
-//! inbound queue holds a single pending stream and drops the rest under bursts. Bytes are copied in slices, never buffered whole;
-//! yamux's flow control carries back-pressure from a slow reader to our disk reads.
+//! inbound queue holds a single pending stream and drops the rest under bursts.
+//!
+//! Neither end holds a whole chunk. The server sends it in slices read from disk; the receiver
+//! reads the stream straight into its [`ChunkWriter`]'s buffer, which is hashed and written out
+//! when full. yamux's flow control carries back-pressure from a slow reader to our disk reads.
 //!
 //! Serving limits: [`SERVE_PER_PEER`] requests at a time per peer and [`SERVE_TOTAL`] in all;
 //! beyond that a request is answered `Busy` so the asker tries another holder. The upload rate
@@ -322,18 +325,15 @@ impl Transfer {
         if len != want {
             return Err(PeerFetchError::Unavailable(format!("peer announced {len} bytes for a chunk of {want}")));
         }
-        let mut buf = vec![0u8; SLICE];
-        let mut left = len;
-        while left > 0 {
-            let n = (left as usize).min(SLICE);
-            match tokio::time::timeout(IO_TIMEOUT, stream.read(&mut buf[..n])).await {
+        // The stream is read straight into the writer's buffer: no slice in between.
+        while w.remaining() > 0 {
+            match tokio::time::timeout(IO_TIMEOUT, stream.read(w.spare())).await {
                 Ok(Ok(0)) => return Err(PeerFetchError::Unavailable("peer closed the stream mid-chunk".into())),
                 Ok(Ok(got)) => {
                     throttle.take(got).await;
-                    w.push(&buf[..got]).await?;
+                    w.filled(got).await?;
                     self.counters.add(peer, got as u64, 0);
                     on_bytes(got as u64);
-                    left -= got as u64;
                 }
                 Ok(Err(e)) => return Err(PeerFetchError::Unavailable(format!("stream failed: {e}"))),
                 Err(_) => return Err(PeerFetchError::Unavailable("peer stalled".into())),
