@@ -38,7 +38,8 @@
 //!   nothing waits for another owner's Hub fetch (every chunk not done is in flight), a chunk
 //!   in flight for three times as long as a peer chunk usually takes (at least
 //!   [`ENDGAME_MIN_AGE`]) is asked of a second source too: another peer that holds it, or, once the first source has been slow for [`Limits::stall_after`],
-//!   the Hub. A chunk this node fetches from the Hub and nobody holds is asked of the Hub again
+//!   the Hub. Not while its bytes arrive fast enough to finish before a fresh copy would (its
+//!   rate so far, from the share in that the driver reports with [`FileScheduler::arrived`]). A chunk this node fetches from the Hub and nobody holds is asked of the Hub again
 //!   on a second connection: alone on the file, once it is three times as old as a Hub chunk
 //!   usually takes (at least [`ENDGAME_FIRST_AGE`]); with other nodes downloading it, only after
 //!   [`Limits::stall_after`] too, since they share the uplink. The first verified copy wins and
@@ -248,11 +249,13 @@ struct Interest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
     Missing,
-    /// Being fetched from `source` since `since`; in the endgame, also from `dup`.
+    /// Being fetched from `source` since `since`; in the endgame, also from `dup`. `arrived`:
+    /// thousandths of the chunk `source` has delivered, as last reported ([`FileScheduler::arrived`]).
     InFlight {
         source: Source,
         since: Duration,
         dup: Option<Source>,
+        arrived: u16,
     },
     Done,
 }
@@ -362,6 +365,15 @@ impl FileScheduler {
             membership: 0,
             release_checked: 0,
             landed: Bitmap::new(count),
+        }
+    }
+
+    /// Chunk `index`'s first source has delivered `per_mille` thousandths of it (the driver
+    /// reports this before each placement round). The endgame asks no second source for a
+    /// chunk whose bytes arrive fast enough to finish before a fresh copy would.
+    pub fn arrived(&mut self, index: u32, per_mille: u16) {
+        if let Some(Chunk::InFlight { arrived, .. }) = self.chunks.get_mut(index as usize) {
+            *arrived = per_mille.min(1000);
         }
     }
 
@@ -609,7 +621,9 @@ impl FileScheduler {
                 }
             }
             Event::Done { index, source } => {
-                if let Some(Chunk::InFlight { source: first, since, dup }) = self.chunks.get(index as usize).copied() {
+                if let Some(Chunk::InFlight { source: first, since, dup, .. }) =
+                    self.chunks.get(index as usize).copied()
+                {
                     self.free_slot(first);
                     // The copy that did not finish is stopped (with two Hub copies, the
                     // driver knows which one reported).
@@ -641,14 +655,14 @@ impl FileScheduler {
             }
             Event::Failed { index, peer, fault } => {
                 let failed = Source::Peer(peer);
-                if let Some(Chunk::InFlight { source, since, dup }) = self.chunks.get(index as usize).copied()
+                if let Some(Chunk::InFlight { source, since, dup, .. }) = self.chunks.get(index as usize).copied()
                     && (source == failed || dup == Some(failed))
                 {
                     self.free_slot(failed);
                     // The other copy, if any, carries on alone.
                     let other = if source == failed { dup } else { Some(source) };
                     self.chunks[index as usize] = match other {
-                        Some(source) => Chunk::InFlight { source, since, dup: None },
+                        Some(source) => Chunk::InFlight { source, since, dup: None, arrived: 0 },
                         None => Chunk::Missing,
                     };
                 }
@@ -760,7 +774,7 @@ impl FileScheduler {
             if let Some((id, p)) = best {
                 p.in_flight += 1;
                 let source = Source::Peer(*id);
-                self.chunks[i as usize] = Chunk::InFlight { source, since: now, dup: None };
+                self.chunks[i as usize] = Chunk::InFlight { source, since: now, dup: None, arrived: 0 };
                 out.push(Action::Fetch { index: i, source });
             } else {
                 work_left = true;
@@ -789,7 +803,7 @@ impl FileScheduler {
                     self.takeovers += 1;
                 }
                 self.hub_in_flight += 1;
-                self.chunks[i as usize] = Chunk::InFlight { source: Source::Hub, since: now, dup: None };
+                self.chunks[i as usize] = Chunk::InFlight { source: Source::Hub, since: now, dup: None, arrived: 0 };
                 out.push(Action::Fetch { index: i, source: Source::Hub });
             }
         }
@@ -804,11 +818,18 @@ impl FileScheduler {
         let mut out = Vec::new();
         let after = self.typical_peer_chunk.map_or(ENDGAME_FIRST_AGE, |t| (t * 3).max(ENDGAME_MIN_AGE));
         for i in 0..self.chunks.len() as u32 {
-            let Chunk::InFlight { source, since, dup: None } = self.chunks[i as usize] else {
+            let Chunk::InFlight { source, since, dup: None, arrived } = self.chunks[i as usize] else {
                 continue;
             };
             let age = now.saturating_sub(since);
             if age < after {
+                continue;
+            }
+            let fresh = match source {
+                Source::Peer(_) => self.typical_peer_chunk,
+                Source::Hub => self.typical_hub_chunk,
+            };
+            if finishes_first(age, arrived, fresh) {
                 continue;
             }
             let per_peer = self.limits.per_peer;
@@ -834,7 +855,7 @@ impl FileScheduler {
                     }
                 }
             }
-            self.chunks[i as usize] = Chunk::InFlight { source, since, dup: Some(dup) };
+            self.chunks[i as usize] = Chunk::InFlight { source, since, dup: Some(dup), arrived };
             self.duplicates += 1;
             out.push(Action::Duplicate { index: i, source: dup });
         }
@@ -858,6 +879,23 @@ impl FileScheduler {
     fn claimed_by_live_peer(&self, index: u32) -> bool {
         self.peers.iter().any(|(id, p)| p.claimed.get(index) && self.interested.get(id).is_none_or(|i| !i.stalled))
     }
+}
+
+/// Whether a copy in flight for `age`, of which `arrived` thousandths are in, will likely finish
+/// before a fresh copy that takes `fresh`: at the rate its bytes have come so far, what is left
+/// takes less than `fresh`. Never for a copy with nothing in yet, or before a fresh copy's time
+/// is known. A second source for such a chunk only splits the same links and CPU in two: at
+/// 8 nodes behind a 100 Mbit/s uplink, the last chunks, pulled from their owners by everyone at
+/// once, took over a second each and drew up to 66 needless copies in a run.
+fn finishes_first(age: Duration, arrived: u16, fresh: Option<Duration>) -> bool {
+    let Some(fresh) = fresh else {
+        return false;
+    };
+    if arrived == 0 {
+        return false;
+    }
+    let arrived = u32::from(arrived.min(1000));
+    age * (1000 - arrived) / arrived < fresh
 }
 
 /// The highest-scoring of `first` and `others` (ties, vanishingly rare, go to the larger id).
@@ -1250,6 +1288,33 @@ mod tests {
         // b's copy of the second lands: the file is complete.
         let _ = s.handle(Event::Done { index: at_b[1], source: Source::Peer(b) }, ms(1100));
         assert!(s.is_complete());
+    }
+
+    #[test]
+    fn endgame_leaves_a_slow_chunk_alone_while_its_bytes_arrive_fast_enough() {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let limits = Limits { per_peer: 2, hub: 8, ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 4, [], true, limits);
+        let held =
+            |p| Event::Have { peer: p, have: bits(4, &[0, 1, 2, 3]), downloading: false, claimed: Bitmap::default() };
+        s.observe(held(a), T0);
+        s.observe(held(b), T0);
+        let placed = fetches(&s.assign(T0));
+        let at_b: Vec<u32> = placed.iter().filter(|(_, s)| *s == Source::Peer(b)).map(|(i, _)| *i).collect();
+        for (i, _) in placed.iter().filter(|(_, s)| *s == Source::Peer(a)) {
+            let _ = s.handle(Event::Done { index: *i, source: Source::Peer(a) }, ms(100));
+        }
+        // A fresh copy takes 100 ms (a's chunks). At 2 s, b's first chunk is 95% in: 105 ms to
+        // go at its rate, so a copy. b's second is 99% in: 20 ms to go, so none.
+        s.arrived(at_b[0], 950);
+        s.arrived(at_b[1], 990);
+        assert_eq!(duplicates(&s.assign(ms(2000))), vec![(at_b[0], Source::Peer(a))]);
+        // Its bytes stop: at the same arrived share, the time left grows with the age.
+        assert!(duplicates(&s.assign(ms(2400))).is_empty(), "at 2.4 s, 24 ms to go");
+        assert_eq!(duplicates(&s.assign(ms(11_000))), vec![(at_b[1], Source::Peer(a))]);
+        // Nothing in yet: the age alone decides, as before.
+        assert!(!finishes_first(ms(5000), 0, Some(ms(100))));
+        assert!(!finishes_first(ms(5000), 999, None), "a fresh copy's time unknown");
     }
 
     #[test]

@@ -136,9 +136,22 @@ struct Running {
     source: Source,
     abort: AbortHandle,
     got: Arc<AtomicU64>,
+    /// An endgame copy (a second source for the chunk).
+    copy: bool,
     /// Stopped by a release: the scheduler hears [`Event::Released`] once the task has ended
     /// cancelled (a task that finished first reports its chunk as usual).
     released: bool,
+}
+
+/// Tells the scheduler how much of each chunk its first source has delivered (the endgame asks
+/// no second source for a chunk that is arriving fast enough).
+fn report_arrivals(sched: &mut FileScheduler, running: &HashMap<u64, Running>, layout: &ChunkLayout) {
+    for r in running.values().filter(|r| !r.copy) {
+        let len = layout.range(r.index).map_or(0, |x| x.end - x.start);
+        if let Some(per_mille) = (r.got.load(Relaxed).min(len) * 1000).checked_div(len) {
+            sched.arrived(r.index, per_mille as u16);
+        }
+    }
 }
 
 /// One file to fetch: where its chunks go and where they may come from.
@@ -300,7 +313,7 @@ pub(crate) async fn fetch_chunks(
                     })
                 }
             };
-            running.insert(id, Running { index, source, abort, got, released: false });
+            running.insert(id, Running { index, source, abort, got, copy, released: false });
         }
         if sched.is_complete() {
             break Ok(());
@@ -372,6 +385,7 @@ pub(crate) async fn fetch_chunks(
                             heard_askers(node, f, &mut sched, now());
                         }
                         ctx.progress.chunk_verified();
+                        report_arrivals(&mut sched, &running, &layout);
                         actions = sched.handle(Event::Done { index: out.index, source }, now());
                     }
                     (_, Err(ChunkError::Fatal(FetchError::Store(StoreError::Superseded { .. })))) => {
@@ -408,6 +422,7 @@ pub(crate) async fn fetch_chunks(
                 if let Some(offer) = &partial {
                     offer.set_landed(sched.landed());
                 }
+                report_arrivals(&mut sched, &running, &layout);
                 actions.extend(sched.assign(now()));
             }
         }
