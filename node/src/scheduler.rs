@@ -1252,8 +1252,8 @@ mod tests {
         assert_eq!(hub_chunks(&s.handle(Event::PeerGone(other), T0)).len(), 4);
     }
 
-    #[test]
-    fn endgame_asks_a_second_holder_for_a_slow_chunk_and_the_first_copy_cancels_the_other() {
+    /// Peers `a` and `b` hold all 4 chunks (2 requests each at a time); the first placement.
+    fn two_holders_of_four_chunks() -> (FileScheduler, PeerId, PeerId, Vec<(u32, Source)>) {
         let (a, b) = (PeerId::random(), PeerId::random());
         let limits = Limits { per_peer: 2, hub: 8, ..Limits::default() };
         let mut s = FileScheduler::new(me(), 7, 4, [], true, limits);
@@ -1262,6 +1262,12 @@ mod tests {
         s.observe(held(a), T0);
         s.observe(held(b), T0);
         let placed = fetches(&s.assign(T0));
+        (s, a, b, placed)
+    }
+
+    #[test]
+    fn endgame_asks_a_second_holder_for_a_slow_chunk_and_the_first_copy_cancels_the_other() {
+        let (mut s, a, b, placed) = two_holders_of_four_chunks();
         assert_eq!(placed.len(), 4);
         let from =
             |p: PeerId| placed.iter().filter(|(_, s)| *s == Source::Peer(p)).map(|(i, _)| *i).collect::<Vec<_>>();
@@ -1292,14 +1298,7 @@ mod tests {
 
     #[test]
     fn endgame_leaves_a_slow_chunk_alone_while_its_bytes_arrive_fast_enough() {
-        let (a, b) = (PeerId::random(), PeerId::random());
-        let limits = Limits { per_peer: 2, hub: 8, ..Limits::default() };
-        let mut s = FileScheduler::new(me(), 7, 4, [], true, limits);
-        let held =
-            |p| Event::Have { peer: p, have: bits(4, &[0, 1, 2, 3]), downloading: false, claimed: Bitmap::default() };
-        s.observe(held(a), T0);
-        s.observe(held(b), T0);
-        let placed = fetches(&s.assign(T0));
+        let (mut s, a, b, placed) = two_holders_of_four_chunks();
         let at_b: Vec<u32> = placed.iter().filter(|(_, s)| *s == Source::Peer(b)).map(|(i, _)| *i).collect();
         for (i, _) in placed.iter().filter(|(_, s)| *s == Source::Peer(a)) {
             let _ = s.handle(Event::Done { index: *i, source: Source::Peer(a) }, ms(100));
