@@ -9,15 +9,22 @@ pub fn swarm_dl() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        escargot::CargoBuild::new()
-            .manifest_path(manifest)
-            .package("swarm-dl")
-            .bin("swarm-dl")
-            .current_release()
-            .run()
-            .expect("build swarm-dl")
-            .path()
-            .to_path_buf()
+        let mut build =
+            escargot::CargoBuild::new().manifest_path(manifest).package("swarm-dl").bin("swarm-dl").current_release();
+        // A test process has the variables cargo sets for the crate it runs (CARGO_PKG_NAME, …).
+        // ring's build script declares some of them (rerun-if-env-changed), so a nested build
+        // that kept them would rebuild ring and everything above it (50 s) whenever it
+        // alternates with a build from a shell.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_", "CARGO_TARGET_TMPDIR"]
+                .iter()
+                .any(|p| k.starts_with(p))
+            {
+                build = build.env_remove(k.as_ref());
+            }
+        }
+        build.run().expect("build swarm-dl").path().to_path_buf()
     })
 }
 
