@@ -547,7 +547,10 @@ impl Node {
             preheat: preheat::Board::default(),
             accept_preheat: cfg.accept_preheat,
         });
-        // Wait until every listener is bound, so that the addresses we report are real.
+        // Wait until every listener is bound, so that the addresses we report are real. What else
+        // happens meanwhile (a peer found by mDNS, an inbound connection) is kept for the event
+        // loop: dropping it lost peers for good, as mDNS does not announce them again for minutes.
+        let mut early = Vec::new();
         let mut bound = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while bound < cfg.listen.len() {
@@ -560,7 +563,7 @@ impl Node {
                 | Ok(SwarmEvent::ListenerClosed { reason: Err(error), .. }) => {
                     return Err(NodeError::Listen { addr: cfg.listen[0].clone(), reason: error.to_string() });
                 }
-                Ok(_) => {}
+                Ok(ev) => early.push(ev),
                 Err(_) => {
                     return Err(NodeError::Listen { addr: cfg.listen[0].clone(), reason: "timed out binding".into() });
                 }
@@ -583,7 +586,7 @@ impl Node {
             }
             _ => None,
         };
-        let task = tokio::spawn(EventLoop::new(swarm, &cfg, shared).run(rx));
+        let task = tokio::spawn(EventLoop::new(swarm, &cfg, shared).run(rx, early));
         Ok(Node { handle, task, schedule })
     }
 
@@ -1153,7 +1156,10 @@ impl EventLoop {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, early: Vec<SwarmEvent<BehaviourEvent>>) {
+        for ev in early {
+            self.event(ev);
+        }
         self.dial_static();
         self.provide_blobs();
 
@@ -1268,7 +1274,9 @@ impl EventLoop {
                         .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
                         .allocate_new_port()
                         .build();
-                    let _ = self.swarm.dial(opts);
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "not dialling a peer found by mDNS");
+                    }
                 }
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {

@@ -54,6 +54,8 @@ impl Cluster {
         let mut c = prefixed(&self.tb.exec(i), self.tmp.path(), true);
         c.args(["get", "org/model", "--json", "--quiet", "--peer-wait", "2", "--endpoint", &self.endpoint]);
         c.arg("--cache-dir").arg(self.cache(i));
+        // Logs for the failure messages: who met whom, and when.
+        c.env("SWARM_DL_LOG", "info,libp2p_kad=error");
         c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         c.spawn().expect("spawn get")
     }
@@ -113,11 +115,17 @@ async fn four_nodes_starting_together_pull_each_byte_from_the_hub_once() {
     let served = c.hub_bytes();
     assert!(
         served as f64 <= 1.05 * c.repo_bytes as f64,
-        "the Hub served {served} bytes for 4 downloads of {} ({:.2}x)",
+        "the Hub served {served} bytes for 4 downloads of {} ({:.2}x)\n{}",
         c.repo_bytes,
-        served as f64 / c.repo_bytes as f64
+        served as f64 / c.repo_bytes as f64,
+        logs(&outs)
     );
-    assert!(from_peers >= 3 * c.repo_bytes * 9 / 10, "the rest came from peers: {from_peers}");
+    assert!(from_peers >= 3 * c.repo_bytes * 9 / 10, "the rest came from peers: {from_peers}\n{}", logs(&outs));
+}
+
+/// Each node's stderr, for a failure message.
+fn logs(outs: &[std::process::Output]) -> String {
+    outs.iter().enumerate().map(|(i, o)| format!("--- node {} stderr:\n{}", i + 1, stderr(o))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
