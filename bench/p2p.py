@@ -3,7 +3,7 @@
 
 Node A (`swarm-dl join`) holds a repo; node B downloads it with A as its only peer
 (mDNS off, A given with --peer), so every byte crosses the libp2p connection
-(TCP + noise + yamux), is checked against A's signed chunk record and written to B's cache.
+(TCP + Noise + yamux), is checked against A's signed chunk record and written to B's cache.
 
 Scenarios:
   p2p-1file   one 1 GiB file: B's `get` runs its own embedded node.
@@ -116,7 +116,8 @@ def run_get(args, env):
 PHASES = [
     ("whole-file sha256 (the ETag check)", r"sha2::|sha256_block|sha256::"),
     ("chunk hash (BLAKE3)", r"blake3"),
-    ("encryption (noise ChaCha20-Poly1305)", r"chacha|poly1305"),
+    ("encryption (Noise: AES-256-GCM since 2026-12-03, ChaCha20-Poly1305 before)",
+     r"chacha|poly1305|aes_|aesni|_aes|gcm|ghash|snow::"),
     ("kernel: page cache writes", r"copy_folio_from_iter|ext4_|block_|mark_buffer|folio"),
     ("kernel: copies to and from sockets and files", r"_copy_to_iter|_copy_from_iter|skb_|copy_page_to_iter|tcp_|__skb"),
     ("user copies and zeroing (memmove, memset)", r"memmove|memset|memcpy"),

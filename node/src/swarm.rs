@@ -2,10 +2,10 @@
 //! cloneable [`NodeHandle`] through which everything else talks to it (commands with one-shot
 //! replies), as in rust-libp2p's `file-sharing` example.
 //!
-//! Transport: TCP + noise + yamux: one encryption layer. A private swarm's key goes into noise's
-//! prologue ([`noise_prologue`]): both ends mix it into the handshake hash, so a node without the
-//! same key fails the handshake, and no byte of the swarm flows to it. (It was libp2p's pnet, an
-//! XSalsa20 layer under noise: every byte encrypted twice.)
+//! Transport: TCP + Noise with AES-256-GCM ([`secure`]) + yamux: one encryption layer. A private
+//! swarm's key goes into the Noise prologue ([`noise_prologue`]): both ends mix it into the
+//! handshake hash, so a node without the same key fails the handshake, and no byte of the swarm
+//! flows to it. (It was libp2p's pnet, an XSalsa20 layer under noise: every byte encrypted twice.)
 //!
 //! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
 //! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
@@ -20,6 +20,7 @@ pub mod holdings;
 pub mod hooks;
 pub mod meta;
 pub mod preheat;
+pub mod secure;
 pub mod transfer;
 
 pub use libp2p;
@@ -33,7 +34,7 @@ use libp2p::kad::{self, store::MemoryStore};
 use libp2p::pnet::PreSharedKey;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, identify, mdns, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport as _, identify, mdns, tcp, yamux};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -479,16 +480,15 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let swarm_cfg = |c: libp2p::swarm::Config| {
         c.with_idle_connection_timeout(Duration::from_secs(300)).with_max_negotiating_inbound_streams(256)
     };
-    // One transport: TCP, noise (with the swarm key in its prologue in a private swarm), yamux.
+    // One transport: TCP, Noise (with the swarm key in its prologue in a private swarm), yamux.
     let prologue = noise_prologue(cfg.swarm_key);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.key.clone())
         .with_tokio()
         .with_other_transport(move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
             let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
-            let noise = noise::Config::new(key)?.with_prologue(prologue);
             Ok(tcp
                 .upgrade(Version::V1Lazy)
-                .authenticate(noise)
+                .authenticate(secure::Config::new(key, prologue))
                 .multiplex(yamux::Config::default())
                 .timeout(Duration::from_secs(10))
                 .boxed())
