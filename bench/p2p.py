@@ -20,7 +20,7 @@ is split by phase (whole-file sha256, chunk BLAKE3, encryption, copies, page cac
 CPU-seconds per GiB. Symbols need a build that keeps them: `cargo build --profile profiling`
 (target/profiling/swarm-dl), given with --binary.
 
-Usage: python3 bench/p2p.py [--size-mib 1024] [--repeat 3] [--private] [--binary PATH] [--phases]
+Usage: python3 bench/p2p.py [--size-mib 1024] [--repeat 3] [--private] [--binary PATH] [--phases [--keep-perf DIR]]
 Needs: a release build (built here unless --binary names one); perf for --phases.
 """
 import argparse
@@ -203,6 +203,7 @@ def main():
     ap.add_argument("--private", action="store_true", help="both nodes in a private swarm (one swarm key)")
     ap.add_argument("--binary", default=None, help="swarm-dl binary to measure (default: the release build, built here)")
     ap.add_argument("--phases", action="store_true", help="one more p2p-repo run under perf: CPU per GiB by phase")
+    ap.add_argument("--keep-perf", metavar="DIR", help="with --phases: keep a.perf and b.perf in DIR (for perf report -i)")
     args = ap.parse_args()
     global BIN
     if args.binary is None:
@@ -234,6 +235,10 @@ def main():
             work = tempfile.mkdtemp(prefix="swarm-dl-p2p-", dir=OUT)
             try:
                 sampled = one_run("p2p-repo", hub, work, phases=True)
+                if args.keep_perf:
+                    os.makedirs(args.keep_perf, exist_ok=True)
+                    for f in ("a.perf", "b.perf"):
+                        shutil.copy(os.path.join(work, f), os.path.join(args.keep_perf, f))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     finally:
