@@ -39,6 +39,8 @@ const MAX_MESSAGE: usize = 65_535;
 const TAG: usize = 16;
 /// The most plaintext one message carries.
 const MAX_PLAIN: usize = MAX_MESSAGE - TAG;
+/// The receive buffer: room for four whole frames.
+const RX_BUF: usize = 4 * (2 + MAX_MESSAGE);
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -199,9 +201,12 @@ fn verify_payload(payload: &[u8], remote_static: Option<&[u8]>) -> Result<PeerId
 pub struct Output<C> {
     io: C,
     state: snow::TransportState,
-    /// The frame being read: its length prefix, then its message.
+    /// Bytes read from the socket and not yet decrypted: `rx[rx_start..rx_end]`, whole frames
+    /// and the start of the next. Reads take as much as the socket has (up to [`RX_BUF`]), not
+    /// one length prefix and then one message: a quarter of the syscalls.
     rx: Vec<u8>,
-    rx_have: usize,
+    rx_start: usize,
+    rx_end: usize,
     /// Decrypted bytes not yet handed to the reader: `plain[plain_pos..plain_len]`.
     plain: Vec<u8>,
     plain_pos: usize,
@@ -225,8 +230,9 @@ impl<C> Output<C> {
         Self {
             io,
             state,
-            rx: vec![0; 2 + MAX_MESSAGE],
-            rx_have: 0,
+            rx: vec![0; RX_BUF],
+            rx_start: 0,
+            rx_end: 0,
             plain: vec![0; MAX_MESSAGE],
             plain_pos: 0,
             plain_len: 0,
@@ -275,32 +281,39 @@ impl<C: AsyncRead + Unpin> AsyncRead for Output<C> {
                 this.plain_pos += n;
                 return Poll::Ready(Ok(n));
             }
-            // Read one frame: the 2-byte length, then the message.
-            let want = if this.rx_have < 2 {
-                2
-            } else {
+            // A whole frame in the buffer: its 2-byte length, then its message.
+            let have = this.rx_end - this.rx_start;
+            let frame = if have >= 2 {
+                let len = u16::from_be_bytes([this.rx[this.rx_start], this.rx[this.rx_start + 1]]) as usize;
                 // Even an empty message carries its tag.
-                let len = u16::from_be_bytes([this.rx[0], this.rx[1]]) as usize;
                 if len < TAG {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "noise: short frame")));
                 }
-                2 + len
+                (have >= 2 + len).then_some(len)
+            } else {
+                None
             };
-            if this.rx_have < want {
-                let n = ready!(Pin::new(&mut this.io).poll_read(cx, &mut this.rx[this.rx_have..want]))?;
-                if n == 0 {
-                    return Poll::Ready(if this.rx_have == 0 {
-                        Ok(0)
-                    } else {
-                        Err(io::ErrorKind::UnexpectedEof.into())
-                    });
+            let Some(len) = frame else {
+                // Not yet: make room for a whole frame after what is there, then read.
+                if this.rx_end + 2 + MAX_MESSAGE > RX_BUF {
+                    this.rx.copy_within(this.rx_start..this.rx_end, 0);
+                    this.rx_end = have;
+                    this.rx_start = 0;
                 }
-                this.rx_have += n;
+                let n = ready!(Pin::new(&mut this.io).poll_read(cx, &mut this.rx[this.rx_end..]))?;
+                if n == 0 {
+                    return Poll::Ready(if have == 0 { Ok(0) } else { Err(io::ErrorKind::UnexpectedEof.into()) });
+                }
+                this.rx_end += n;
                 continue;
+            };
+            let message = &this.rx[this.rx_start + 2..this.rx_start + 2 + len];
+            this.rx_start += 2 + len;
+            if this.rx_start == this.rx_end {
+                this.rx_start = 0;
+                this.rx_end = 0;
             }
-            this.rx_have = 0;
-            let message = &this.rx[2..want];
-            // A reader with room for the whole message gets it decrypted in place: one copy less.
+            // A reader with room for the whole message gets it decrypted there: one copy less.
             if buf.len() >= message.len() {
                 let n = this.state.read_message(message, buf).map_err(invalid)?;
                 if n > 0 {
@@ -435,6 +448,43 @@ mod tests {
         assert!(matches!(verify_payload(&forged, Some(&[1; 32])), Err(Error::BadSignature)));
         assert!(matches!(verify_payload(&payload[..10], Some(&[1; 32])), Err(Error::BadPayload)));
         assert!(matches!(verify_payload(&[0xff, 0xff, 1], Some(&[1; 32])), Err(Error::BadPayload)));
+    }
+
+    #[tokio::test]
+    async fn frames_cut_anywhere_or_run_together_on_the_socket_are_read_whole() {
+        let (x, y) = pair().await;
+        let (ra, rb) = tokio::join!(handshake(node(b""), x, true), handshake(node(b""), y, false));
+        let (mut ta, mut tb) = (ra.expect("initiator handshake").1, rb.expect("responder handshake").1);
+        // Seal messages of many sizes by hand, then send the bytes in 7-byte pieces and in one
+        // write of several frames, so that lengths and messages arrive split and coalesced.
+        let mut wire = Vec::new();
+        let mut plain = Vec::new();
+        let mut frame = vec![0u8; 2 + MAX_MESSAGE];
+        // Enough frames (about 530 KB) that the receive buffer fills and moves its tail to the front.
+        let sizes = [0usize, 1, 2, 1000, MAX_PLAIN, 3, MAX_PLAIN, 70].repeat(4);
+        for (i, size) in sizes.into_iter().enumerate() {
+            let msg: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+            let n = Output::<()>::seal(&mut ta.state, &msg, &mut frame).expect("seal");
+            wire.extend_from_slice(&frame[..n]);
+            plain.extend_from_slice(&msg);
+        }
+        let (first, rest) = wire.split_at(wire.len() / 3);
+        let writer = async move {
+            for piece in first.chunks(7) {
+                ta.io.write_all(piece).await.expect("write");
+                ta.io.flush().await.expect("flush");
+            }
+            ta.io.write_all(rest).await.expect("write");
+            ta.io.close().await.expect("close");
+        };
+        let reader = async move {
+            let mut got = Vec::new();
+            tb.read_to_end(&mut got).await.expect("read");
+            got
+        };
+        let ((), got) = tokio::join!(writer, reader);
+        assert_eq!(got.len(), plain.len());
+        assert!(got == plain, "plaintext differs");
     }
 
     #[tokio::test]
