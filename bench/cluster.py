@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+import machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 BIN = os.path.join(ROOT, "target", "release", "swarm-dl")
@@ -243,6 +245,7 @@ def main():
     key_file = os.path.join(work, "swarm.key")
     subprocess.run([args.binary, "keygen", key_file], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
+    probe = [machine.page_cache_cost(OUT)]
     try:
         for n in [int(x) for x in args.nodes.split(",")]:
             cases = [("swarm-dl", sc) for sc in scenarios] + ([] if args.skip_baseline else [("huggingface_hub", "together")])
@@ -259,6 +262,8 @@ def main():
                 rows.append((n, tool, sc, runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    probe.append(machine.page_cache_cost(OUT))
+    print("\n" + machine.describe(*probe))
     print(f"\nrepo {size / 2**20:.0f} MiB, uplink {args.uplink_mbit} Mbit/s: bound = repo / uplink = {bound:.1f} s; "
           f"{args.runs} run(s) each: worst (and median)\n")
     print("| N | tool | scenario | makespan s | makespan / bound | Hub bytes / repo | Hub API requests | node CPU s | endgame dups | take-overs |")

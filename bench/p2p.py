@@ -35,6 +35,8 @@ import tempfile
 import time
 import urllib.request
 
+import machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 BIN = os.path.join(ROOT, "target", "release", "swarm-dl")
@@ -215,6 +217,7 @@ def main():
         subprocess.run([BIN, "keygen", key], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         KEY.extend(["--swarm-key", key])
     hub_dir = make_repos(args.size_mib)
+    probe = [machine.page_cache_cost(OUT)]
     env = env_for(tempfile.gettempdir())
     hub = Proc(["hub", "serve", hub_dir, "--listen", "127.0.0.1:0", "--json"], env)
     rows = []
@@ -243,7 +246,9 @@ def main():
                 shutil.rmtree(work, ignore_errors=True)
     finally:
         hub.stop()
+    probe.append(machine.page_cache_cost(OUT))
     swarm = "private swarm" if args.private else "open swarm"
+    print("\n" + machine.describe(*probe))
     print(f"\n{args.size_mib} MiB over loopback, {swarm}, {args.repeat} runs each; median run shown (wall range in brackets)\n")
     print("| scenario | wall s (range) | MiB/s | CPU A s | CPU B s | CPU-s/GiB A serving | CPU-s/GiB B receiving | peak RSS A MB | peak RSS B MB | from peers | Hub file bytes |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
