@@ -9,8 +9,8 @@
 //! when full. yamux's flow control carries back-pressure from a slow reader to our disk reads.
 //!
 //! Serving limits: [`SERVE_PER_PEER`] requests at a time per peer and [`SERVE_TOTAL`] in all;
-//! beyond that a request is answered `Busy` so the asker tries another holder. The upload rate
-//! cap is a token bucket shared by every stream.
+//! beyond that a request is answered `Busy` so the asker tries another holder, or this one a
+//! little later. The upload rate cap is a token bucket shared by every stream.
 
 use super::codec::{read_frame, write_frame};
 use super::holdings::Holdings;
@@ -85,6 +85,9 @@ pub enum PeerFetchError {
     /// The peer could not deliver: ask someone else.
     #[error("{0}")]
     Unavailable(String),
+    /// The peer holds the chunk but has no upload slot free now: ask it again a little later.
+    #[error("peer is busy")]
+    Busy,
     /// The peer's bytes do not match the record it gave for them: ban it.
     #[error("bytes do not match the peer's record")]
     BadData,
@@ -319,7 +322,7 @@ impl Transfer {
             }
             ChunkHeader::Busy => {
                 self.give_back(peer, stream);
-                return Err(PeerFetchError::Unavailable("peer is busy".into()));
+                return Err(PeerFetchError::Busy);
             }
         };
         if len != want {
