@@ -35,7 +35,8 @@
 //!   for again. A peer that fails otherwise (gone, no longer holds it) loses the bit for
 //!   that chunk, and after [`Limits::max_peer_failures`] failures in a row, its place. A peer
 //!   that answers busy keeps its chunks and is left alone for [`BUSY_BACKOFF`]: a chunk only
-//!   it holds waits for it (or another holder), never goes to the Hub for that.
+//!   it holds waits for it (or another holder) rather than go to the Hub, for up to
+//!   [`BUSY_PATIENCE`] of nothing but busy answers; after that busy counts as a failure.
 //! - One source per chunk at a time, until the endgame: when nothing is left to start and
 //!   nothing waits for another owner's Hub fetch (every chunk not done is in flight), a chunk
 //!   in flight for three times as long as a peer chunk usually takes (at least
@@ -276,6 +277,9 @@ pub const ENDGAME_MIN_AGE: Duration = Duration::from_secs(1);
 pub const ENDGAME_FIRST_AGE: Duration = Duration::from_secs(2);
 /// How long a peer that answered busy is left alone (its chunks stay its own meanwhile).
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a peer may answer nothing but busy before its busy counts as "cannot deliver": a
+/// peer that announces chunks and never serves them must not hold a download up for good.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Peer {
@@ -285,6 +289,8 @@ struct Peer {
     failures: u32,
     /// Not asked for chunks before this (it answered busy).
     busy_until: Duration,
+    /// Its first busy answer since it last delivered a chunk.
+    busy_since: Option<Duration>,
 }
 
 /// The schedule of one file's chunks.
@@ -608,9 +614,11 @@ impl FileScheduler {
                     } else {
                         self.uninterest(&peer);
                     }
-                    let (in_flight, busy_until) =
-                        self.peers.get(&peer).map_or((0, Duration::ZERO), |p| (p.in_flight, p.busy_until));
-                    self.peers.insert(peer, Peer { have, claimed, in_flight, failures: 0, busy_until });
+                    let (in_flight, busy_until, busy_since) = self
+                        .peers
+                        .get(&peer)
+                        .map_or((0, Duration::ZERO, None), |p| (p.in_flight, p.busy_until, p.busy_since));
+                    self.peers.insert(peer, Peer { have, claimed, in_flight, failures: 0, busy_until, busy_since });
                 }
             }
             Event::PeerGone(peer) => self.drop_peer(&peer),
@@ -663,6 +671,7 @@ impl FileScheduler {
                     && let Some(peer) = self.peers.get_mut(&p)
                 {
                     peer.failures = 0;
+                    peer.busy_since = None;
                 }
             }
             Event::Failed { index, peer, fault } => {
@@ -684,12 +693,8 @@ impl FileScheduler {
                         self.drop_peer(&peer);
                         out.push(Action::Ban(peer));
                     }
-                    Fault::Busy => {
-                        if let Some(p) = self.peers.get_mut(&peer) {
-                            p.busy_until = now + BUSY_BACKOFF;
-                        }
-                    }
-                    Fault::Unavailable => {
+                    Fault::Busy if self.wait_for_busy(&peer, now) => {}
+                    Fault::Busy | Fault::Unavailable => {
                         let drop = match self.peers.get_mut(&peer) {
                             Some(p) => {
                                 p.have.clear(index);
@@ -706,6 +711,15 @@ impl FileScheduler {
             }
         }
         out
+    }
+
+    /// A busy answer from `peer`: leaves it alone for [`BUSY_BACKOFF`], and says whether to
+    /// wait for it (true) or, after [`BUSY_PATIENCE`] of nothing but busy, to take the answer as
+    /// "cannot deliver".
+    fn wait_for_busy(&mut self, peer: &PeerId, now: Duration) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else { return false };
+        p.busy_until = now + BUSY_BACKOFF;
+        now.saturating_sub(*p.busy_since.get_or_insert(now)) < BUSY_PATIENCE
     }
 
     /// Frees the request slot a fetch from `source` held.
@@ -1044,6 +1058,7 @@ mod tests {
                 in_flight: 0,
                 failures: 0,
                 busy_until: Duration::ZERO,
+                busy_since: None,
             },
         );
         s.peers.insert(
@@ -1054,6 +1069,7 @@ mod tests {
                 in_flight: 0,
                 failures: 0,
                 busy_until: Duration::ZERO,
+                busy_since: None,
             },
         );
         // Chunk 1 has one holder, chunk 0 two: 1 goes first (to a), then 0 to b, the idle one.
@@ -1110,6 +1126,7 @@ mod tests {
                 in_flight: 0,
                 failures: 0,
                 busy_until: Duration::ZERO,
+                busy_since: None,
             },
         );
         assert_eq!(fetches(&s.assign(T0)), vec![(0, Source::Peer(a))]);
@@ -1171,6 +1188,27 @@ mod tests {
         // "Does not hold it" is another matter: the Hub then.
         let out = s.handle(Event::Failed { index: 0, peer: a, fault: Fault::Unavailable }, T0 + BUSY_BACKOFF);
         assert_eq!(hub_chunks(&out), vec![0]);
+    }
+
+    #[test]
+    fn a_holder_that_answers_nothing_but_busy_holds_nothing_up_for_long() {
+        let a = PeerId::random();
+        let mut s = FileScheduler::new(me(), 7, 2, [1], true, Limits::default());
+        let have = Event::Have { peer: a, have: bits(2, &[0]), downloading: false, claimed: Bitmap::default() };
+        let mut t = T0;
+        let mut out = s.handle(have.clone(), t);
+        // Asked again after every backoff, busy every time, its availability repeated meanwhile.
+        while fetches(&out).contains(&(0, Source::Peer(a))) {
+            assert!(t < BUSY_PATIENCE + BUSY_BACKOFF * 2, "still waiting for it at {t:?}");
+            out = s.handle(Event::Failed { index: 0, peer: a, fault: Fault::Busy }, t);
+            if !hub_chunks(&out).is_empty() {
+                break;
+            }
+            t += BUSY_BACKOFF;
+            out = s.handle(have.clone(), t);
+        }
+        assert_eq!(hub_chunks(&out), vec![0], "given up on at {t:?}");
+        assert!(t >= BUSY_PATIENCE, "given up on too soon, at {t:?}");
     }
 
     #[test]
