@@ -73,6 +73,29 @@ pub fn is_disk_full(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded || raw
 }
 
+/// Raises this process's limit on open files to its hard limit (at most 65,536) and returns the
+/// limit now in force; `None` where there is no such limit (Windows). A node holds a descriptor
+/// for every peer connection, and the usual soft limit (1,024) is less than a large swarm needs.
+pub fn raise_open_file_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+        // macOS reports an unlimited hard limit and refuses more than OPEN_MAX (10,240).
+        for want in [hard.min(65_536), hard.min(10_240)] {
+            if want <= soft {
+                break;
+            }
+            if setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+                return Some(want);
+            }
+        }
+        Some(soft)
+    }
+    #[cfg(windows)]
+    None
+}
+
 /// This process's effective uid (0 on Windows, which has none).
 pub fn euid() -> u32 {
     #[cfg(unix)]

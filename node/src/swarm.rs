@@ -432,8 +432,51 @@ pub struct Node {
     schedule: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// How many connections a node takes, from its budget of open files. Each connection holds a
+/// descriptor and, while it carries data, about half a MiB of buffers; without bounds anyone who
+/// reaches the peer port could open connections until the node can open no file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Connections in all, in and out (half the open files at most).
+    pub established: u32,
+    /// Of those, opened by the other side.
+    pub established_incoming: u32,
+    /// Inbound connections still in their handshake (at most 10 s each).
+    pub pending_incoming: u32,
+}
+
+impl PeerLimits {
+    /// The most connections in all, whatever the open-file limit: enough for a node to reach
+    /// every other one of a 1,000-node swarm, twice.
+    pub const MAX_ESTABLISHED: u32 = 2048;
+    /// The most inbound handshakes at once.
+    pub const MAX_PENDING_INCOMING: u32 = 64;
+
+    /// The limits for a process that may open `open_files` files (`None`: no such limit).
+    pub fn for_open_files(open_files: Option<u64>) -> Self {
+        let half = open_files.map_or(u64::MAX, |n| n / 2);
+        let established = half.min(u64::from(Self::MAX_ESTABLISHED)) as u32;
+        Self {
+            established,
+            established_incoming: established / 2,
+            pending_incoming: (established / 8).clamp(1, Self::MAX_PENDING_INCOMING),
+        }
+    }
+
+    fn to_libp2p(self) -> libp2p::connection_limits::ConnectionLimits {
+        libp2p::connection_limits::ConnectionLimits::default()
+            .with_max_established_per_peer(Some(2))
+            .with_max_established(Some(self.established))
+            .with_max_established_incoming(Some(self.established_incoming))
+            .with_max_pending_incoming(Some(self.pending_incoming))
+    }
+}
+
 fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
     let build = |e: &dyn std::fmt::Display| NodeError::Build(e.to_string());
+    let open_files = crate::os::raise_open_file_limit();
+    let limits = PeerLimits::for_open_files(open_files);
+    tracing::debug!(?open_files, ?limits, "peer connection limits");
     let behaviour = |key: &Keypair| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
         let peer_id = key.public().to_peer_id();
         let mut kad_cfg = kad::Config::new(StreamProtocol::new(wire::KAD_PROTOCOL));
@@ -448,9 +491,7 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
         kad.set_mode(Some(kad::Mode::Server));
         let mdns = if cfg.mdns { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
         Ok(Behaviour {
-            limits: libp2p::connection_limits::Behaviour::new(
-                libp2p::connection_limits::ConnectionLimits::default().with_max_established_per_peer(Some(2)),
-            ),
+            limits: libp2p::connection_limits::Behaviour::new(limits.to_libp2p()),
             mdns: mdns.into(),
             identify: identify::Behaviour::new(identify::Config::new(wire::IDENTIFY_VERSION.into(), key.public())),
             kad,
@@ -1558,6 +1599,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_limits_follow_the_open_file_limit() {
+        let l = PeerLimits::for_open_files(Some(1024));
+        assert_eq!((l.established, l.established_incoming, l.pending_incoming), (512, 256, 64));
+        for big in [Some(65_536), None] {
+            let l = PeerLimits::for_open_files(big);
+            assert_eq!((l.established, l.established_incoming, l.pending_incoming), (2048, 1024, 64));
+        }
+        let l = PeerLimits::for_open_files(Some(20));
+        assert_eq!((l.established, l.established_incoming, l.pending_incoming), (10, 5, 1));
+    }
 
     #[test]
     fn a_silent_peer_is_dialled_four_times_a_second_at_start_and_once_a_second_later() {

@@ -499,3 +499,50 @@ async fn a_swarm_key_mismatch_is_explained_in_the_log_and_counted() {
     assert!(st["peers"].as_array().expect("peers").is_empty(), "{st}");
     let _ = child.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_a_handshake_cannot_use_up_a_nodes_descriptors() {
+    // Before: the node took every inbound connection and held it for the 10 s handshake timeout,
+    // with no limit, so anyone who reached the peer port could use up its open files.
+    const FLOOD: usize = 300;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"));
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let cache_a = tmp.path().join("a");
+    let a = JoinNode::loopback(tmp.path(), &cache_a, &[]).await;
+    json(&get_via(tmp.path(), &hub, &cache_a, &[]).await);
+    let pid = a.child.id().expect("pid");
+    let descriptors = || std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the node's fds").count();
+    let before = descriptors();
+    let port: u16 = a.addr().split('/').nth(4).and_then(|p| p.parse().ok()).expect("tcp port in the address");
+    let mut flood = Vec::new();
+    for _ in 0..FLOOD {
+        flood.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect"));
+    }
+    // The connections beyond the handshake limit are closed at once, long before the timeout.
+    let limit = swarm_node::swarm::PeerLimits::MAX_PENDING_INCOMING as usize;
+    // End of stream or reset: closed by the node. Bytes or nothing yet: still open.
+    let closed = |flood: &[tokio::net::TcpStream]| {
+        let mut byte = [0u8; 1];
+        flood
+            .iter()
+            .filter(|s| match s.try_read(&mut byte) {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            })
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while closed(&flood) < FLOOD - limit && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed(&flood) >= FLOOD - limit, "{} of {FLOOD} closed within 5 s", closed(&flood));
+    let held = descriptors().saturating_sub(before);
+    assert!(held <= limit, "the node holds {held} more descriptors than before the flood");
+    // Once the flood is gone, a real peer connects and gets the repo from the node.
+    drop(flood);
+    let cache_b = tmp.path().join("b");
+    let out = json(&get_via(tmp.path(), &hub, &cache_b, &["--peer", a.addr()]).await);
+    assert_eq!(out["bytes_from_peers"], out["bytes"], "{out}");
+    assert_snapshot(&only_snapshot(&cache_b.join("models--org--model")), &repo.files);
+}

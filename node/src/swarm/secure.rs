@@ -39,8 +39,12 @@ const MAX_MESSAGE: usize = 65_535;
 const TAG: usize = 16;
 /// The most plaintext one message carries.
 const MAX_PLAIN: usize = MAX_MESSAGE - TAG;
-/// The receive buffer: room for four whole frames.
+/// The receive buffer of a connection that carries data: room for four whole frames.
 const RX_BUF: usize = 4 * (2 + MAX_MESSAGE);
+/// The receive buffer a connection starts with. Most connections only ever carry small messages
+/// (DHT, identify, availability), and a node may hold a connection to every other node of a large
+/// swarm: it grows to [`RX_BUF`] when a frame does not fit or a read fills it.
+const RX_START: usize = 4 << 10;
 
 /// Why a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -203,17 +207,19 @@ pub struct Output<C> {
     state: snow::TransportState,
     /// Bytes read from the socket and not yet decrypted: `rx[rx_start..rx_end]`, whole frames
     /// and the start of the next. Reads take as much as the socket has (up to [`RX_BUF`]), not
-    /// one length prefix and then one message: a quarter of the syscalls.
+    /// one length prefix and then one message: a quarter of the syscalls. [`RX_START`] bytes
+    /// until the connection carries more.
     rx: Vec<u8>,
     rx_start: usize,
     rx_end: usize,
-    /// Decrypted bytes not yet handed to the reader: `plain[plain_pos..plain_len]`.
+    /// Decrypted bytes not yet handed to the reader: `plain[plain_pos..plain_len]`. As large as
+    /// the largest message a reader asked for less of.
     plain: Vec<u8>,
     plain_pos: usize,
     plain_len: usize,
     /// Plaintext waiting to be sealed into the next frame (at most `MAX_PLAIN`).
     pending: Vec<u8>,
-    /// A sealed frame being written: `tx[tx_pos..tx_len]`.
+    /// A sealed frame being written: `tx[tx_pos..tx_len]`. As large as the largest frame yet.
     tx: Vec<u8>,
     tx_pos: usize,
     tx_len: usize,
@@ -230,21 +236,26 @@ impl<C> Output<C> {
         Self {
             io,
             state,
-            rx: vec![0; RX_BUF],
+            rx: vec![0; RX_START],
             rx_start: 0,
             rx_end: 0,
-            plain: vec![0; MAX_MESSAGE],
+            plain: Vec::new(),
             plain_pos: 0,
             plain_len: 0,
-            pending: Vec::with_capacity(MAX_PLAIN),
-            tx: vec![0; 2 + MAX_MESSAGE],
+            pending: Vec::new(),
+            tx: Vec::new(),
             tx_pos: 0,
             tx_len: 0,
         }
     }
 
-    /// Seals `plain` into `tx` (which must be empty).
-    fn seal(state: &mut snow::TransportState, plain: &[u8], tx: &mut [u8]) -> io::Result<usize> {
+    /// Seals `plain` (at most [`MAX_PLAIN`] bytes) into `tx` (which must be empty), growing it
+    /// to fit.
+    fn seal(state: &mut snow::TransportState, plain: &[u8], tx: &mut Vec<u8>) -> io::Result<usize> {
+        let need = 2 + plain.len() + TAG;
+        if tx.len() < need {
+            tx.resize(need.next_power_of_two().min(2 + MAX_MESSAGE), 0);
+        }
         let n = state.write_message(plain, &mut tx[2..]).map_err(invalid)?;
         tx[..2].copy_from_slice(&(n as u16).to_be_bytes());
         Ok(2 + n)
@@ -283,22 +294,24 @@ impl<C: AsyncRead + Unpin> AsyncRead for Output<C> {
             }
             // A whole frame in the buffer: its 2-byte length, then its message.
             let have = this.rx_end - this.rx_start;
-            let frame = if have >= 2 {
-                let len = u16::from_be_bytes([this.rx[this.rx_start], this.rx[this.rx_start + 1]]) as usize;
-                // Even an empty message carries its tag.
-                if len < TAG {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "noise: short frame")));
-                }
-                (have >= 2 + len).then_some(len)
-            } else {
-                None
-            };
-            let Some(len) = frame else {
+            let declared =
+                (have >= 2).then(|| u16::from_be_bytes([this.rx[this.rx_start], this.rx[this.rx_start + 1]]));
+            // Even an empty message carries its tag.
+            if declared.is_some_and(|len| (len as usize) < TAG) {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "noise: short frame")));
+            }
+            let frame_len = declared.map_or(2, |len| 2 + len as usize);
+            if have < frame_len {
                 // Not yet: make room for a whole frame after what is there, then read.
-                if this.rx_end + 2 + MAX_MESSAGE > RX_BUF {
+                if this.rx_start > 0 && this.rx_end + 2 + MAX_MESSAGE > this.rx.len() {
                     this.rx.copy_within(this.rx_start..this.rx_end, 0);
                     this.rx_end = have;
                     this.rx_start = 0;
+                }
+                // A frame longer than the buffer, or a buffer the socket fills: this connection
+                // carries data.
+                if this.rx.len() < RX_BUF && (frame_len > this.rx.len() || this.rx_end == this.rx.len()) {
+                    this.rx.resize(RX_BUF, 0);
                 }
                 let n = ready!(Pin::new(&mut this.io).poll_read(cx, &mut this.rx[this.rx_end..]))?;
                 if n == 0 {
@@ -306,7 +319,8 @@ impl<C: AsyncRead + Unpin> AsyncRead for Output<C> {
                 }
                 this.rx_end += n;
                 continue;
-            };
+            }
+            let len = frame_len - 2;
             let message = &this.rx[this.rx_start + 2..this.rx_start + 2 + len];
             this.rx_start += 2 + len;
             if this.rx_start == this.rx_end {
@@ -320,6 +334,9 @@ impl<C: AsyncRead + Unpin> AsyncRead for Output<C> {
                     return Poll::Ready(Ok(n));
                 }
                 continue;
+            }
+            if this.plain.len() < message.len() {
+                this.plain.resize(message.len().next_power_of_two().min(MAX_MESSAGE), 0);
             }
             this.plain_len = this.state.read_message(message, &mut this.plain).map_err(invalid)?;
             this.plain_pos = 0;
@@ -485,6 +502,46 @@ mod tests {
         let ((), got) = tokio::join!(writer, reader);
         assert_eq!(got.len(), plain.len());
         assert!(got == plain, "plaintext differs");
+    }
+
+    #[tokio::test]
+    async fn a_connection_holds_large_buffers_only_once_it_carries_data() {
+        let (ra, rb) = connect(&node(b""), &node(b"")).await;
+        let (mut ta, mut tb) = (ra.expect("initiator handshake").1, rb.expect("responder handshake").1);
+        fn held<C>(o: &Output<C>) -> usize {
+            o.rx.len() + o.plain.len() + o.pending.capacity() + o.tx.len()
+        }
+        // Small messages both ways, read through smaller buffers, as DHT and identify exchange.
+        for round in 0..5u8 {
+            ta.write_all(&[round; 300]).await.expect("write");
+            ta.flush().await.expect("flush");
+            tb.write_all(&[round; 200]).await.expect("write");
+            tb.flush().await.expect("flush");
+            let (mut x, mut y) = ([0u8; 300], [0u8; 200]);
+            for part in x.chunks_mut(12) {
+                tb.read_exact(part).await.expect("read");
+            }
+            ta.read_exact(&mut y).await.expect("read");
+            assert!(x == [round; 300] && y == [round; 200]);
+        }
+        assert!(held(&ta) <= 8 << 10 && held(&tb) <= 8 << 10, "{} and {} bytes held", held(&ta), held(&tb));
+        // A megabyte: the receiver's buffer grows to its full size, and the bytes arrive intact.
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = async move {
+            ta.write_all(&sent).await.expect("write");
+            ta.close().await.expect("close");
+        };
+        let reader = async move {
+            let mut got = vec![0u8; 1_000_000];
+            for part in got.chunks_mut(1000) {
+                tb.read_exact(part).await.expect("read");
+            }
+            (got, tb.rx.len())
+        };
+        let ((), (got, rx)) = tokio::join!(writer, reader);
+        assert!(got == data, "plaintext differs");
+        assert_eq!(rx, RX_BUF);
     }
 
     #[tokio::test]
