@@ -225,7 +225,7 @@ def main():
     ap.add_argument("--scenarios", default="together", help="comma-separated: " + ",".join(SCENARIOS))
     ap.add_argument("--runs", type=int, default=1, help="runs per scenario and N; the worst is reported")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--log", help="keep each get's log (info, fetch at debug) in this directory")
+    ap.add_argument("--log", help="keep each get's log (info, fetch at debug) in this directory, one folder per run")
     ap.add_argument("--metrics", help="join scenarios: write each join node's /metrics after the last run to this file")
     ap.add_argument("--binary", default=BIN, help="swarm-dl binary to measure (default: the release build, built here)")
     args = ap.parse_args()
@@ -252,7 +252,10 @@ def main():
             for tool, sc in cases:
                 runs = []
                 for k in range(args.runs):
-                    r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary, args.log,
+                    log_dir = os.path.join(args.log, f"run{k + 1}") if args.log else None
+                    if log_dir:
+                        os.makedirs(log_dir, exist_ok=True)
+                    r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary, log_dir,
                                   args.metrics)
                     runs.append(r)
                     print(f"N={n} {tool} {sc} run {k + 1}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "

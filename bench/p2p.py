@@ -212,6 +212,9 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "swarm-dl"], cwd=ROOT, check=True)
     else:
         BIN = args.binary
+    if args.phases and "no symbols" in subprocess.run(["nm", BIN], capture_output=True, text=True).stderr:
+        sys.exit(f"{BIN} has no symbols, so --phases could not tell sha256, BLAKE3 and encryption apart: "
+                 "build `cargo build --profile profiling` and pass --binary target/profiling/swarm-dl")
     if args.private:
         key = os.path.join(tempfile.mkdtemp(prefix="swarm-dl-p2p-key-"), "swarm.key")
         subprocess.run([BIN, "keygen", key], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

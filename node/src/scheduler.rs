@@ -763,6 +763,8 @@ impl FileScheduler {
                     && (self.owner(c) == p || self.peers.get(&p).is_some_and(|q| q.claimed.get(c)))
             });
             if owes && let Some(i) = self.interested.get_mut(&p) {
+                tracing::info!(peer = %p, idle_s = now.saturating_sub(i.last_growth).as_secs(), hub_bytes = i.progress,
+                    "passed over an owner whose Hub bytes for the file stopped growing");
                 i.stalled = true;
                 self.live_interested -= 1;
                 self.member_left(&p);
@@ -830,7 +832,15 @@ impl FileScheduler {
                     work_left = true;
                     break;
                 }
-                if self.natural_owner(i) != self.me {
+                let natural = self.natural_owner(i);
+                if natural != self.me {
+                    let why = match self.interested.get(&natural) {
+                        Some(o) if o.stalled => "stalled",
+                        Some(_) => "downloading",
+                        None if self.peers.contains_key(&natural) => "not downloading the file",
+                        None => "gone",
+                    };
+                    tracing::info!(chunk = i, owner = %natural, owner_is = why, "taking over a chunk at the Hub");
                     self.takeovers += 1;
                 }
                 self.hub_in_flight += 1;
