@@ -21,8 +21,10 @@
 //!   node holds, what its peers hold, and what they said has ([`Event::Landed`]), so the window
 //!   slides for nodes that do not see each other.
 //! - An owner that leaves loses its chunks at once (they hash to the others); one that owes
-//!   chunks and has made no progress for [`Limits::stall_after`] is passed over until it
-//!   progresses again. Progress is bytes arriving from the Hub ([`Event::Progress`], announced
+//!   Hub work (a chunk nobody holds that it claims, or an unclaimed one of its own inside the
+//!   Hub window) and has made no progress for [`Limits::stall_after`] since it began to owe it
+//!   is passed over until it progresses again. An owner whose chunks lie past the window waits
+//!   for its turn and is not judged. Progress is bytes arriving from the Hub ([`Event::Progress`], announced
 //!   with availability), not only chunks completed: behind a slow, shared uplink a chunk takes
 //!   long, and judging owners by chunks passed healthy ones over and made the uplink busier
 //!   still. Chunks fetched from the Hub that this node no longer owns (nodes it has just met
@@ -249,6 +251,8 @@ struct Interest {
     /// Bytes it has received from the Hub for the file, as last heard.
     progress: u64,
     last_growth: Duration,
+    /// Since when it has owed Hub work without a break, as seen at the stall checks.
+    owing_since: Option<Duration>,
     stalled: bool,
     /// [`node_hash`] of the peer, computed once.
     hash: u64,
@@ -337,6 +341,28 @@ pub struct FileScheduler {
     release_checked: u64,
     /// Chunks peers said have left the Hub ([`Event::Landed`]).
     landed: Bitmap,
+    /// Why the last placement started no more Hub fetches (for the log).
+    hub_wait: HubWait,
+}
+
+/// What kept chunks from the Hub at the last placement: the chunks no peer holds, by reason.
+/// Logged by the driver when it changes, to tell an owner that waits from one that stalls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HubWait {
+    /// Owned by another node.
+    pub others: u32,
+    /// Owned here, but another node already fetches them.
+    pub claimed: u32,
+    /// Owned here, past the swarm-wide window.
+    pub beyond_window: u32,
+    /// Owned here and in the window, but the Hub requests allowed were all in flight.
+    pub over_limit: bool,
+    /// The first chunk past the swarm-wide window.
+    pub window_end: u32,
+    /// Hub requests allowed at once.
+    pub limit: u32,
+    /// Hub requests in flight after placing.
+    pub in_flight: u32,
 }
 
 impl FileScheduler {
@@ -382,6 +408,7 @@ impl FileScheduler {
             membership: 0,
             release_checked: 0,
             landed: Bitmap::new(count),
+            hub_wait: HubWait::default(),
         }
     }
 
@@ -402,6 +429,11 @@ impl FileScheduler {
     /// Chunks this node fetched from the Hub that another node owned (it left or stalled).
     pub fn takeovers(&self) -> u32 {
         self.takeovers
+    }
+
+    /// What kept chunks from the Hub at the last placement.
+    pub fn hub_wait(&self) -> HubWait {
+        self.hub_wait
     }
 
     /// Hub fetches stopped early because nodes met mid-file own the chunk.
@@ -463,7 +495,7 @@ impl FileScheduler {
         let mut revived = false;
         let i = self.interested.entry(peer).or_insert_with(|| {
             changed = true;
-            Interest { held, progress: 0, last_growth: now, stalled: false, hash: node_hash(&peer) }
+            Interest { held, progress: 0, last_growth: now, owing_since: None, stalled: false, hash: node_hash(&peer) }
         });
         if held > i.held {
             revived = i.stalled;
@@ -745,27 +777,40 @@ impl FileScheduler {
     pub fn assign(&mut self, now: Duration) -> Vec<Action> {
         let started = *self.started.get_or_insert(now);
         self.warming_up = now.saturating_sub(started) < self.limits.warmup;
-        // Owners that owe chunks and have not grown for too long are passed over.
+        let mut holders: Vec<(u32, u32)> = Vec::new(); // (holder count, index)
+        let mut hub_only = Vec::new();
+        for (i, c) in self.chunks.iter().enumerate() {
+            if *c != Chunk::Missing {
+                continue;
+            }
+            let i = i as u32;
+            let n = self.peers.values().filter(|p| p.have.get(i)).count() as u32;
+            if n == 0 { hub_only.push(i) } else { holders.push((n, i)) }
+        }
+        holders.sort_unstable();
+        // Owners that owe Hub work and have not grown for too long are passed over.
         let stall_after = self.limits.stall_after;
-        let mut stalled = Vec::new();
         if self.last_stall_check.is_none_or(|t| now.saturating_sub(t) >= Duration::from_secs(1)) {
             self.last_stall_check = Some(now);
-            for (p, i) in &self.interested {
-                if !i.stalled && now.saturating_sub(i.last_growth) > stall_after {
+            let owing = self.owing(&hub_only);
+            let mut stalled = Vec::new();
+            for (p, i) in &mut self.interested {
+                if i.stalled {
+                    continue;
+                }
+                if !owing.contains(p) {
+                    i.owing_since = None;
+                    continue;
+                }
+                let since = *i.owing_since.get_or_insert(now);
+                if now.saturating_sub(since.max(i.last_growth)) > stall_after {
+                    tracing::info!(peer = %p, idle_s = now.saturating_sub(i.last_growth).as_secs(), hub_bytes = i.progress,
+                        "passed over an owner whose Hub bytes for the file stopped growing");
+                    i.stalled = true;
                     stalled.push(*p);
                 }
             }
-        }
-        for p in stalled {
-            let owes = (0..self.chunks.len() as u32).any(|c| {
-                self.chunks[c as usize] == Chunk::Missing
-                    && !self.held_by_any(c)
-                    && (self.owner(c) == p || self.peers.get(&p).is_some_and(|q| q.claimed.get(c)))
-            });
-            if owes && let Some(i) = self.interested.get_mut(&p) {
-                tracing::info!(peer = %p, idle_s = now.saturating_sub(i.last_growth).as_secs(), hub_bytes = i.progress,
-                    "passed over an owner whose Hub bytes for the file stopped growing");
-                i.stalled = true;
+            for p in stalled {
                 self.live_interested -= 1;
                 self.member_left(&p);
             }
@@ -785,17 +830,6 @@ impl FileScheduler {
                 }
             }
         }
-        let mut holders: Vec<(u32, u32)> = Vec::new(); // (holder count, index)
-        let mut hub_only = Vec::new();
-        for (i, c) in self.chunks.iter().enumerate() {
-            if *c != Chunk::Missing {
-                continue;
-            }
-            let i = i as u32;
-            let n = self.peers.values().filter(|p| p.have.get(i)).count() as u32;
-            if n == 0 { hub_only.push(i) } else { holders.push((n, i)) }
-        }
-        holders.sort_unstable();
         // Whether some chunk could still start as soon as a slot frees (no endgame then).
         let mut work_left = false;
         for (_, i) in holders {
@@ -816,19 +850,29 @@ impl FileScheduler {
         if self.hub_allowed {
             let limit = self.hub_limit();
             let window_end = self.hub_window_end(&hub_only);
+            let mut wait = HubWait { window_end, limit, ..HubWait::default() };
             for i in hub_only {
-                if self.owner_cached(i) != self.me || self.claimed_by_live_peer(i) {
-                    // Its owner (or whoever already fetches it) will have it soon. Until then
-                    // this is not the end of the file: no endgame.
+                if self.owner_cached(i) != self.me {
+                    // Its owner will have it soon. Until then this is not the end of the file:
+                    // no endgame.
+                    wait.others += 1;
+                    work_left = true;
+                    continue;
+                }
+                if self.claimed_by_live_peer(i) {
+                    // Whoever already fetches it will have it soon.
+                    wait.claimed += 1;
                     work_left = true;
                     continue;
                 }
                 if i >= window_end {
                     // Its turn at the Hub has not come (the swarm-wide window is full).
+                    wait.beyond_window += 1;
                     work_left = true;
                     continue;
                 }
                 if self.hub_in_flight >= limit {
+                    wait.over_limit = true;
                     work_left = true;
                     break;
                 }
@@ -847,6 +891,8 @@ impl FileScheduler {
                 self.chunks[i as usize] = Chunk::InFlight { source: Source::Hub, since: now, dup: None, arrived: 0 };
                 out.push(Action::Fetch { index: i, source: Source::Hub });
             }
+            wait.in_flight = self.hub_in_flight;
+            self.hub_wait = wait;
         }
         if !work_left {
             out.extend(self.endgame(now));
@@ -914,8 +960,32 @@ impl FileScheduler {
         if self.live_interested > 0 { slow.max(self.limits.stall_after) } else { slow }
     }
 
-    fn held_by_any(&self, index: u32) -> bool {
-        self.peers.values().any(|p| p.have.get(index))
+    /// The peers that owe Hub work now, as this node sees it: those fetching a chunk that nobody
+    /// holds yet (they claimed it), and the owners of unclaimed such chunks inside the Hub
+    /// window. Only these can stall. An owner whose chunks all lie past the window waits for
+    /// its turn: judged by every chunk it owned, 16 nodes at 100 Mbit/s passed over the node that
+    /// had started first (it had fetched its early chunks and waited 47-56 s for the window),
+    /// and took 2-5 of its chunks per run.
+    fn owing(&mut self, hub_only: &[u32]) -> HashSet<PeerId> {
+        let mut nobody_holds = Bitmap::new(self.chunks.len() as u32);
+        for &c in hub_only {
+            nobody_holds.set(c);
+        }
+        let live = |id: &PeerId| self.interested.get(id).is_some_and(|i| !i.stalled);
+        let mut out: HashSet<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| live(id) && p.claimed.0.iter().zip(&nobody_holds.0).any(|(a, b)| a & b != 0))
+            .map(|(id, _)| *id)
+            .collect();
+        let window_end = self.hub_window_end(hub_only);
+        for &c in hub_only.iter().take_while(|&&c| c < window_end) {
+            if !self.landed.get(c) && !self.claimed_by_live_peer(c) {
+                out.insert(self.owner_cached(c));
+            }
+        }
+        out.remove(&self.me);
+        out
     }
 
     /// A peer fetches it from the Hub now, and is not stalled.
@@ -1350,6 +1420,36 @@ mod tests {
         let rest = hub_chunks(&s.assign(Duration::from_secs(11)));
         assert_eq!(mine.len() + rest.len(), 32);
         assert_eq!(s.takeovers() as usize, rest.len());
+    }
+
+    #[test]
+    fn an_owner_waiting_for_the_window_is_judged_only_from_when_its_turn_comes() {
+        // The first of 16 nodes had fetched its early chunks and then waited 47-56 s for the Hub
+        // window to reach its next ones; judged by every chunk it owned, the others passed it
+        // over after 18 s of that wait and took its chunks as soon as the window reached them.
+        let limits = Limits { hub: 1000, hub_window: 1, stall_after: Duration::from_secs(10), ..Limits::default() };
+        let (me, other) = loop {
+            let (a, b) = (PeerId::random(), PeerId::random());
+            if score(&a, 1, 0) > score(&b, 1, 0) && score(&b, 1, 1) > score(&a, 1, 1) {
+                break (a, b);
+            }
+        };
+        let mut s = FileScheduler::new(me, 1, 8, [], true, limits);
+        let joined = Event::Have { peer: other, have: bits(8, &[]), downloading: true, claimed: Bitmap::default() };
+        assert_eq!(hub_chunks(&s.handle(joined, T0)), vec![0], "the window holds chunk 0, this node's");
+        for t in 1..=30 {
+            assert!(hub_chunks(&s.assign(Duration::from_secs(t))).is_empty(), "at {t} s");
+        }
+        // Chunk 0 is done: the window moves on to chunk 1, the other node's. Its stall time starts.
+        let next = hub_chunks(&s.handle(Event::Done { index: 0, source: Source::Hub }, Duration::from_secs(30)));
+        assert!(next.is_empty(), "{next:?}");
+        for t in 31..=41 {
+            assert!(hub_chunks(&s.assign(Duration::from_secs(t))).is_empty(), "passed over at {t} s");
+        }
+        // Passed over, it leaves this node alone on the file: the rest, chunk 1 first.
+        let got = hub_chunks(&s.assign(Duration::from_secs(42)));
+        assert_eq!(got.first(), Some(&1), "{got:?}");
+        assert!(s.takeovers() >= 1);
     }
 
     #[test]

@@ -1290,7 +1290,17 @@ impl EventLoop {
                 }
                 self.shared.peers_changed.notify_waiters();
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, cause: Some(cause), num_established, .. }
+                if num_established > 0 =>
+            {
+                // One of two connections to the peer (both ends dialled at once) failed: the
+                // streams on it fail, the peer stays.
+                tracing::info!(peer = %peer_id, %cause, "a connection to a peer failed");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, cause, .. } => {
+                if let Some(cause) = cause {
+                    tracing::info!(peer = %peer_id, %cause, "the connection to a peer failed");
+                }
                 self.redial_static_now();
                 tracing::info!(peer = %peer_id, "peer disconnected");
                 lock(&self.shared.connected).remove(&peer_id);

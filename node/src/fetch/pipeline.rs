@@ -215,6 +215,9 @@ pub(crate) async fn fetch_chunks(
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut jobs = 0u64;
     let mut next_refresh = tokio::time::Instant::now();
+    // The last "owns chunks, fetches none from the Hub" state logged (owners that wait look
+    // stalled to the others).
+    let mut idle_logged = None;
     if let Some(node) = node
         && asks_peers
     {
@@ -425,6 +428,15 @@ pub(crate) async fn fetch_chunks(
                 }
                 report_arrivals(&mut sched, &running, &layout);
                 actions.extend(sched.assign(now()));
+                let wait = sched.hub_wait();
+                let idle = (wait.in_flight == 0 && wait.claimed + wait.beyond_window > 0).then_some(wait);
+                if idle != idle_logged {
+                    if let Some(w) = idle {
+                        tracing::debug!(file = %f.path, owned_claimed_elsewhere = w.claimed, owned_past_window = w.beyond_window,
+                            window_end = w.window_end, others = w.others, "owns chunks but fetches none from the Hub");
+                    }
+                    idle_logged = idle;
+                }
             }
         }
     };
