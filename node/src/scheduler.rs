@@ -72,7 +72,8 @@ pub enum Source {
 pub enum Fault {
     /// The peer could not deliver (gone, not held, timeout): try elsewhere.
     Unavailable,
-    /// The peer holds the chunk but had no upload slot free: it keeps the chunk, and is asked
+    /// The peer holds the chunk but had no upload slot free (or dropped the streams opened to
+    /// it, its queue of new streams full): it keeps the chunk, and is asked
     /// again after [`BUSY_BACKOFF`] (or another holder is). Taking "busy" for "does not hold
     /// it" sent chunks whose only holder was busy to the Hub: 16 nodes at 100 Mbit/s pulled up
     /// to 1.062x the repo from the Hub, every extra chunk right after a "busy".

@@ -287,6 +287,30 @@ async fn a_holder_that_hangs_mid_chunk_loses_its_chunks_to_endgame_copies_from_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_drops_new_streams_for_a_while_is_asked_again_rather_than_the_hub() {
+    // Before: a stream the holder dropped unanswered (its queue of new streams full, as under
+    // load at 16 nodes) counted as "does not hold the chunk", and the chunk went to the Hub.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 24 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_h, cache_d) = (tmp.path().join("holder"), tmp.path().join("d"));
+    seed(tmp.path(), &hub, &cache_h).await;
+    let holder = in_process_node(&cache_h, vec![], Some(ServeFault::DropStreams)).await;
+    let me = in_process_node(&cache_d, holder.handle().listen_addrs(), None).await;
+    me.handle().wait_connected(&[holder.handle().peer_id()], Duration::from_secs(10)).await;
+    let before = hub.stats().file_bytes();
+    let client = HubClient::new(HubConfig { endpoint: hub.endpoint.clone(), ..HubConfig::default() }).expect("client");
+    let req = get_request(&cache_d, &me);
+    let out = fetch::get(&req, Some(client), Arc::new(Progress::default())).await.expect("the download completes");
+    assert_snapshot(&only_snapshot(&cache_d.join("models--org--model")), &repo.files);
+    assert_eq!(hub.stats().file_bytes() - before, 0, "no chunk went to the Hub: {out:?}");
+    assert_eq!(out.bytes_from_peers, out.bytes_selected, "{out:?}");
+    for n in [me, holder] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_different_swarm_keys_exchange_no_byte() {
     let tmp = tempfile::tempdir().expect("tmp");
     let repo = model(&tmp.path().join("hub"), 9 << 20);

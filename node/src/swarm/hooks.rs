@@ -14,7 +14,14 @@ pub enum ServeFault {
     ForgeRecords,
     /// Send a chunk's header and first slice, then nothing more (a peer that hangs).
     Stall,
+    /// Drop the first [`DROPPED_STREAMS`] chunk streams opened to it unanswered, as a node does
+    /// whose queue of new streams is full (an honest holder under load).
+    DropStreams,
 }
+
+/// How many streams [`ServeFault::DropStreams`] drops.
+#[cfg(feature = "test-hooks")]
+pub const DROPPED_STREAMS: u32 = 12;
 
 /// The misbehaviour a node was built with: none, outside tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,6 +54,19 @@ impl Hooks {
         return self.fault == Some(ServeFault::Stall);
         #[cfg(not(feature = "test-hooks"))]
         false
+    }
+}
+
+impl Hooks {
+    /// Drops the `n`-th chunk stream opened to this node (counting from 0) unanswered.
+    pub fn drops_stream(&self, n: u32) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.fault == Some(ServeFault::DropStreams) && n < DROPPED_STREAMS;
+        #[cfg(not(feature = "test-hooks"))]
+        {
+            let _ = n;
+            false
+        }
     }
 }
 

@@ -85,7 +85,8 @@ pub enum PeerFetchError {
     /// The peer could not deliver: ask someone else.
     #[error("{0}")]
     Unavailable(String),
-    /// The peer holds the chunk but has no upload slot free now: ask it again a little later.
+    /// The peer holds the chunk but has no upload slot free now, or dropped the streams opened
+    /// to it unanswered: ask it again a little later.
     #[error("peer is busy")]
     Busy,
     /// The peer's bytes do not match the record it gave for them: ban it.
@@ -152,7 +153,13 @@ impl Transfer {
                 return;
             }
         };
+        let mut accepted = 0u32;
         while let Some((peer, stream)) = incoming.next().await {
+            accepted = accepted.saturating_add(1);
+            if self.hooks.drops_stream(accepted - 1) {
+                drop(stream);
+                continue;
+            }
             let (me, holdings) = (self.clone(), holdings.clone());
             tokio::spawn(async move {
                 if let Err(e) = me.serve_stream(peer, stream, holdings).await {
@@ -249,6 +256,11 @@ impl Transfer {
     /// until the first answer arrives: the answer proves the peer accepted the stream, so the
     /// next open cannot find its one-slot inbound queue full. Other askers can still fill it, so
     /// a failed open is retried a few times with a short backoff.
+    ///
+    /// When every attempt opened a stream and the peer dropped it unanswered, the peer is busy
+    /// (its queue of new streams was full), not without the chunk: at 16 nodes the holder of
+    /// the first chunks dropped streams now and then ("connection is closed"), the asker took
+    /// that for "does not hold it", and the chunk went to the Hub.
     async fn open_and_ask(&self, peer: PeerId, req: &ChunkRequest) -> Result<(Stream, ChunkHeader), PeerFetchError> {
         let lock = {
             let mut m = self.opening.lock().unwrap_or_else(|p| p.into_inner());
@@ -256,6 +268,7 @@ impl Transfer {
         };
         let _one_open = lock.lock().await;
         let mut last = String::new();
+        let mut dropped = 0;
         for attempt in 0..OPEN_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
@@ -277,8 +290,17 @@ impl Transfer {
             };
             match self.ask(&mut stream, req).await {
                 Ok(h) => return Ok((stream, h)),
-                Err(e) => last = e.to_string(),
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::TimedOut {
+                        dropped += 1;
+                    }
+                    last = e.to_string();
+                }
             }
+        }
+        if dropped == OPEN_ATTEMPTS {
+            tracing::debug!(%peer, chunk = req.index, why = %last, "peer dropped every stream opened to it");
+            return Err(PeerFetchError::Busy);
         }
         Err(PeerFetchError::Unavailable(last))
     }
