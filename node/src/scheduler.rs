@@ -356,12 +356,8 @@ pub struct HubWait {
     pub claimed: u32,
     /// Owned here, past the swarm-wide window.
     pub beyond_window: u32,
-    /// Owned here and in the window, but the Hub requests allowed were all in flight.
-    pub over_limit: bool,
     /// The first chunk past the swarm-wide window.
     pub window_end: u32,
-    /// Hub requests allowed at once.
-    pub limit: u32,
     /// Hub requests in flight after placing.
     pub in_flight: u32,
 }
@@ -850,8 +846,9 @@ impl FileScheduler {
         }
         if self.hub_allowed {
             let limit = self.hub_limit();
+            // After the stall check: an owner passed over may leave this node alone on the file.
             let window_end = self.hub_window_end(&hub_only);
-            let mut wait = HubWait { window_end, limit, ..HubWait::default() };
+            let mut wait = HubWait { window_end, ..HubWait::default() };
             for i in hub_only {
                 if self.owner_cached(i) != self.me {
                     // Its owner will have it soon. Until then this is not the end of the file:
@@ -873,7 +870,6 @@ impl FileScheduler {
                     continue;
                 }
                 if self.hub_in_flight >= limit {
-                    wait.over_limit = true;
                     work_left = true;
                     break;
                 }

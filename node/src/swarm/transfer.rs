@@ -155,8 +155,9 @@ impl Transfer {
         };
         let mut accepted = 0u32;
         while let Some((peer, stream)) = incoming.next().await {
+            let n = accepted;
             accepted = accepted.saturating_add(1);
-            if self.hooks.drops_stream(accepted - 1) {
+            if self.hooks.drops_stream(n) {
                 drop(stream);
                 continue;
             }
