@@ -1358,6 +1358,14 @@ impl EventLoop {
             BehaviourEvent::Have(request_response::Event::Message { peer, message, .. }) => match message {
                 request_response::Message::Request { request, channel, .. } => {
                     let holdings = self.shared.holdings.clone();
+                    if holdings.hooks().withholds_availability() {
+                        // Holds the question open: the asker waits for its request timeout.
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(600)).await;
+                            drop(channel);
+                        });
+                        return;
+                    }
                     self.answer_later(
                         peer,
                         HaveResponse::none(),

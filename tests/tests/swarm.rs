@@ -311,6 +311,38 @@ async fn a_holder_that_drops_new_streams_for_a_while_is_asked_again_rather_than_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_what_it_holds_holds_no_download_up() {
+    // Before: the downloader asked every peer what it held and waited for every answer before
+    // it placed a chunk or took one in, so one silent peer held the download for the request
+    // timeout (120 s) at every round. Now answers are taken as they come, and the first chunks
+    // are placed once the others have answered and FIRST_ANSWERS_WAIT has passed.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = model(&tmp.path().join("hub"), 24 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_h, cache_s, cache_d) = (tmp.path().join("holder"), tmp.path().join("silent"), tmp.path().join("d"));
+    seed(tmp.path(), &hub, &cache_h).await;
+    let holder = in_process_node(&cache_h, vec![], None).await;
+    let silent = in_process_node(&cache_s, vec![], Some(ServeFault::WithholdAvailability)).await;
+    let mut peers = holder.handle().listen_addrs();
+    peers.extend(silent.handle().listen_addrs());
+    let me = in_process_node(&cache_d, peers, None).await;
+    me.handle().wait_connected(&[holder.handle().peer_id(), silent.handle().peer_id()], Duration::from_secs(10)).await;
+    let before = hub.stats().file_bytes();
+    let client = HubClient::new(HubConfig { endpoint: hub.endpoint.clone(), ..HubConfig::default() }).expect("client");
+    let req = get_request(&cache_d, &me);
+    let out =
+        tokio::time::timeout(Duration::from_secs(60), fetch::get(&req, Some(client), Arc::new(Progress::default())))
+            .await
+            .expect("the download does not wait for the silent peer's answers")
+            .expect("the download completes");
+    assert_snapshot(&only_snapshot(&cache_d.join("models--org--model")), &repo.files);
+    assert_eq!(hub.stats().file_bytes() - before, 0, "every chunk came from the holder: {out:?}");
+    for n in [me, holder, silent] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_with_different_swarm_keys_exchange_no_byte() {
     let tmp = tempfile::tempdir().expect("tmp");
     let repo = model(&tmp.path().join("hub"), 9 << 20);

@@ -5,7 +5,8 @@
 //! a chunk into a [`ChunkWriter`]; one [`Job`] path takes a slot, writes, hashes, checks and
 //! commits, whatever the source. Without a node the scheduler simply has no peers. Availability is asked of every connected peer
 //! (and of DHT providers) when the file starts and again every [`REFRESH`] while chunks are
-//! missing, so chunks that appear at peers mid-download are taken from them. Every chunk from a
+//! missing, so chunks that appear at peers mid-download are taken from them. Answers are taken
+//! as they come: the loop never waits for the slowest peer (see [`Asking`]). Every chunk from a
 //! peer is checked against the peer's own signed record before it counts; a mismatch bans the
 //! peer. Chunks from the Hub are signed by this node; the file is offered to peers chunk by chunk
 //! as chunks are verified. In the endgame a slow chunk is also asked of a second source, into
@@ -21,7 +22,7 @@ use crate::swarm::holdings::Record;
 use crate::swarm::transfer::PeerFetchError;
 use crate::swarm::{NodeHandle, Offer};
 use libp2p::PeerId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
 pub const OFFLINE_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for the DHT's answer (and for connections to the holders it names).
 pub const PROVIDER_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for the first answers of every peer before the first chunks are placed.
+pub const FIRST_ANSWERS_WAIT: Duration = Duration::from_secs(5);
 /// Chunks of this file that came from peers in this run: (server, record), for settling a
 /// whole-file mismatch against the Hub's bytes.
 pub type Suspects = Vec<Option<(PeerId, Record)>>;
@@ -215,6 +218,7 @@ pub(crate) async fn fetch_chunks(
     let mut running: HashMap<u64, Running> = HashMap::new();
     let mut jobs = 0u64;
     let mut next_refresh = tokio::time::Instant::now();
+    let mut asking = Asking::default();
     // The last "owns chunks, fetches none from the Hub" state logged (owners that wait look
     // stalled to the others).
     let mut idle_logged = None;
@@ -346,7 +350,7 @@ pub(crate) async fn fetch_chunks(
                         if let Some(r) = released.and_then(|id| running.remove(&id)) {
                             ctx.progress.take_back(fp, r.got.load(Relaxed));
                             tracing::debug!(file = %f.path, chunk = r.index, "released to its owner");
-                            actions = sched.handle(Event::Released { index: r.index }, now());
+                            actions = place(&mut asking, &mut sched, Event::Released { index: r.index }, now());
                         }
                         continue;
                     }
@@ -390,7 +394,7 @@ pub(crate) async fn fetch_chunks(
                         }
                         ctx.progress.chunk_verified();
                         report_arrivals(&mut sched, &running, &layout);
-                        actions = sched.handle(Event::Done { index: out.index, source }, now());
+                        actions = place(&mut asking, &mut sched, Event::Done { index: out.index, source }, now());
                     }
                     (_, Err(ChunkError::Fatal(FetchError::Store(StoreError::Superseded { .. })))) => {
                         ctx.progress.take_back(fp, run.got.load(Relaxed));
@@ -408,9 +412,18 @@ pub(crate) async fn fetch_chunks(
                             node.report_bad_chunk(peer, &f.etag, f.size, out.index);
                         }
                         tracing::debug!(%peer, chunk = out.index, %why, "peer fetch failed");
-                        actions = sched.handle(Event::Failed { index: out.index, peer, fault }, now());
+                        actions = place(&mut asking, &mut sched, Event::Failed { index: out.index, peer, fault }, now());
                     }
                     (Source::Hub, Err(e)) => break Err(FetchError::Internal(e.to_string())),
+                }
+            }
+            Some((peer, answer)) = asking.next() => {
+                let Some(node) = node else { continue };
+                asking.answered(peer);
+                actions = take_answer(node, f, count, peer, answer, &mut records, &mut sched, now());
+                if asking.placing() {
+                    report_arrivals(&mut sched, &running, &layout);
+                    actions.extend(sched.assign(now()));
                 }
             }
             _ = tokio::time::sleep_until(next_refresh) => {
@@ -420,14 +433,16 @@ pub(crate) async fn fetch_chunks(
                 if let Some(node) = node
                     && asks_peers
                 {
-                    actions = ask_peers(node, f, count, &node.peers(), &mut records, &mut sched, now()).await;
+                    actions = asking.ask(node, f, count, &mut records, &mut sched, now());
                     heard_askers(node, f, &mut sched, now());
                 }
                 if let Some(offer) = &partial {
                     offer.set_landed(sched.landed());
                 }
                 report_arrivals(&mut sched, &running, &layout);
-                actions.extend(sched.assign(now()));
+                if asking.placing() {
+                    actions.extend(sched.assign(now()));
+                }
                 let wait = sched.hub_wait();
                 let idle = (wait.in_flight == 0 && wait.claimed + wait.beyond_window > 0).then_some(wait);
                 if idle != idle_logged {
@@ -473,62 +488,139 @@ fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, no
     }
 }
 
-/// Asks peers what they hold, merges their records, and feeds the scheduler.
-async fn ask_peers(
+type Answer = Result<Option<crate::swarm::Availability>, crate::swarm::InvalidAnswer>;
+
+/// The availability questions in flight for one file. Each connected peer is asked again once
+/// it has answered and the next refresh comes, and each answer is taken when it arrives. The
+/// driver used to ask every peer and wait for all the answers before it did anything else: at
+/// 16 nodes on two busy cores a round took 2-7 s, and while it ran no finished chunk was taken
+/// in and no fetch started. Chunks a node had fetched from the Hub then sat unreported for up
+/// to 20 s, so the others took it for stalled and fetched its chunks from the Hub again.
+///
+/// Only a peer's first answer is waited for (at most [`FIRST_ANSWERS_WAIT`]): until it comes,
+/// nothing is placed, or chunks the peer holds or owns would go to the Hub from here.
+#[derive(Default)]
+struct Asking<'a> {
+    answers: futures::stream::FuturesUnordered<futures::future::BoxFuture<'a, (PeerId, Answer)>>,
+    /// Peers with a question in flight.
+    asked: HashSet<PeerId>,
+    /// Peers asked for the first time, not yet heard from, and until when they are waited for.
+    first: HashMap<PeerId, tokio::time::Instant>,
+    /// Every peer ever asked.
+    seen: HashSet<PeerId>,
+}
+
+impl<'a> Asking<'a> {
+    /// Asks every connected peer without a question in flight; forgets peers that left (their
+    /// records, and their ownership: a node that left would otherwise own chunks until its stall
+    /// timeout).
+    fn ask(
+        &mut self,
+        node: &'a NodeHandle,
+        f: &RemoteFile,
+        count: u32,
+        records: &mut HashMap<PeerId, Vec<Option<Record>>>,
+        sched: &mut FileScheduler,
+        now: Duration,
+    ) -> Vec<Action> {
+        let peers = node.peers();
+        let mut actions = Vec::new();
+        for gone in sched.known_peers().into_iter().filter(|p| !peers.contains(p)) {
+            records.remove(&gone);
+            actions.extend(sched.observe(Event::PeerGone(gone), now));
+        }
+        for peer in peers.into_iter().filter(|p| !node.is_banned(p)) {
+            if !self.asked.insert(peer) {
+                continue;
+            }
+            if self.seen.insert(peer) {
+                self.first.insert(peer, tokio::time::Instant::now() + FIRST_ANSWERS_WAIT);
+            }
+            let mut known = Bitmap::new(count);
+            if let Some(v) = records.get(&peer) {
+                for (i, r) in v.iter().enumerate() {
+                    if r.is_some() {
+                        known.set(i as u32);
+                    }
+                }
+            }
+            let req = HaveRequest { etag: f.etag.clone(), size: f.size, known, downloading: true };
+            self.answers.push(Box::pin(async move { (peer, node.have(peer, req).await) }));
+        }
+        actions
+    }
+
+    /// The next answer; pending while none is in flight.
+    async fn next(&mut self) -> Option<(PeerId, Answer)> {
+        if self.answers.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::StreamExt::next(&mut self.answers).await
+    }
+
+    /// Records that `peer` answered.
+    fn answered(&mut self, peer: PeerId) {
+        self.asked.remove(&peer);
+        self.first.remove(&peer);
+    }
+
+    /// Whether chunks may be placed: no peer's first answer is awaited any more.
+    fn placing(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let before = self.first.len();
+        self.first.retain(|_, until| now < *until);
+        if self.first.len() < before {
+            tracing::debug!(
+                peers = before - self.first.len(),
+                "placing chunks without the first answers of some peers"
+            );
+        }
+        self.first.is_empty()
+    }
+}
+
+/// Applies an event, and places chunks unless a peer's first answer is awaited.
+fn place(asking: &mut Asking<'_>, sched: &mut FileScheduler, event: Event, now: Duration) -> Vec<Action> {
+    if asking.placing() { sched.handle(event, now) } else { sched.observe(event, now) }
+}
+
+/// Takes one peer's availability answer: merges its records and feeds the scheduler.
+#[allow(clippy::too_many_arguments)]
+fn take_answer(
     node: &NodeHandle,
     f: &RemoteFile,
     count: u32,
-    peers: &[PeerId],
+    peer: PeerId,
+    answer: Answer,
     records: &mut HashMap<PeerId, Vec<Option<Record>>>,
     sched: &mut FileScheduler,
     now: Duration,
 ) -> Vec<Action> {
-    let asks = peers.iter().filter(|p| !node.is_banned(p)).map(|&peer| {
-        let mut known = Bitmap::new(count);
-        if let Some(v) = records.get(&peer) {
-            for (i, r) in v.iter().enumerate() {
-                if r.is_some() {
-                    known.set(i as u32);
-                }
-            }
-        }
-        let req = HaveRequest { etag: f.etag.clone(), size: f.size, known, downloading: true };
-        async move { (peer, node.have(peer, req).await) }
-    });
-    let answers = futures::future::join_all(asks).await;
     let mut actions = Vec::new();
-    // Peers that disconnected are not asked; forget them here, or a node that left would keep
-    // owning chunks (and count as a holder) until its stall timeout.
-    for gone in sched.known_peers().into_iter().filter(|p| !peers.contains(p)) {
-        records.remove(&gone);
-        actions.extend(sched.observe(Event::PeerGone(gone), now));
-    }
-    for (peer, answer) in answers {
-        match answer {
-            Ok(Some(crate::swarm::Availability { chunks, downloading, fetching: claimed, hub_bytes, landed })) => {
-                let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
-                let mut have = Bitmap::new(count);
-                for (i, r) in chunks {
-                    if let Some(r) = r
-                        && let Some(slot) = v.get_mut(i as usize)
-                    {
-                        *slot = Some(r);
-                    }
-                    if v.get(i as usize).is_some_and(|r| r.is_some()) {
-                        have.set(i);
-                    }
+    match answer {
+        Ok(Some(crate::swarm::Availability { chunks, downloading, fetching: claimed, hub_bytes, landed })) => {
+            let v = records.entry(peer).or_insert_with(|| vec![None; count as usize]);
+            let mut have = Bitmap::new(count);
+            for (i, r) in chunks {
+                if let Some(r) = r
+                    && let Some(slot) = v.get_mut(i as usize)
+                {
+                    *slot = Some(r);
                 }
-                tracing::debug!(%peer, file = %f.path, held = have.count_ones(), "peer availability");
-                actions.extend(sched.observe(Event::Have { peer, have, downloading, claimed }, now));
-                actions.extend(sched.observe(Event::Progress { peer, bytes: hub_bytes }, now));
-                actions.extend(sched.observe(Event::Landed(landed), now));
+                if v.get(i as usize).is_some_and(|r| r.is_some()) {
+                    have.set(i);
+                }
             }
-            Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer), now)),
-            Err(why) => {
-                node.ban(peer, &format!("sent an invalid availability answer: {why}"));
-                records.remove(&peer);
-                actions.extend(sched.observe(Event::PeerGone(peer), now));
-            }
+            tracing::debug!(%peer, file = %f.path, held = have.count_ones(), "peer availability");
+            actions.extend(sched.observe(Event::Have { peer, have, downloading, claimed }, now));
+            actions.extend(sched.observe(Event::Progress { peer, bytes: hub_bytes }, now));
+            actions.extend(sched.observe(Event::Landed(landed), now));
+        }
+        Ok(None) => actions.extend(sched.observe(Event::PeerGone(peer), now)),
+        Err(why) => {
+            node.ban(peer, &format!("sent an invalid availability answer: {why}"));
+            records.remove(&peer);
+            actions.extend(sched.observe(Event::PeerGone(peer), now));
         }
     }
     actions

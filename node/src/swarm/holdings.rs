@@ -209,7 +209,6 @@ pub struct Holdings {
     /// One blob is hashed at a time: hashing is disk- and CPU-bound, and two peers asking for the
     /// same new blob must not hash it twice.
     hashing: Mutex<()>,
-    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     hooks: Hooks,
     /// Files this node is about to download (counted per `get`), announced as `downloading`
     /// before their first chunk is placed, so that nodes starting together see each other.
@@ -495,6 +494,11 @@ impl Holdings {
     /// Peers that said, asking about `etag`, that they download it too, since the last call.
     pub fn take_askers(&self, etag: &Etag) -> Vec<PeerId> {
         lock(&self.askers).remove(etag).map(|s| s.into_iter().collect()).unwrap_or_default()
+    }
+
+    /// The misbehaviour this node was built with (tests only).
+    pub fn hooks(&self) -> Hooks {
+        self.hooks
     }
 
     /// Answers `from`'s "what do you hold of this file?". Blocking (may hash a blob).

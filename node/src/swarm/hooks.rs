@@ -17,6 +17,9 @@ pub enum ServeFault {
     /// Drop the first [`DROPPED_STREAMS`] chunk streams opened to it unanswered, as a node does
     /// whose queue of new streams is full (an honest holder under load).
     DropStreams,
+    /// Never answer a question about what it holds (a peer too busy to answer, or a hostile one
+    /// that makes its askers wait for the request timeout).
+    WithholdAvailability,
 }
 
 /// How many streams [`ServeFault::DropStreams`] drops.
@@ -58,6 +61,14 @@ impl Hooks {
 }
 
 impl Hooks {
+    /// Leaves availability questions unanswered.
+    pub fn withholds_availability(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.fault == Some(ServeFault::WithholdAvailability);
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
+
     /// Drops the `n`-th chunk stream opened to this node (counting from 0) unanswered.
     pub fn drops_stream(&self, n: u32) -> bool {
         #[cfg(feature = "test-hooks")]
