@@ -35,7 +35,8 @@
 //!   that a chunk crosses the uplink twice.
 //! - A peer that sent bytes not matching their record is banned: none of its chunks are asked
 //!   for again. A peer that fails otherwise (gone, no longer holds it) loses the bit for
-//!   that chunk, and after [`Limits::max_peer_failures`] failures in a row, its place. A peer
+//!   that chunk, and after [`Limits::max_peer_failures`] failures in a row, every bit until it
+//!   next says what it holds; it keeps its claims and its membership. A peer
 //!   that answers busy keeps its chunks and is left alone for [`BUSY_BACKOFF`]: a chunk only
 //!   it holds waits for it (or another holder) rather than go to the Hub, for up to
 //!   [`BUSY_PATIENCE`] of nothing but busy answers; after that busy counts as a failure.
@@ -196,7 +197,8 @@ pub struct Limits {
     /// carries about this many requests, and chunks arrive one after another, so that the
     /// nodes pass the first ones round while the Hub still sends the last.
     pub hub_window: u32,
-    /// Failures in a row after which a peer is dropped for this file.
+    /// Failures in a row after which a peer is asked for nothing until its next availability
+    /// answer.
     pub max_peer_failures: u32,
     /// How long an owner may go without a new chunk before its chunks are taken over.
     pub stall_after: Duration,
@@ -283,8 +285,12 @@ pub const ENDGAME_FIRST_AGE: Duration = Duration::from_secs(2);
 /// How long a peer that answered busy is left alone (its chunks stay its own meanwhile).
 pub const BUSY_BACKOFF: Duration = Duration::from_millis(200);
 /// How long a peer may answer nothing but busy before its busy counts as "cannot deliver": a
-/// peer that announces chunks and never serves them must not hold a download up for good.
-pub const BUSY_PATIENCE: Duration = Duration::from_secs(5);
+/// peer that announces chunks and never serves them must not hold a download up for good. As
+/// long as an owner's stall timeout, not shorter: a chunk only a busy peer holds then goes to
+/// the Hub. At 16 nodes the first node holds the first chunks alone for a while and answers
+/// busy to most askers for 5-10 s; at 5 s, 4 to 6 of its chunks per run crossed the uplink a
+/// second time.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 struct Peer {
@@ -724,16 +730,19 @@ impl FileScheduler {
                     }
                     Fault::Busy if self.wait_for_busy(&peer, now) => {}
                     Fault::Busy | Fault::Unavailable => {
-                        let drop = match self.peers.get_mut(&peer) {
-                            Some(p) => {
-                                p.have.clear(index);
-                                p.failures += 1;
-                                p.failures >= self.limits.max_peer_failures
+                        // A source that keeps failing is asked for nothing more until its next
+                        // availability answer. It stays a member (it may still download the file
+                        // and fetch its own chunks from the Hub; the stall rule judges that) and
+                        // its claims stand: dropped whole, a busy seed at 16 nodes lost its
+                        // chunks and its claims for a few seconds, and 6 chunks it was fetching
+                        // crossed the uplink twice.
+                        let count = self.chunks.len() as u32;
+                        if let Some(p) = self.peers.get_mut(&peer) {
+                            p.have.clear(index);
+                            p.failures += 1;
+                            if p.failures >= self.limits.max_peer_failures {
+                                p.have = Bitmap::new(count);
                             }
-                            None => false,
-                        };
-                        if drop {
-                            self.drop_peer(&peer);
                         }
                     }
                 }
@@ -1265,6 +1274,30 @@ mod tests {
         // "Does not hold it" is another matter: the Hub then.
         let out = s.handle(Event::Failed { index: 0, peer: a, fault: Fault::Unavailable }, T0 + BUSY_BACKOFF);
         assert_eq!(hub_chunks(&out), vec![0]);
+    }
+
+    #[test]
+    fn a_source_that_keeps_failing_keeps_its_chunks_and_its_claims() {
+        // Peer `a` downloads the file too, holds chunks 0-2, and fetches from the Hub a chunk
+        // this node would own. It then fails three times as a source (a busy seed). Before,
+        // that dropped it whole: its chunks became this node's and its claim was forgotten, so
+        // both went to the Hub twice.
+        let a = PeerId::random();
+        let mut s = FileScheduler::new(me(), 7, 32, [], true, wide());
+        let _ = s.observe(Event::Member { peer: a, downloading: true, held: 0 }, T0);
+        let claimed = (3..32).find(|&i| s.owner(i) == me()).expect("this node owns some chunk");
+        let theirs: Vec<u32> = (3..32).filter(|&i| s.owner(i) == a).collect();
+        assert!(!theirs.is_empty(), "`a` owns some chunk");
+        let have =
+            Event::Have { peer: a, have: bits(32, &[0, 1, 2]), downloading: true, claimed: bits(32, &[claimed]) };
+        let mut hub = hub_chunks(&s.handle(have, T0));
+        for i in 0..3 {
+            hub.extend(hub_chunks(&s.handle(Event::Failed { index: i, peer: a, fault: Fault::Unavailable }, T0)));
+        }
+        assert!(!hub.contains(&claimed), "the chunk `a` fetches went to the Hub: {hub:?}");
+        assert!(hub.iter().all(|i| !theirs.contains(i)), "`a`'s chunks went to the Hub: {hub:?}");
+        assert!(hub.iter().filter(|&&i| i >= 3).all(|&i| s.owner(i) == me()), "{hub:?}");
+        assert_eq!(s.takeovers(), 0);
     }
 
     #[test]
