@@ -290,12 +290,18 @@ async fn a_holder_that_hangs_mid_chunk_loses_its_chunks_to_endgame_copies_from_a
 async fn a_holder_that_drops_new_streams_for_a_while_is_asked_again_rather_than_the_hub() {
     // Before: a stream the holder dropped unanswered (its queue of new streams full, as under
     // load at 16 nodes) counted as "does not hold the chunk", and the chunk went to the Hub.
+    everything_from_a_faulty_holder(ServeFault::DropStreams).await;
+}
+
+/// A download from the only holder of the repo, which misbehaves with `fault` for a while:
+/// every byte still comes from it, none from the Hub.
+async fn everything_from_a_faulty_holder(fault: ServeFault) {
     let tmp = tempfile::tempdir().expect("tmp");
     let repo = model(&tmp.path().join("hub"), 24 << 20);
     let hub = TestHub::start(&tmp.path().join("hub")).await;
     let (cache_h, cache_d) = (tmp.path().join("holder"), tmp.path().join("d"));
     seed(tmp.path(), &hub, &cache_h).await;
-    let holder = in_process_node(&cache_h, vec![], Some(ServeFault::DropStreams)).await;
+    let holder = in_process_node(&cache_h, vec![], Some(fault)).await;
     let me = in_process_node(&cache_d, holder.handle().listen_addrs(), None).await;
     me.handle().wait_connected(&[holder.handle().peer_id()], Duration::from_secs(10)).await;
     let before = hub.stats().file_bytes();
@@ -304,10 +310,18 @@ async fn a_holder_that_drops_new_streams_for_a_while_is_asked_again_rather_than_
     let out = fetch::get(&req, Some(client), Arc::new(Progress::default())).await.expect("the download completes");
     assert_snapshot(&only_snapshot(&cache_d.join("models--org--model")), &repo.files);
     assert_eq!(hub.stats().file_bytes() - before, 0, "no chunk went to the Hub: {out:?}");
-    assert_eq!(out.bytes_from_peers, out.bytes_selected, "{out:?}");
+    // At least: what a broken stream had brought counts as received too.
+    assert!(out.bytes_from_peers >= out.bytes_selected, "{out:?}");
     for n in [me, holder] {
         n.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_streams_break_mid_chunk_is_asked_again_rather_than_the_hub() {
+    // Before: a stream that broke after the holder had begun sending counted as "does not hold
+    // the chunk", and after three the holder counted for nothing: its chunks went to the Hub.
+    everything_from_a_faulty_holder(ServeFault::CutStreams).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

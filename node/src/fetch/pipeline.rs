@@ -73,7 +73,9 @@ impl From<PeerFetchError> for ChunkError {
     fn from(e: PeerFetchError) -> Self {
         match e {
             PeerFetchError::Unavailable(why) => Self::Peer { fault: Fault::Unavailable, why },
-            PeerFetchError::Busy => Self::Peer { fault: Fault::Busy, why: e.to_string() },
+            PeerFetchError::Busy | PeerFetchError::Interrupted(_) => {
+                Self::Peer { fault: Fault::Busy, why: e.to_string() }
+            }
             PeerFetchError::BadData => Self::Peer { fault: Fault::BadData, why: e.to_string() },
             PeerFetchError::Local(e) => e.into(),
         }

@@ -17,12 +17,15 @@ pub enum ServeFault {
     /// Drop the first [`DROPPED_STREAMS`] chunk streams opened to it unanswered, as a node does
     /// whose queue of new streams is full (an honest holder under load).
     DropStreams,
+    /// Close the first [`DROPPED_STREAMS`] chunk streams opened to it after the first slice of
+    /// a chunk (a connection that breaks under load).
+    CutStreams,
     /// Never answer a question about what it holds (a peer too busy to answer, or a hostile one
     /// that makes its askers wait for the request timeout).
     WithholdAvailability,
 }
 
-/// How many streams [`ServeFault::DropStreams`] drops.
+/// How many streams [`ServeFault::DropStreams`] drops (and [`ServeFault::CutStreams`] cuts).
 #[cfg(feature = "test-hooks")]
 pub const DROPPED_STREAMS: u32 = 12;
 
@@ -67,6 +70,17 @@ impl Hooks {
         return self.fault == Some(ServeFault::WithholdAvailability);
         #[cfg(not(feature = "test-hooks"))]
         false
+    }
+
+    /// Closes the `n`-th chunk stream opened to this node (counting from 0) mid-chunk.
+    pub fn cuts_stream(&self, n: u32) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.fault == Some(ServeFault::CutStreams) && n < DROPPED_STREAMS;
+        #[cfg(not(feature = "test-hooks"))]
+        {
+            let _ = n;
+            false
+        }
     }
 
     /// Drops the `n`-th chunk stream opened to this node (counting from 0) unanswered.

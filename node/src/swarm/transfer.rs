@@ -89,6 +89,10 @@ pub enum PeerFetchError {
     /// to it unanswered: ask it again a little later.
     #[error("peer is busy")]
     Busy,
+    /// The peer began sending the chunk (so it holds it) and its stream broke: ask it again a
+    /// little later, as for [`Self::Busy`].
+    #[error("the stream broke mid-chunk: {0}")]
+    Interrupted(String),
     /// The peer's bytes do not match the record it gave for them: ban it.
     #[error("bytes do not match the peer's record")]
     BadData,
@@ -161,16 +165,24 @@ impl Transfer {
                 drop(stream);
                 continue;
             }
-            let (me, holdings) = (self.clone(), holdings.clone());
+            let (me, holdings, cut) = (self.clone(), holdings.clone(), self.hooks.cuts_stream(n));
             tokio::spawn(async move {
-                if let Err(e) = me.serve_stream(peer, stream, holdings).await {
+                if let Err(e) = me.serve_stream(peer, stream, holdings, cut).await {
                     tracing::debug!(%peer, error = %e, "chunk stream ended");
                 }
             });
         }
     }
 
-    async fn serve_stream(&self, peer: PeerId, mut stream: Stream, holdings: Arc<Holdings>) -> std::io::Result<()> {
+    /// Serves the chunk requests of one stream. `cut` (a test hook): close it after the first
+    /// slice of the first chunk.
+    async fn serve_stream(
+        &self,
+        peer: PeerId,
+        mut stream: Stream,
+        holdings: Arc<Holdings>,
+        cut: bool,
+    ) -> std::io::Result<()> {
         // One slice buffer for the stream's life: a fresh zeroed one per slice cost 5% of a
         // serving node's CPU (memset).
         let mut buf = Vec::with_capacity(SLICE);
@@ -234,6 +246,10 @@ impl Transfer {
                     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading"))??;
                 self.counters.add(peer, 0, n as u64);
                 pos += n as u64;
+                if cut {
+                    stream.flush().await?;
+                    return Ok(());
+                }
                 if self.hooks.stalls() {
                     stream.flush().await?;
                     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -354,14 +370,14 @@ impl Transfer {
         // The stream is read straight into the writer's buffer: no slice in between.
         while w.remaining() > 0 {
             match tokio::time::timeout(IO_TIMEOUT, stream.read(w.spare())).await {
-                Ok(Ok(0)) => return Err(PeerFetchError::Unavailable("peer closed the stream mid-chunk".into())),
+                Ok(Ok(0)) => return Err(PeerFetchError::Interrupted("the peer closed it".into())),
                 Ok(Ok(got)) => {
                     throttle.take(got).await;
                     w.filled(got).await?;
                     self.counters.add(peer, got as u64, 0);
                     on_bytes(got as u64);
                 }
-                Ok(Err(e)) => return Err(PeerFetchError::Unavailable(format!("stream failed: {e}"))),
+                Ok(Err(e)) => return Err(PeerFetchError::Interrupted(e.to_string())),
                 Err(_) => return Err(PeerFetchError::Unavailable("peer stalled".into())),
             }
         }
