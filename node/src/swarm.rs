@@ -376,6 +376,8 @@ struct Shared {
     open: bool,
     cmd: mpsc::Sender<Command>,
     holdings: Arc<Holdings>,
+    /// Record signatures already checked.
+    checked: Arc<holdings::CheckedRecords>,
     transfer: Arc<Transfer>,
     bans: Bans,
     ban_time: Duration,
@@ -564,6 +566,7 @@ impl Node {
             open: cfg.swarm_key.is_none(),
             cmd: tx,
             holdings: holdings.clone(),
+            checked: Arc::default(),
             transfer: transfer.clone(),
             bans: Bans::default(),
             ban_time: cfg.ban_time,
@@ -921,7 +924,8 @@ impl NodeHandle {
         };
         let (downloading, fetching, hub_bytes) = (resp.downloading, resp.fetching.clone(), resp.hub_bytes);
         let landed = resp.landed.clone();
-        let mut chunks = tokio::task::spawn_blocking(move || check_have(&req, resp))
+        let checked = self.shared.checked.clone();
+        let mut chunks = tokio::task::spawn_blocking(move || check_have(&req, resp, &checked))
             .await
             .map_err(|e| InvalidAnswer(format!("checking the answer failed: {e}")))?
             .map_err(InvalidAnswer)?;
@@ -1015,9 +1019,13 @@ impl NodeHandle {
     }
 }
 
-/// Validates a have response and verifies its signatures. Returns, per held chunk, the record
-/// sent for it (`None` for chunks the asker said it knew).
-fn check_have(req: &HaveRequest, resp: HaveResponse) -> Result<Vec<(u32, Option<Record>)>, String> {
+/// Validates a have response and verifies its signatures (each distinct record once, `checked`).
+/// Returns, per held chunk, the record sent for it (`None` for chunks the asker said it knew).
+fn check_have(
+    req: &HaveRequest,
+    resp: HaveResponse,
+    checked: &holdings::CheckedRecords,
+) -> Result<Vec<(u32, Option<Record>)>, String> {
     resp.validate(req).map_err(|e| e.to_string())?;
     if resp.have.0.is_empty() {
         return Ok(Vec::new());
@@ -1033,7 +1041,7 @@ fn check_have(req: &HaveRequest, resp: HaveResponse) -> Result<Vec<(u32, Option<
     for r in resp.records {
         let rec =
             Record { hash: r.hash, signer: signers[usize::from(r.signer)].clone(), signature: r.signature.into() };
-        if !rec.verify(&req.etag, req.size, r.index) {
+        if !checked.verify(&rec, &req.etag, req.size, r.index) {
             return Err(format!("bad signature on the record of chunk {}", r.index));
         }
         by_index.insert(r.index, rec);
