@@ -14,7 +14,10 @@ Scenarios (--scenarios, comma-separated) vary the start order, discovery, swarm 
 
 Usage: sudo python3 bench/cluster.py [--size-mib 512] [--uplink-mbit 400] [--nodes 1,2,4,8]
            [--scenarios together,join,join-private,seed-last,staggered,endpoint] [--runs 5] [--skip-baseline]
-Needs: root, iproute2 (ip, tc), a release build (built here), .venv with huggingface_hub
+           [--log DIR] [--perf DIR] [--binary PATH]
+--log keeps the nodes' logs and a timeline of each run (uplink MB/s and cores busy, twice a
+second); --perf splits the nodes' CPU by phase (with a `--profile profiling` build).
+Needs: root, iproute2 (ip, tc), perf for --perf, a release build (built here), .venv with huggingface_hub
 (scripts/test makes it).
 """
 import argparse
@@ -22,12 +25,15 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import machine
+import p2p
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
@@ -100,6 +106,55 @@ def stats(endpoint):
     return s["data_bytes"] + s["resolve_bytes"], s["api_requests"]
 
 
+class UplinkTimeline:
+    """Samples, every 0.5 s in a thread, the bytes the Hub host has sent (its shaped eth0) and
+    how busy the machine's cores are.
+
+    With --log, each run writes `<scenario>-<n>-uplink.tsv` (seconds since the start, uplink
+    MB/s and cores busy over the last half second) and prints when the Hub's data started and
+    ended: a makespan far above the bound with the uplink busy to the bound is the tail's
+    (spreading the last chunks over the LAN), gaps before it are the Hub work's."""
+
+    def __init__(self, t0):
+        self.t0, self.samples, self.stop = t0, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def sent():
+        out = subprocess.run(["ip", "netns", "exec", ns(0), "tc", "-s", "qdisc", "show", "dev", "eth0"],
+                             capture_output=True, text=True).stdout
+        return int(out.split("Sent ")[1].split()[0]) if "Sent " in out else 0
+
+    @staticmethod
+    def cpu():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v) - v[3] - v[4], sum(v)  # busy (all but idle and iowait), total
+
+    def run(self):
+        while not self.stop.wait(0.5):
+            self.samples.append((time.monotonic() - self.t0, self.sent(), *self.cpu()))
+
+    def write(self, path, rate_bytes):
+        self.stop.set()
+        self.thread.join()
+        rows, data = [], []
+        cores = os.cpu_count() or 1
+        for (t0, b0, u0, a0), (t1, b1, u1, a1) in zip(self.samples, self.samples[1:]):
+            rate = (b1 - b0) / (t1 - t0)
+            busy = cores * (u1 - u0) / max(1, a1 - a0)
+            rows.append(f"{t1:.1f}\t{rate / 1e6:.2f}\t{busy:.2f}")
+            if rate >= rate_bytes / 10:  # data, not the requests' and acks' trickle
+                data.append((t0, t1))
+        hub = f"{data[0][0]:.1f} s to {data[-1][1]:.1f} s" if data else "never"
+        slow = sum(t1 - t0 for t0, t1 in zip([d[1] for d in data], [d[0] for d in data[1:]]))
+        summary = f"uplink: Hub data from {hub}, idle for {slow:.1f} s in between"
+        with open(path, "w") as f:
+            f.write(f"# {summary}\n# s\tuplink MB/s\tcores busy\n" + "\n".join(rows) + "\n")
+        return summary
+
+
 def clean_env(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SWARM_DL"))}
     env.update(HF_HOME=os.path.join(home, "hf-home"), HOME=home)
@@ -129,7 +184,8 @@ def spawn(i, cmd, env, log=None):
                             stderr=open(log, "w") if log else subprocess.PIPE, text=True)
 
 
-def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, binary, log_dir=None, metrics=None):
+def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, binary, log_dir=None, metrics=None,
+              perf=None):
     mode, swarm, delay = SCENARIOS[scenario]
     tb = Testbed(n, uplink_mbit)
     joins = []
@@ -142,6 +198,9 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
         procs = []
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
+        timeline = UplinkTimeline(t0) if log_dir else None
+        recorder = subprocess.Popen(["perf", "record", "-a", "-F", "499", "-o", perf, "--quiet"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if perf else None
         for i in sorted(range(1, n + 1), key=lambda i: (delay(i) if tool == "swarm-dl" else 0.0, i)):
             if tool == "swarm-dl":
                 time.sleep(max(0.0, t0 + delay(i) - time.monotonic()))
@@ -186,6 +245,9 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
                 o = json.loads(out.splitlines()[-1])
                 dups += o.get("chunks_duplicated", 0)
                 takeovers += o.get("chunks_taken_over", 0)
+        if recorder:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
         if metrics and joins:
             # Each join node's /metrics once every get is done: what an operator's Prometheus sees.
             with open(metrics, "w") as f:
@@ -199,13 +261,17 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
         served, api = stats(endpoint)
+        if timeline:
+            print(timeline.write(os.path.join(log_dir, f"{scenario}-{n}-uplink.tsv"), uplink_mbit * 1e6 / 8), flush=True)
         hub.terminate()
         hub.wait()
         makespan = max(ends) - t0
         # CPU busy: the nodes' CPU time over what the machine's cores offer in the makespan
         # (near 1.0: CPU, not the uplink, is the limit).
         busy = cpu / ((os.cpu_count() or 1) * makespan)
-        return {"makespan": makespan, "hub_ratio": served / size, "api": api, "cpu": cpu, "busy": busy, "dups": dups, "takeovers": takeovers}
+        phases = p2p.perf_phases(perf, [p.pid for p in joins + procs]) if perf else None
+        return {"makespan": makespan, "hub_ratio": served / size, "api": api, "cpu": cpu, "busy": busy, "dups": dups,
+                "takeovers": takeovers, "phases": phases}
     finally:
         for j in joins:
             if j.poll() is None:
@@ -227,12 +293,16 @@ def main():
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--log", help="keep each get's log (info, fetch at debug) in this directory, one folder per run")
     ap.add_argument("--metrics", help="join scenarios: write each join node's /metrics after the last run to this file")
+    ap.add_argument("--perf", metavar="DIR", help="record each swarm-dl run with `perf record -a` into DIR and split the "
+                    "nodes' CPU by phase, in CPU-s per GiB received (needs a binary with symbols: "
+                    "`cargo build --profile profiling`; perf's sampling slows the run)")
     ap.add_argument("--binary", default=BIN, help="swarm-dl binary to measure (default: the release build, built here)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("the cluster benchmark builds network namespaces: run it as root")
-    if args.log:
-        os.makedirs(args.log, exist_ok=True)
+    for d in (args.log, args.perf):
+        if d:
+            os.makedirs(d, exist_ok=True)
     scenarios = args.scenarios.split(",")
     for sc in scenarios:
         if sc not in SCENARIOS:
@@ -255,13 +325,20 @@ def main():
                     log_dir = os.path.join(args.log, f"run{k + 1}") if args.log else None
                     if log_dir:
                         os.makedirs(log_dir, exist_ok=True)
+                    perf = (os.path.join(args.perf, f"{sc}-{n}-run{k + 1}.data")
+                            if args.perf and tool == "swarm-dl" else None)
                     r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary, log_dir,
-                                  args.metrics)
+                                  args.metrics, perf)
                     runs.append(r)
                     print(f"N={n} {tool} {sc} run {k + 1}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
                           f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests, "
                           f"CPU {r['cpu']:.1f}s ({r['busy']:.0%} of the cores), {r['dups']} endgame duplicates, "
                           f"{r['takeovers']} take-overs", flush=True)
+                    if r["phases"]:
+                        gib = n * size / 2**30  # received by the nodes; each also serves about as much
+                        print(f"  CPU-s per GiB received, by phase ({r['cpu']:.1f} CPU-s over {gib:.1f} GiB): "
+                              + "; ".join(f"{name} {share * r['cpu'] / gib:.2f}"
+                                          for name, share in r["phases"].items()), flush=True)
                 rows.append((n, tool, sc, runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)

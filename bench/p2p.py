@@ -132,9 +132,11 @@ def perf_start(pid, path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def perf_phases(path):
-    """Share of samples per phase (the rest under "other")."""
-    out = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "symbol", "--stdio"],
+def perf_phases(path, pids=None):
+    """Share of samples per phase (the rest under "other"); with `pids`, of those processes'
+    samples only, as shares of theirs."""
+    only = ["--pid", ",".join(str(p) for p in pids), "--percentage", "relative"] if pids else []
+    out = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "symbol", "--stdio", *only],
                          capture_output=True, text=True).stdout
     shares = {name: 0.0 for name, _ in PHASES}
     shares["other (kernel scheduling, syscalls, the rest)"] = 0.0
