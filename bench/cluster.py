@@ -210,7 +210,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
             homes.append(home)
             env = clean_env(home)
             if log_dir:
-                env["SWARM_DL_LOG"] = "info,swarm_node::fetch=debug"
+                env["SWARM_DL_LOG"] = "info,swarm_node::fetch=debug,swarm_node::scheduler=debug"
             cache = os.path.join(home, "cache")
             keys = ["--swarm-key", key_file] if swarm == "private" else []
             if tool == "swarm-dl" and mode in ("join", "endpoint"):
@@ -291,7 +291,7 @@ def main():
     ap.add_argument("--scenarios", default="together", help="comma-separated: " + ",".join(SCENARIOS))
     ap.add_argument("--runs", type=int, default=1, help="runs per scenario and N; the worst is reported")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--log", help="keep each get's log (info, fetch at debug) in this directory, one folder per run")
+    ap.add_argument("--log", help="keep each get's log (info; fetch and scheduler at debug) in this directory, one folder per run")
     ap.add_argument("--metrics", help="join scenarios: write each join node's /metrics after the last run to this file")
     ap.add_argument("--perf", metavar="DIR", help="record each swarm-dl run with `perf record -a` into DIR and split the "
                     "nodes' CPU by phase, in CPU-s per GiB received (needs a binary with symbols: "

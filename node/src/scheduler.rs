@@ -910,6 +910,17 @@ impl FileScheduler {
     fn endgame(&mut self, now: Duration) -> Vec<Action> {
         let mut out = Vec::new();
         let after = self.typical_peer_chunk.map_or(ENDGAME_FIRST_AGE, |t| (t * 3).max(ENDGAME_MIN_AGE));
+        // The whole-chunk times that the peer chunks in flight with bytes in are on course for.
+        let projected: Vec<(Source, Duration)> = self
+            .chunks
+            .iter()
+            .filter_map(|c| match *c {
+                Chunk::InFlight { source: s @ Source::Peer(_), since, arrived, .. } if arrived > 0 => {
+                    Some((s, now.saturating_sub(since) * 1000 / u32::from(arrived.min(1000))))
+                }
+                _ => None,
+            })
+            .collect();
         for i in 0..self.chunks.len() as u32 {
             let Chunk::InFlight { source, since, dup: None, arrived } = self.chunks[i as usize] else {
                 continue;
@@ -919,7 +930,7 @@ impl FileScheduler {
                 continue;
             }
             let fresh = match source {
-                Source::Peer(_) => self.typical_peer_chunk,
+                Source::Peer(_) => slowest(self.typical_peer_chunk, median_elsewhere(&projected, source)),
                 Source::Hub => self.typical_hub_chunk,
             };
             if finishes_first(age, arrived, fresh) {
@@ -950,6 +961,8 @@ impl FileScheduler {
                     }
                 }
             }
+            tracing::debug!(chunk = i, first = ?source, second = ?dup, age_ms = age.as_millis() as u64,
+                arrived_permille = arrived, after_ms = after.as_millis() as u64, "endgame: a second source");
             self.chunks[i as usize] = Chunk::InFlight { source, since, dup: Some(dup), arrived };
             self.duplicates += 1;
             out.push(Action::Duplicate { index: i, source: dup });
@@ -1015,6 +1028,25 @@ fn finishes_first(age: Duration, arrived: u16, fresh: Option<Duration>) -> bool 
     }
     let arrived = u32::from(arrived.min(1000));
     age * (1000 - arrived) / arrived < fresh
+}
+
+/// How long a fresh copy of a peer chunk takes now, by the chunks in flight from sources other
+/// than `source`: the median of their projected times. When every source is as slow, the limit
+/// is this node's (its CPU or link), and a second copy would only share it: 8 nodes at
+/// 400 Mbit/s on 2 busy cores, judged by the usual time alone, asked up to 40 second copies in
+/// a run (2026-12-03), of chunks 12-75% in after 3-11 s while the others came no faster.
+fn median_elsewhere(projected: &[(Source, Duration)], source: Source) -> Option<Duration> {
+    let mut times: Vec<Duration> = projected.iter().filter(|(s, _)| *s != source).map(|(_, t)| *t).collect();
+    times.sort_unstable();
+    times.get(times.len() / 2).copied()
+}
+
+/// The longer of two estimates, either of which may be unknown.
+fn slowest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The highest-scoring of `first` and `others` (ties, vanishingly rare, go to the larger id).
@@ -1558,6 +1590,41 @@ mod tests {
         // Nothing in yet: the age alone decides, as before.
         assert!(!finishes_first(ms(5000), 0, Some(ms(100))));
         assert!(!finishes_first(ms(5000), 999, None), "a fresh copy's time unknown");
+    }
+
+    #[test]
+    fn endgame_asks_no_second_source_while_every_source_is_as_slow() {
+        // a and b hold 4 chunks; 2 go to each. One of a's lands at 100 ms: a chunk usually
+        // takes 100 ms, and the other three are in flight with nothing left to start.
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let limits = Limits { per_peer: 4, hub: 8, ..Limits::default() };
+        let mut s = FileScheduler::new(me(), 7, 4, [], true, limits);
+        for p in [a, b] {
+            s.observe(
+                Event::Have { peer: p, have: bits(4, &[0, 1, 2, 3]), downloading: false, claimed: Bitmap::default() },
+                T0,
+            );
+        }
+        let placed = fetches(&s.assign(T0));
+        let from =
+            |p: PeerId| placed.iter().filter(|(_, s)| *s == Source::Peer(p)).map(|(i, _)| *i).collect::<Vec<_>>();
+        let (at_a, at_b) = (from(a), from(b));
+        assert_eq!((at_a.len(), at_b.len()), (2, 2));
+        assert!(duplicates(&s.handle(Event::Done { index: at_a[0], source: Source::Peer(a) }, ms(100))).is_empty());
+        // At 2 s every chunk is 30% in, from either source: all are on course for 6.7 s, so a
+        // copy from the other source would be no sooner. The usual 100 ms alone asked three.
+        for &i in at_b.iter().chain(&at_a[1..]) {
+            s.arrived(i, 300);
+        }
+        assert!(duplicates(&s.assign(ms(2000))).is_empty());
+        // b's bytes stop while a's come: at 4 s a's chunk is on course for 4 s, b's need 9.3 s
+        // more, and a is asked for them.
+        s.arrived(at_a[1], 990);
+        let dups = duplicates(&s.assign(ms(4000)));
+        assert_eq!(dups, at_b.iter().map(|&i| (i, Source::Peer(a))).collect::<Vec<_>>());
+        // With no other source in flight, the usual time decides, as before.
+        assert_eq!(median_elsewhere(&[(Source::Peer(b), ms(100))], Source::Peer(b)), None);
+        assert_eq!(slowest(Some(ms(100)), None), Some(ms(100)));
     }
 
     #[test]
