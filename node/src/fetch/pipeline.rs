@@ -24,7 +24,7 @@ use crate::swarm::{NodeHandle, Offer};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use swarm_protocol::chunk::ChunkLayout;
 use swarm_protocol::hash::ChunkHash;
@@ -91,6 +91,12 @@ trait ChunkSource {
     fn resumes(&self) -> bool {
         false
     }
+
+    /// Whether it is a peer: its requests may not take the slots kept for the Hub
+    /// ([`super::Slots`]).
+    fn is_peer(&self) -> bool {
+        true
+    }
 }
 
 impl ChunkSource for HubSource {
@@ -100,6 +106,10 @@ impl ChunkSource for HubSource {
 
     fn resumes(&self) -> bool {
         true
+    }
+
+    fn is_peer(&self) -> bool {
+        false
     }
 }
 
@@ -142,6 +152,8 @@ struct Running {
     source: Source,
     abort: AbortHandle,
     got: Arc<AtomicU64>,
+    /// Its request has a slot ([`super::Slots`]): before, it only waits.
+    started: Arc<AtomicBool>,
     /// An endgame copy (a second source for the chunk).
     copy: bool,
     /// Stopped by a release: the scheduler hears [`Event::Released`] once the task has ended
@@ -150,9 +162,14 @@ struct Running {
 }
 
 /// Tells the scheduler how much of each chunk its first source has delivered (the endgame asks
-/// no second source for a chunk that is arriving fast enough).
-fn report_arrivals(sched: &mut FileScheduler, running: &HashMap<u64, Running>, layout: &ChunkLayout) {
+/// no second source for a chunk that is arriving fast enough), and which requests still wait
+/// for a slot (their age starts when they get one).
+fn report_arrivals(sched: &mut FileScheduler, running: &HashMap<u64, Running>, layout: &ChunkLayout, now: Duration) {
     for r in running.values().filter(|r| !r.copy) {
+        if !r.started.load(Relaxed) {
+            sched.waiting(r.index, now);
+            continue;
+        }
         let len = layout.range(r.index).map_or(0, |x| x.end - x.start);
         if let Some(per_mille) = (r.got.load(Relaxed).min(len) * 1000).checked_div(len) {
             sched.arrived(r.index, per_mille as u16);
@@ -284,6 +301,7 @@ pub(crate) async fn fetch_chunks(
                 Action::Duplicate { index, source } => (index, source, true),
             };
             let got = Arc::new(AtomicU64::new(0));
+            let started = Arc::new(AtomicBool::new(false));
             jobs += 1;
             let id = jobs;
             let job = Job {
@@ -295,6 +313,7 @@ pub(crate) async fn fetch_chunks(
                 index,
                 copy,
                 got: got.clone(),
+                started: started.clone(),
             };
             let wake = wake.clone();
             let abort = match source {
@@ -323,7 +342,7 @@ pub(crate) async fn fetch_chunks(
                     })
                 }
             };
-            running.insert(id, Running { index, source, abort, got, copy, released: false });
+            running.insert(id, Running { index, source, abort, got, started, copy, released: false });
         }
         if sched.is_complete() {
             break Ok(());
@@ -395,7 +414,7 @@ pub(crate) async fn fetch_chunks(
                             heard_askers(node, f, &mut sched, now());
                         }
                         ctx.progress.chunk_verified();
-                        report_arrivals(&mut sched, &running, &layout);
+                        report_arrivals(&mut sched, &running, &layout, now());
                         actions = place(&mut asking, &mut sched, Event::Done { index: out.index, source }, now());
                     }
                     (_, Err(ChunkError::Fatal(FetchError::Store(StoreError::Superseded { .. })))) => {
@@ -424,7 +443,7 @@ pub(crate) async fn fetch_chunks(
                 asking.answered(peer);
                 actions = take_answer(node, f, count, peer, answer, &mut records, &mut sched, now());
                 if asking.placing() {
-                    report_arrivals(&mut sched, &running, &layout);
+                    report_arrivals(&mut sched, &running, &layout, now());
                     actions.extend(sched.assign(now()));
                 }
             }
@@ -441,7 +460,7 @@ pub(crate) async fn fetch_chunks(
                 if let Some(offer) = &partial {
                     offer.set_landed(sched.landed());
                 }
-                report_arrivals(&mut sched, &running, &layout);
+                report_arrivals(&mut sched, &running, &layout, now());
                 if asking.placing() {
                     actions.extend(sched.assign(now()));
                 }
@@ -650,6 +669,8 @@ struct Job {
     index: u32,
     copy: bool,
     got: Arc<AtomicU64>,
+    /// Set once the request has a slot.
+    started: Arc<AtomicBool>,
 }
 
 impl Job {
@@ -662,7 +683,8 @@ impl Job {
         expect: Option<ChunkHash>,
         also_count: Option<Arc<AtomicU64>>,
     ) -> Result<Fetched, ChunkError> {
-        let _slot = self.ctx.slots.acquire().await.map_err(|e| FetchError::Internal(e.to_string()))?;
+        let _slot = self.ctx.slots.take(source.is_peer()).await.map_err(|e| FetchError::Internal(e.to_string()))?;
+        self.started.store(true, Relaxed);
         let range = ChunkLayout::for_len(self.f.size)
             .range(self.index)
             .ok_or_else(|| FetchError::Internal(format!("chunk {} out of range", self.index)))?;
