@@ -277,8 +277,9 @@ impl Dest {
 /// A download's request slots (`--max-workers`), of which peer requests may never take a
 /// quarter: a Hub request, which the whole swarm waits for, must not queue behind peer requests.
 /// At 16 nodes on two busy cores, up to 120 peer requests of a node (4 per peer and file) queued
-/// for its 32 slots, and one of its Hub chunks waited 10 s for a slot while the uplink stood
-/// idle (2026-12-03).
+/// for its 32 slots, and one of its Hub chunks was placed 10 s before its bytes came, the uplink
+/// idle meanwhile and every node waiting for that chunk (2026-12-03; the slot queue is the
+/// likely wait).
 pub(crate) struct Slots {
     all: Semaphore,
     peers: Semaphore,
