@@ -155,6 +155,13 @@ class UplinkTimeline:
         return summary
 
 
+def stop_recorder(recorder):
+    """Stops a `perf record` (it writes its file on SIGINT), if one runs."""
+    if recorder and recorder.poll() is None:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait()
+
+
 def clean_env(home):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SWARM_DL"))}
     env.update(HF_HOME=os.path.join(home, "hf-home"), HOME=home)
@@ -188,6 +195,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
               perf=None):
     mode, swarm, delay = SCENARIOS[scenario]
     tb = Testbed(n, uplink_mbit)
+    recorder = None
     joins = []
     homes = []
     try:
@@ -245,9 +253,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
                 o = json.loads(out.splitlines()[-1])
                 dups += o.get("chunks_duplicated", 0)
                 takeovers += o.get("chunks_taken_over", 0)
-        if recorder:
-            recorder.send_signal(signal.SIGINT)
-            recorder.wait()
+        stop_recorder(recorder)
         if metrics and joins:
             # Each join node's /metrics once every get is done: what an operator's Prometheus sees.
             with open(metrics, "w") as f:
@@ -273,6 +279,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
         return {"makespan": makespan, "hub_ratio": served / size, "api": api, "cpu": cpu, "busy": busy, "dups": dups,
                 "takeovers": takeovers, "phases": phases}
     finally:
+        stop_recorder(recorder)  # a failed run must not leave `perf record -a` running
         for j in joins:
             if j.poll() is None:
                 j.kill()
