@@ -549,8 +549,18 @@ impl Holdings {
 
     /// Answers `from`'s "what do you hold of this file?". Blocking (may hash a blob).
     pub fn answer(&self, from: PeerId, req: &HaveRequest) -> HaveResponse {
+        self.answer_if(from, req, true).unwrap_or_else(HaveResponse::none)
+    }
+
+    /// [`Self::answer`] when it needs no disk: the file is being downloaded here, or its blob's
+    /// records are already in memory. `None`: ask [`Self::answer`] on a blocking thread.
+    pub fn answer_from_memory(&self, from: PeerId, req: &HaveRequest) -> Option<HaveResponse> {
+        self.answer_if(from, req, false)
+    }
+
+    fn answer_if(&self, from: PeerId, req: &HaveRequest, may_read: bool) -> Option<HaveResponse> {
         let Ok(count) = req.validate() else {
-            return HaveResponse::none();
+            return Some(HaveResponse::none());
         };
         let partial = lock(&self.partial).get(&req.etag).filter(|p| p.size == req.size).cloned();
         let downloading = partial.is_some() || lock(&self.wanted).contains_key(&req.etag);
@@ -562,12 +572,17 @@ impl Holdings {
         let landed = partial.as_ref().map(|p| lock(&p.landed).clone()).unwrap_or_default();
         let records: Vec<Option<Record>> = match partial {
             Some(p) => lock(&p.records).clone(),
-            None => match self.complete(&req.etag, req.size) {
-                Some(c) => c.records.iter().cloned().map(Some).collect(),
-                None => {
-                    return HaveResponse { downloading, ..HaveResponse::none() };
+            None => {
+                let complete = if may_read {
+                    self.complete(&req.etag, req.size)
+                } else {
+                    Some(lock(&self.complete).get(&req.etag)?.clone())
+                };
+                match complete {
+                    Some(c) => c.records.iter().cloned().map(Some).collect(),
+                    None => return Some(HaveResponse { downloading, ..HaveResponse::none() }),
                 }
-            },
+            }
         };
         let mut resp = HaveResponse {
             have: Bitmap::new(count),
@@ -604,7 +619,7 @@ impl Holdings {
             });
             resp.records.push(ChunkRecord { index: i, hash: r.hash, signer, signature: r.signature.to_vec() });
         }
-        resp
+        Some(resp)
     }
 
     /// The bytes of chunk `index`, if held and verified. Blocking.
@@ -715,6 +730,27 @@ mod tests {
         assert_eq!(h.answer(PeerId::random(), &HaveRequest { known, ..req }).records.len(), 2);
         let c = h.chunk(&etag, data.len() as u64, 2).expect("chunk");
         assert_eq!(c.range(), (8 << 20)..(9 << 20));
+    }
+
+    #[test]
+    fn only_what_is_in_memory_is_answered_without_a_blocking_thread() {
+        let data: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 249) as u8).collect();
+        let (tmp, etag) = cache_with_blob(&data);
+        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
+        let req =
+            HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(2), downloading: false };
+        let asker = PeerId::random();
+        // A blob not read yet, and a file this node may or may not have: the disk must tell.
+        assert_eq!(h.answer_from_memory(asker, &req), None);
+        let other = HaveRequest { etag: lfs_sha256(b"other"), ..req.clone() };
+        assert_eq!(h.answer_from_memory(asker, &other), None);
+        // Once read (and hashed) on a blocking thread, the same answer comes from memory.
+        let slow = h.answer(asker, &req);
+        assert_eq!(slow.records.len(), 2);
+        assert_eq!(h.answer_from_memory(asker, &req), Some(slow));
+        // A malformed question needs no disk either.
+        let bad = HaveRequest { known: Bitmap::new(9), ..req };
+        assert_eq!(h.answer_from_memory(asker, &bad), Some(HaveResponse::none()));
     }
 
     #[test]
