@@ -31,3 +31,24 @@ def describe(before, after):
     return (f"machine: writing into fresh page cache cost {before:.2f} CPU-s/GiB before the runs and "
             f"{after:.2f} after (on the 2-core VM of the README: about 0.3 when memory was just "
             "freed, 4 to 6 when its host had taken the memory back)")
+
+
+def main():
+    """How soon freed memory goes back to the host: the page cache cost of rewriting a file at
+    increasing delays after deleting it (on a VM without free page reporting, all stay low)."""
+    import argparse
+    import tempfile
+    import time
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--dir", default=tempfile.gettempdir(), help="where to write (needs 1 GiB free)")
+    ap.add_argument("--delays", default="0,1,3,10,30", help="seconds to wait after the delete, comma-separated")
+    args = ap.parse_args()
+    print(f"first write: {page_cache_cost(args.dir):.2f} CPU-s/GiB", flush=True)
+    for d in [float(x) for x in args.delays.split(",")]:
+        time.sleep(d)
+        print(f"rewritten {d:g} s after the delete: {page_cache_cost(args.dir):.2f} CPU-s/GiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
