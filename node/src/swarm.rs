@@ -1387,9 +1387,10 @@ impl EventLoop {
                     }
                     // A file being downloaded, or a blob already read, is answered from memory
                     // at once: about 600 answers a second cross a 16-node swarm, and a blocking
-                    // thread for each cost two context switches. Others may read the disk.
-                    if let Some(resp) = holdings.answer_from_memory(peer, &request)
-                        && !self.shared.bans.is_banned(&peer)
+                    // thread for each cost two context switches. Others may read the disk. The
+                    // ban comes first: answering records a downloading asker as an owner.
+                    if !self.shared.bans.is_banned(&peer)
+                        && let Some(resp) = holdings.answer_from_memory(peer, &request)
                     {
                         let _ = self.swarm.behaviour_mut().have.send_response(channel, resp);
                         return;

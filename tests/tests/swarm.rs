@@ -669,3 +669,46 @@ async fn a_join_node_serves_prometheus_metrics() {
     assert!(text.contains("swarm_dl_build_info{version=\""), "{text}");
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
 }
+
+/// A banned peer's availability questions are refused before anything is answered: answering
+/// one that says it downloads the file would count the banned peer among the file's owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_peer_asking_about_a_file_is_not_counted_among_its_owners() {
+    use swarm_protocol::chunk::ChunkLayout;
+    use swarm_protocol::hash::Etag;
+    use swarm_protocol::wire::{Bitmap, HaveRequest};
+    let tmp = tempfile::tempdir().expect("tmp");
+    model(&tmp.path().join("hub"), 9 << 20);
+    let hub = TestHub::start(&tmp.path().join("hub")).await;
+    let (cache_a, cache_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    seed(tmp.path(), &hub, &cache_a).await;
+    let blob = std::fs::read_dir(cache_a.join("models--org--model/blobs"))
+        .expect("blobs")
+        .map(|e| e.expect("entry").path())
+        .max_by_key(|p| std::fs::metadata(p).expect("meta").len())
+        .expect("a blob");
+    let size = std::fs::metadata(&blob).expect("meta").len();
+    let etag = Etag::parse(&blob.file_name().expect("name").to_string_lossy()).expect("etag");
+    let a = in_process_node(&cache_a, vec![], None).await;
+    let b = in_process_node(&cache_b, a.handle().listen_addrs(), None).await;
+    let (ha, hb) = (a.handle(), b.handle());
+    hb.wait_connected(&[ha.peer_id()], Duration::from_secs(10)).await;
+    let _wanted = ha.want(vec![etag.clone()]);
+    let req = HaveRequest {
+        etag: etag.clone(),
+        size,
+        known: Bitmap::new(ChunkLayout::for_len(size).count()),
+        downloading: true,
+    };
+    // The first answer reads the blob; the asker says it downloads the file and is an owner.
+    let first = hb.have(ha.peer_id(), req.clone()).await.expect("valid").expect("answered");
+    assert_eq!(first.chunks.len(), ChunkLayout::for_len(size).count() as usize, "{first:?}");
+    assert_eq!(ha.take_askers(&etag), vec![hb.peer_id()]);
+    // Banned, it asks again: the answer would now come from memory, but the ban comes first.
+    ha.ban(hb.peer_id(), "a test");
+    let second = hb.have(ha.peer_id(), req).await.expect("valid");
+    assert!(second.as_ref().is_none_or(|s| s.chunks.is_empty()), "a banned peer got an answer: {second:?}");
+    assert_eq!(ha.take_askers(&etag), vec![], "a banned peer was counted among the owners");
+    b.shutdown().await;
+    a.shutdown().await;
+}
