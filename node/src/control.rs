@@ -345,7 +345,7 @@ async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::O
         }
     }
     st.node.metrics().download_running(1);
-    let _running = Running(st.node.metrics());
+    let running = Running(st.node.metrics());
     let run = run_get(st, g, progress.clone());
     let mut run = std::pin::pin!(run);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -366,6 +366,8 @@ async fn remote_get(st: &AppState, g: GetParams, write: &mut tokio::net::unix::O
             }
         }
     };
+    // Ended before the client hears so: a scrape after `get` returns must not count it.
+    drop(running);
     for note in progress.take_notes() {
         let _ = send(write, &Line::Note(note)).await;
     }
