@@ -458,6 +458,19 @@ impl FileScheduler {
         self.interested.len()
     }
 
+    /// The peers downloading the file now, as this node sees them.
+    pub fn interested_peers(&self) -> Vec<PeerId> {
+        self.interested.keys().copied().collect()
+    }
+
+    /// Whether the swarm-wide Hub window has reached the end of the file: every chunk that has
+    /// not left the Hub may be in flight from it now, so each landing may be one the others
+    /// wait for.
+    pub fn window_at_end(&self) -> bool {
+        let count = self.chunks.len() as u32;
+        count.saturating_sub(self.landed().count_ones()) <= self.limits.hub_window
+    }
+
     /// Who fetches chunk `index` from the Hub, among this node and the interested peers not
     /// passed over as stalled.
     pub fn owner(&self, index: u32) -> PeerId {

@@ -9,7 +9,7 @@
 //!
 //! Behaviours: mDNS (LAN discovery), identify (addresses for Kademlia), Kademlia under
 //! `/swarm-dl/kad/1` in server mode (cluster discovery and one provider record per complete
-//! blob), `/swarm-dl/have/5` (availability with signed chunk records, [`holdings`]) and
+//! blob), `/swarm-dl/have/6` (availability with signed chunk records, [`holdings`]) and
 //! `/swarm-dl/chunk/1` (bytes, [`transfer`]).
 //!
 //! It must not decide what to fetch (that is [`crate::scheduler`] and [`crate::fetch`]) nor write
@@ -202,6 +202,16 @@ impl Offer {
     /// Announces the chunks that have left the Hub, as this node's schedule knows them.
     pub fn set_landed(&self, bits: wire::Bitmap) {
         self.partial.set_landed(bits);
+    }
+
+    /// Waits until a peer downloading the file says it has news ([`wire::HaveRequest::news`]).
+    pub async fn poked(&self) {
+        self.partial.poked().await;
+    }
+
+    /// The peers that said they have news since the last call.
+    pub fn take_news(&self) -> Vec<PeerId> {
+        self.partial.take_news()
     }
 
     /// The counter of bytes received from the Hub for this file, announced to peers.
@@ -830,7 +840,7 @@ impl NodeHandle {
             // Every record is "known": the answer carries the bitmap and flags, no signatures.
             let mut known = wire::Bitmap::new(count);
             (0..count).for_each(|i| known.set(i));
-            let req = HaveRequest { etag: etag.clone(), size: *size, known, downloading: false };
+            let req = HaveRequest { etag: etag.clone(), size: *size, known, downloading: false, news: false };
             async move { matches!(self.have(peer, req).await, Ok(Some(Availability { downloading: true, .. }))) }
         });
         futures::future::join_all(asks).await.into_iter().any(|downloading| downloading)

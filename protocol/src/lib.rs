@@ -25,7 +25,7 @@
 //! - [`manifest::ChunkManifest`]: per file, its ETag, size, chunk size and chunk hashes. Written today
 //!   as the resume state of a download; shipped to peers by the swarm (signed by the node that
 //!   fetched the bytes from the Hub).
-//! - [`wire`]: the peer protocols — `/swarm-dl/have/5` (which chunks a peer holds, with a signed
+//! - [`wire`]: the peer protocols — `/swarm-dl/have/6` (which chunks a peer holds, with a signed
 //!   chunk-hash record per chunk) and `/swarm-dl/chunk/1` (chunk bytes on a stream) — their frames,
 //!   size limits, and the exact bytes a node signs to vouch for a chunk.
 //!

@@ -17,7 +17,7 @@ use crate::hash::{ChunkHash, Etag};
 use serde::{Deserialize, Serialize};
 
 /// Protocol name of the availability exchange.
-pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/5";
+pub const HAVE_PROTOCOL: &str = "/swarm-dl/have/6";
 /// Protocol name of chunk transfer.
 pub const CHUNK_PROTOCOL: &str = "/swarm-dl/chunk/1";
 /// Protocol name of the metadata exchange (a revision's commit and file listing).
@@ -140,6 +140,10 @@ pub struct HaveRequest {
     /// The asker is downloading this file: a node downloading it too counts the asker among
     /// the file's owners from now on, before its own next round of questions.
     pub downloading: bool,
+    /// The asker has just landed a chunk from the Hub near the end of the file: a node
+    /// downloading the file asks it back now rather than at its next round, so the last
+    /// chunks spread without waiting up to a round. A false one costs one question.
+    pub news: bool,
 }
 
 /// A signed statement that chunk `index` of a file hashes to `hash`.
@@ -590,7 +594,7 @@ mod tests {
 
     #[test]
     fn response_validation_catches_inconsistencies() {
-        let req = HaveRequest { etag: etag(), size: 9 << 20, known: Bitmap::new(3), downloading: true };
+        let req = HaveRequest { etag: etag(), size: 9 << 20, known: Bitmap::new(3), downloading: true, news: false };
         let mut have = Bitmap::new(3);
         have.set(0);
         let rec = |index, signer| ChunkRecord { index, hash: ChunkHash([1; 32]), signer, signature: vec![1; 64] };
@@ -623,10 +627,10 @@ mod tests {
 
     proptest! {
         #[test]
-        fn requests_round_trip(etag in arb_etag(), size in 0u64..(1 << 40), index in any::<u32>(), downloading in any::<bool>()) {
+        fn requests_round_trip(etag in arb_etag(), size in 0u64..(1 << 40), index in any::<u32>(), downloading in any::<bool>(), news in any::<bool>()) {
             let req = ChunkRequest { etag: etag.clone(), size, index };
             prop_assert_eq!(decode_frame::<ChunkRequest>(&encode_frame(&req), MAX_CHUNK_FRAME)?, req);
-            let have = HaveRequest { etag, size, known: Bitmap(vec![index as u8]), downloading };
+            let have = HaveRequest { etag, size, known: Bitmap(vec![index as u8]), downloading, news };
             prop_assert_eq!(decode_frame::<HaveRequest>(&encode_frame(&have), MAX_HAVE_REQUEST)?, have);
         }
 

@@ -699,6 +699,7 @@ async fn a_banned_peer_asking_about_a_file_is_not_counted_among_its_owners() {
         size,
         known: Bitmap::new(ChunkLayout::for_len(size).count()),
         downloading: true,
+        news: false,
     };
     // The first answer reads the blob; the asker says it downloads the file and is an owner.
     let first = hb.have(ha.peer_id(), req.clone()).await.expect("valid").expect("answered");

@@ -416,6 +416,15 @@ pub(crate) async fn fetch_chunks(
                         ctx.progress.chunk_verified();
                         report_arrivals(&mut sched, &running, &layout, now());
                         actions = place(&mut asking, &mut sched, Event::Done { index: out.index, source }, now());
+                        if source == Source::Hub
+                            && asks_peers
+                            && let Some(node) = node
+                            && sched.window_at_end()
+                        {
+                            let peers = sched.interested_peers();
+                            tracing::debug!(file = %f.path, chunk = out.index, peers = peers.len(), "landed near the end: telling the nodes downloading it");
+                            tell_news(node, f, count, peers);
+                        }
                     }
                     (_, Err(ChunkError::Fatal(FetchError::Store(StoreError::Superseded { .. })))) => {
                         ctx.progress.take_back(fp, run.got.load(Relaxed));
@@ -440,11 +449,23 @@ pub(crate) async fn fetch_chunks(
             }
             Some((peer, answer)) = asking.next() => {
                 let Some(node) = node else { continue };
-                asking.answered(peer);
+                let again = asking.answered(peer);
                 actions = take_answer(node, f, count, peer, answer, &mut records, &mut sched, now());
+                if again {
+                    asking.ask_now(node, f, count, &records, vec![peer]);
+                }
                 if asking.placing() {
                     report_arrivals(&mut sched, &running, &layout, now());
                     actions.extend(sched.assign(now()));
+                }
+            }
+            () = poked(partial.as_ref()) => {
+                // Peers that have just landed a chunk near the end: asked back at once.
+                let (Some(node), Some(offer)) = (node, &partial) else { continue };
+                let news = offer.take_news();
+                if asks_peers && !news.is_empty() {
+                    tracing::debug!(file = %f.path, peers = news.len(), "news from peers: asking them now");
+                    asking.ask_now(node, f, count, &records, news);
                 }
             }
             _ = tokio::time::sleep_until(next_refresh) => {
@@ -509,6 +530,32 @@ fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, no
     }
 }
 
+/// Near the end of a file the others may have nothing left to fetch but the chunk this node
+/// has just landed from the Hub and the few like it: tells them, so they ask this node back now
+/// rather than at their next round. Each question goes out on its own task, as this download
+/// may end with this very chunk, and asks for no records (its answer is not needed).
+fn tell_news(node: &NodeHandle, f: &RemoteFile, count: u32, peers: Vec<PeerId>) {
+    let mut known = Bitmap::new(count);
+    (0..count).for_each(|i| known.set(i));
+    for peer in peers {
+        let req =
+            HaveRequest { etag: f.etag.clone(), size: f.size, known: known.clone(), downloading: true, news: true };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _ = node.have(peer, req).await;
+        });
+    }
+}
+
+/// Resolves when a peer says it has news of the file ([`crate::swarm::Offer::poked`]); never
+/// without an offer.
+async fn poked(offer: Option<&crate::swarm::Offer>) {
+    match offer {
+        Some(o) => o.poked().await,
+        None => std::future::pending().await,
+    }
+}
+
 type Answer = Result<Option<crate::swarm::Availability>, crate::swarm::InvalidAnswer>;
 
 /// The availability questions in flight for one file. Each connected peer is asked again once
@@ -529,6 +576,9 @@ struct Asking<'a> {
     first: HashMap<PeerId, tokio::time::Instant>,
     /// Every peer ever asked.
     seen: HashSet<PeerId>,
+    /// Peers to ask again as soon as their question in flight is answered (it left before
+    /// they said they had news).
+    again: HashSet<PeerId>,
 }
 
 impl<'a> Asking<'a> {
@@ -551,24 +601,54 @@ impl<'a> Asking<'a> {
             actions.extend(sched.observe(Event::PeerGone(gone), now));
         }
         for peer in peers.into_iter().filter(|p| !node.is_banned(p)) {
-            if !self.asked.insert(peer) {
-                continue;
+            if !self.asked.contains(&peer) {
+                self.ask_one(node, f, count, records, peer);
             }
-            if self.seen.insert(peer) {
-                self.first.insert(peer, tokio::time::Instant::now() + FIRST_ANSWERS_WAIT);
-            }
-            let mut known = Bitmap::new(count);
-            if let Some(v) = records.get(&peer) {
-                for (i, r) in v.iter().enumerate() {
-                    if r.is_some() {
-                        known.set(i as u32);
-                    }
-                }
-            }
-            let req = HaveRequest { etag: f.etag.clone(), size: f.size, known, downloading: true };
-            self.answers.push(Box::pin(async move { (peer, node.have(peer, req).await) }));
         }
         actions
+    }
+
+    /// Asks `peers` out of turn: now, or as soon as their question in flight is answered.
+    fn ask_now(
+        &mut self,
+        node: &'a NodeHandle,
+        f: &RemoteFile,
+        count: u32,
+        records: &HashMap<PeerId, Vec<Option<Record>>>,
+        peers: Vec<PeerId>,
+    ) {
+        let connected = node.peers();
+        for peer in peers.into_iter().filter(|p| connected.contains(p)) {
+            if self.asked.contains(&peer) {
+                self.again.insert(peer);
+            } else {
+                self.ask_one(node, f, count, records, peer);
+            }
+        }
+    }
+
+    fn ask_one(
+        &mut self,
+        node: &'a NodeHandle,
+        f: &RemoteFile,
+        count: u32,
+        records: &HashMap<PeerId, Vec<Option<Record>>>,
+        peer: PeerId,
+    ) {
+        self.asked.insert(peer);
+        if self.seen.insert(peer) {
+            self.first.insert(peer, tokio::time::Instant::now() + FIRST_ANSWERS_WAIT);
+        }
+        let mut known = Bitmap::new(count);
+        if let Some(v) = records.get(&peer) {
+            for (i, r) in v.iter().enumerate() {
+                if r.is_some() {
+                    known.set(i as u32);
+                }
+            }
+        }
+        let req = HaveRequest { etag: f.etag.clone(), size: f.size, known, downloading: true, news: false };
+        self.answers.push(Box::pin(async move { (peer, node.have(peer, req).await) }));
     }
 
     /// The next answer; pending while none is in flight.
@@ -579,10 +659,11 @@ impl<'a> Asking<'a> {
         futures::StreamExt::next(&mut self.answers).await
     }
 
-    /// Records that `peer` answered.
-    fn answered(&mut self, peer: PeerId) {
+    /// Records that `peer` answered. True: ask it again now ([`Self::ask_now`]).
+    fn answered(&mut self, peer: PeerId) -> bool {
         self.asked.remove(&peer);
         self.first.remove(&peer);
+        self.again.remove(&peer)
     }
 
     /// Whether chunks may be placed: no peer's first answer is awaited any more.

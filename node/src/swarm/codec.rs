@@ -1,4 +1,4 @@
-//! Request/response codecs (`/swarm-dl/have/5`, `/swarm-dl/meta/1`): length-prefixed bincode frames with the hard
+//! Request/response codecs (`/swarm-dl/have/6`, `/swarm-dl/meta/1`): length-prefixed bincode frames with the hard
 //! limits of [`swarm_protocol::wire`], read without trusting the length prefix.
 
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -59,7 +59,7 @@ impl<Req, Resp> FrameCodec<Req, Resp> {
     }
 }
 
-/// `/swarm-dl/have/5`.
+/// `/swarm-dl/have/6`.
 pub type HaveCodec = FrameCodec<HaveRequest, HaveResponse>;
 /// `/swarm-dl/meta/1`.
 pub type MetaCodec = FrameCodec<MetaRequest, MetaResponse>;

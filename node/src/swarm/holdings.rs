@@ -143,6 +143,10 @@ pub struct Partial {
     landed: Mutex<Bitmap>,
     /// Bytes received from the Hub for the file in this download (announced: stall detection).
     pub hub_bytes: Arc<AtomicU64>,
+    /// Peers that asked with news ([`HaveRequest::news`]) since the download's driver last
+    /// looked, and the wake-up that tells it to.
+    news: Mutex<HashSet<PeerId>>,
+    poked: tokio::sync::Notify,
 }
 
 impl Partial {
@@ -166,6 +170,17 @@ impl Partial {
     /// Sets the chunks announced as having left the Hub.
     pub fn set_landed(&self, bits: Bitmap) {
         *lock(&self.landed) = bits;
+    }
+
+    /// Waits until a peer asks with news, unless one already did since the last call
+    /// ([`Self::take_news`] then names it).
+    pub async fn poked(&self) {
+        self.poked.notified().await;
+    }
+
+    /// Peers that asked with news since the last call: the driver asks them back now.
+    pub fn take_news(&self) -> Vec<PeerId> {
+        lock(&self.news).drain().collect()
     }
 
     /// Chunks offered so far.
@@ -327,6 +342,8 @@ impl Holdings {
             fetching: Mutex::new(Bitmap::new(count as u32)),
             landed: Mutex::new(Bitmap::new(count as u32)),
             hub_bytes: Arc::default(),
+            news: Mutex::default(),
+            poked: tokio::sync::Notify::new(),
         });
         lock(&self.partial).insert(etag.clone(), p.clone());
         p
@@ -567,6 +584,10 @@ impl Holdings {
         if downloading && req.downloading {
             lock(&self.askers).entry(req.etag.clone()).or_default().insert(from);
         }
+        if let Some(p) = partial.as_ref().filter(|_| req.news) {
+            lock(&p.news).insert(from);
+            p.poked.notify_one();
+        }
         let fetching = partial.as_ref().map(|p| lock(&p.fetching).clone()).unwrap_or_default();
         let hub_bytes = partial.as_ref().map_or(0, |p| p.hub_bytes.load(Relaxed));
         let landed = partial.as_ref().map(|p| lock(&p.landed).clone()).unwrap_or_default();
@@ -708,7 +729,13 @@ mod tests {
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req = HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(3), downloading: true };
+        let req = HaveRequest {
+            etag: etag.clone(),
+            size: data.len() as u64,
+            known: Bitmap::new(3),
+            downloading: true,
+            news: false,
+        };
         let resp = h.answer(PeerId::random(), &req);
         resp.validate(&req).expect("valid");
         assert_eq!(resp.have.count_ones(), 3);
@@ -737,8 +764,13 @@ mod tests {
         let data: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 249) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req =
-            HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(2), downloading: false };
+        let req = HaveRequest {
+            etag: etag.clone(),
+            size: data.len() as u64,
+            known: Bitmap::new(2),
+            downloading: false,
+            news: false,
+        };
         let asker = PeerId::random();
         // A blob not read yet, and a file this node may or may not have: the disk must tell.
         assert_eq!(h.answer_from_memory(asker, &req), None);
@@ -753,12 +785,43 @@ mod tests {
         assert_eq!(h.answer_from_memory(asker, &bad), Some(HaveResponse::none()));
     }
 
+    /// A question with news wakes the download of that file here, and names the asker; one
+    /// without news, or about a file not in progress here, wakes nothing.
+    #[tokio::test]
+    async fn a_question_with_news_wakes_the_download_and_names_the_asker() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (etag, size) = (lfs_sha256(b"in progress"), 9u64 << 20);
+        let (pf, _) = PartialFile::open(&tmp.path().join("inc"), &tmp.path().join("state"), &etag, size).expect("open");
+        let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
+        let progress = crate::fetch::progress::Progress::default().start_file("f", size);
+        let p = h.add_partial(&etag, "a/b: f".into(), progress, Arc::new(pf));
+        let woken = || async { tokio::time::timeout(std::time::Duration::from_millis(100), p.poked()).await.is_ok() };
+        let (plain, news) = (PeerId::random(), PeerId::random());
+        let req = HaveRequest { etag: etag.clone(), size, known: Bitmap::new(3), downloading: true, news: false };
+        assert!(h.answer_from_memory(plain, &req).is_some(), "a file in progress is answered from memory");
+        let elsewhere = HaveRequest { etag: lfs_sha256(b"not here"), news: true, ..req.clone() };
+        let _ = h.answer(plain, &elsewhere);
+        assert!(!woken().await, "no news about this file");
+        assert!(p.take_news().is_empty());
+        let _ = h.answer_from_memory(news, &HaveRequest { news: true, ..req.clone() });
+        let _ = h.answer(news, &HaveRequest { news: true, ..req });
+        assert!(woken().await, "news wakes the download");
+        assert_eq!(p.take_news(), vec![news], "once per asker");
+        assert!(!woken().await && p.take_news().is_empty(), "taken: nothing more");
+    }
+
     #[test]
     fn a_record_relayed_by_every_holder_is_checked_once_and_a_forged_one_never_passes() {
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req = HaveRequest { etag: etag.clone(), size: data.len() as u64, known: Bitmap::new(3), downloading: true };
+        let req = HaveRequest {
+            etag: etag.clone(),
+            size: data.len() as u64,
+            known: Bitmap::new(3),
+            downloading: true,
+            news: false,
+        };
         let resp = h.answer(PeerId::random(), &req);
         let signer = Arc::new(Signer::decode(&resp.signers[0]).expect("signer"));
         let record = |r: &ChunkRecord, signature: Vec<u8>| Record {
@@ -793,7 +856,7 @@ mod tests {
         let path = tmp.path().join("models--a--b/blobs").join(etag.as_str());
         std::fs::write(&path, b"evil bytes").expect("tamper");
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1), downloading: true };
+        let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1), downloading: true, news: false };
         assert_eq!(h.answer(PeerId::random(), &req), HaveResponse::none());
         assert!(h.chunk(&etag, 10, 0).is_none());
     }
@@ -808,7 +871,7 @@ mod tests {
             id: swarm_protocol::repo::RepoId::parse("a/b").expect("id"),
             ty: swarm_protocol::repo::RepoType::Model,
         };
-        let req = HaveRequest { etag: etag.clone(), size: 24, known: Bitmap::new(1), downloading: true };
+        let req = HaveRequest { etag: etag.clone(), size: 24, known: Bitmap::new(1), downloading: true, news: false };
         let ask = |open: bool| {
             let h = Holdings::new(tmp.path().into(), open, Keypair::generate_ed25519(), Hooks::default());
             (h.answer(PeerId::random(), &req).have.count_ones(), h.chunk(&etag, 24, 0).is_some(), h.blobs().len())

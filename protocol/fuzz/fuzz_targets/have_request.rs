@@ -1,4 +1,4 @@
-//! Untrusted bytes as a `/swarm-dl/have/5` request: decoding and validation must never panic
+//! Untrusted bytes as a `/swarm-dl/have/6` request: decoding and validation must never panic
 //! nor allocate past the frame limit.
 #![no_main]
 use libfuzzer_sys::fuzz_target;

@@ -1,4 +1,4 @@
-//! Untrusted bytes as a `/swarm-dl/have/5` response, validated against a fixed request.
+//! Untrusted bytes as a `/swarm-dl/have/6` response, validated against a fixed request.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use swarm_protocol::hash::lfs_sha256;
@@ -6,7 +6,7 @@ use swarm_protocol::wire::{Bitmap, HaveRequest, HaveResponse, MAX_HAVE_RESPONSE,
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(resp) = decode_frame::<HaveResponse>(data, MAX_HAVE_RESPONSE) {
-        let req = HaveRequest { etag: lfs_sha256(b"fuzz"), size: 100 << 20, known: Bitmap::new(25), downloading: true };
+        let req = HaveRequest { etag: lfs_sha256(b"fuzz"), size: 100 << 20, known: Bitmap::new(25), downloading: true, news: false };
         let _ = resp.validate(&req);
         let _ = resp.have.count_ones();
     }
