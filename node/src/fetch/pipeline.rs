@@ -335,6 +335,7 @@ pub(crate) async fn fetch_chunks(
                         queue.extend(sched.handle(Event::Failed { index, peer, fault }, now()));
                         continue;
                     };
+                    tracing::debug!(file = %f.path, chunk = index, copy, %peer, "from a peer");
                     tasks.spawn(async move {
                         let result = job.peer_chunk(&node, peer, record).await;
                         wake.notify_one();
@@ -408,6 +409,7 @@ pub(crate) async fn fetch_chunks(
                             }
                         }
                         if let Source::Peer(p) = source {
+                            tracing::debug!(file = %f.path, chunk = out.index, "landed from a peer");
                             suspects[out.index as usize] = record.map(|r| (p, r));
                         }
                         if let Some(node) = node {
