@@ -715,6 +715,12 @@ mod tests {
     use super::*;
     use swarm_protocol::hash::lfs_sha256;
 
+    /// "What do you hold of this file?", knowing no record yet, without news.
+    fn question(etag: &Etag, size: u64, downloading: bool) -> HaveRequest {
+        let known = Bitmap::new(ChunkLayout::for_len(size).count());
+        HaveRequest { etag: etag.clone(), size, known, downloading, news: false }
+    }
+
     fn cache_with_blob(data: &[u8]) -> (tempfile::TempDir, Etag) {
         let tmp = tempfile::tempdir().expect("tmp");
         let etag = lfs_sha256(data);
@@ -729,13 +735,7 @@ mod tests {
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req = HaveRequest {
-            etag: etag.clone(),
-            size: data.len() as u64,
-            known: Bitmap::new(3),
-            downloading: true,
-            news: false,
-        };
+        let req = question(&etag, data.len() as u64, true);
         let resp = h.answer(PeerId::random(), &req);
         resp.validate(&req).expect("valid");
         assert_eq!(resp.have.count_ones(), 3);
@@ -764,13 +764,7 @@ mod tests {
         let data: Vec<u8> = (0..(5u32 << 20)).map(|i| (i % 249) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req = HaveRequest {
-            etag: etag.clone(),
-            size: data.len() as u64,
-            known: Bitmap::new(2),
-            downloading: false,
-            news: false,
-        };
+        let req = question(&etag, data.len() as u64, false);
         let asker = PeerId::random();
         // A blob not read yet, and a file this node may or may not have: the disk must tell.
         assert_eq!(h.answer_from_memory(asker, &req), None);
@@ -797,7 +791,7 @@ mod tests {
         let p = h.add_partial(&etag, "a/b: f".into(), progress, Arc::new(pf));
         let woken = || async { tokio::time::timeout(std::time::Duration::from_millis(100), p.poked()).await.is_ok() };
         let (plain, news) = (PeerId::random(), PeerId::random());
-        let req = HaveRequest { etag: etag.clone(), size, known: Bitmap::new(3), downloading: true, news: false };
+        let req = question(&etag, size, true);
         assert!(h.answer_from_memory(plain, &req).is_some(), "a file in progress is answered from memory");
         let elsewhere = HaveRequest { etag: lfs_sha256(b"not here"), news: true, ..req.clone() };
         let _ = h.answer(plain, &elsewhere);
@@ -815,13 +809,7 @@ mod tests {
         let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         let (tmp, etag) = cache_with_blob(&data);
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req = HaveRequest {
-            etag: etag.clone(),
-            size: data.len() as u64,
-            known: Bitmap::new(3),
-            downloading: true,
-            news: false,
-        };
+        let req = question(&etag, data.len() as u64, true);
         let resp = h.answer(PeerId::random(), &req);
         let signer = Arc::new(Signer::decode(&resp.signers[0]).expect("signer"));
         let record = |r: &ChunkRecord, signature: Vec<u8>| Record {
@@ -856,7 +844,7 @@ mod tests {
         let path = tmp.path().join("models--a--b/blobs").join(etag.as_str());
         std::fs::write(&path, b"evil bytes").expect("tamper");
         let h = Holdings::new(tmp.path().into(), false, Keypair::generate_ed25519(), Hooks::default());
-        let req = HaveRequest { etag: etag.clone(), size: 10, known: Bitmap::new(1), downloading: true, news: false };
+        let req = question(&etag, 10, true);
         assert_eq!(h.answer(PeerId::random(), &req), HaveResponse::none());
         assert!(h.chunk(&etag, 10, 0).is_none());
     }
@@ -871,7 +859,7 @@ mod tests {
             id: swarm_protocol::repo::RepoId::parse("a/b").expect("id"),
             ty: swarm_protocol::repo::RepoType::Model,
         };
-        let req = HaveRequest { etag: etag.clone(), size: 24, known: Bitmap::new(1), downloading: true, news: false };
+        let req = question(&etag, 24, true);
         let ask = |open: bool| {
             let h = Holdings::new(tmp.path().into(), open, Keypair::generate_ed25519(), Hooks::default());
             (h.answer(PeerId::random(), &req).have.count_ones(), h.chunk(&etag, 24, 0).is_some(), h.blobs().len())
