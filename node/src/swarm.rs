@@ -838,8 +838,7 @@ impl NodeHandle {
         let asks = peers.iter().flat_map(|&peer| files.iter().map(move |f| (peer, f))).map(|(peer, (etag, size))| {
             let count = ChunkLayout::for_len(*size).count();
             // Every record is "known": the answer carries the bitmap and flags, no signatures.
-            let mut known = wire::Bitmap::new(count);
-            (0..count).for_each(|i| known.set(i));
+            let known = wire::Bitmap::full(count);
             let req = HaveRequest { etag: etag.clone(), size: *size, known, downloading: false, news: false };
             async move { matches!(self.have(peer, req).await, Ok(Some(Availability { downloading: true, .. }))) }
         });

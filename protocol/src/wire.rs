@@ -92,6 +92,17 @@ impl Bitmap {
         Self(vec![0; count.div_ceil(8) as usize])
     }
 
+    /// The set of all `count` chunks.
+    pub fn full(count: u32) -> Self {
+        let mut bits = Self(vec![0xff; count.div_ceil(8) as usize]);
+        if let Some(last) = bits.0.last_mut()
+            && !count.is_multiple_of(8)
+        {
+            *last = (1u8 << (count % 8)) - 1;
+        }
+        bits
+    }
+
     /// Whether chunk `i` is in the set (false beyond the end).
     pub fn get(&self, i: u32) -> bool {
         self.0.get((i / 8) as usize).is_some_and(|b| b & (1 << (i % 8)) != 0)
@@ -666,6 +677,16 @@ mod tests {
             for p in &picks { prop_assert!(b.get(p % count)); }
             prop_assert!(b.fits(count));
             prop_assert!(!b.get(count));
+        }
+
+        #[test]
+        fn a_full_bitmap_holds_every_chunk_and_fits(count in 0u32..5000) {
+            let mut one_by_one = Bitmap::new(count);
+            (0..count).for_each(|i| one_by_one.set(i));
+            let full = Bitmap::full(count);
+            prop_assert_eq!(&full, &one_by_one);
+            prop_assert!(full.fits(count));
+            prop_assert_eq!(full.count_ones(), count);
         }
     }
 }

@@ -537,8 +537,7 @@ fn heard_askers(node: &NodeHandle, f: &RemoteFile, sched: &mut FileScheduler, no
 /// rather than at their next round. Each question goes out on its own task, as this download
 /// may end with this very chunk, and asks for no records (its answer is not needed).
 fn tell_news(node: &NodeHandle, f: &RemoteFile, count: u32, peers: Vec<PeerId>) {
-    let mut known = Bitmap::new(count);
-    (0..count).for_each(|i| known.set(i));
+    let known = Bitmap::full(count);
     for peer in peers {
         let req =
             HaveRequest { etag: f.etag.clone(), size: f.size, known: known.clone(), downloading: true, news: true };

@@ -207,10 +207,7 @@ struct Complete {
 impl Complete {
     fn new(path: PathBuf, records: Vec<Record>, checked: bool) -> Self {
         let n = records.len() as u32;
-        let mut bits = Bitmap::new(n);
-        if checked {
-            (0..n).for_each(|i| bits.set(i));
-        }
+        let bits = if checked { Bitmap::full(n) } else { Bitmap::new(n) };
         Self { path, records, checked: Mutex::new(bits) }
     }
 }
