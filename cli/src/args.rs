@@ -16,6 +16,12 @@ pub struct Cli {
     /// else /etc/swarm-dl/config.toml]; `none` reads none. Flags and environment variables beat it.
     #[arg(long, global = true, value_name = "FILE", env = "SWARM_DL_CONFIG", hide_env_values = true)]
     pub config: Option<PathBuf>,
+    /// Read and write file data through the page cache. On Linux it goes around it by default
+    /// (O_DIRECT): far less CPU per byte on VMs, and no eviction of other programs' cached
+    /// files, but a file just downloaded is not left in memory for its first load.
+    #[arg(long, global = true, env = "SWARM_DL_PAGE_CACHE", hide_env_values = true,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    pub page_cache: bool,
 }
 
 /// Subcommands.

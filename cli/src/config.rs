@@ -135,6 +135,7 @@ const KEYS: &[Key] = &[
     key("accept-preheat", Kind::Bool),
     key("no-swarm", Kind::Bool),
     key("peer-wait", Kind::Number),
+    key("page-cache", Kind::Bool),
 ];
 
 /// A value from the file, as text for clap's parsers.
@@ -276,6 +277,12 @@ pub fn apply(mut cmd: clap::Command, file: Option<&ConfigFile>) -> anyhow::Resul
         for sub in names {
             cmd = apply_to(cmd, &sub, name, raw, &file.path)?;
         }
+        // A global switch lives on the top command (clap copies it to the subcommands later).
+        let global = cmd.get_arguments().find(|a| a.get_long() == Some(&**name)).map(|a| a.get_id().clone());
+        if let (Some(id), Raw::One(v)) = (global, raw) {
+            let v = v.clone();
+            cmd = cmd.mut_arg(id, |a| a.default_value(v));
+        }
     }
     Ok(cmd)
 }
@@ -344,7 +351,10 @@ pub fn show(line: &[String]) -> anyhow::Result<Vec<Shown>> {
             if out.iter().any(|s| s.key == key.name) {
                 continue;
             }
-            let Some(arg) = sc.get_arguments().find(|a| a.get_long() == Some(key.name)) else { continue };
+            let named = |a: &&clap::Arg| a.get_long() == Some(key.name);
+            let Some(arg) = sc.get_arguments().find(named).or_else(|| cmd.get_arguments().find(named)) else {
+                continue;
+            };
             let id = arg.get_id().as_str();
             let raw = m.get_raw(id).map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect::<Vec<_>>().join(","));
             let from_flag = m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
@@ -388,7 +398,8 @@ mod tests {
         let cmd = <crate::args::Cli as clap::CommandFactory>::command();
         for key in KEYS {
             assert!(
-                cmd.get_subcommands().any(|s| s.get_arguments().any(|a| a.get_long() == Some(key.name))),
+                cmd.get_arguments().any(|a| a.get_long() == Some(key.name))
+                    || cmd.get_subcommands().any(|s| s.get_arguments().any(|a| a.get_long() == Some(key.name))),
                 "config key {} is no command's flag",
                 key.name
             );
@@ -399,7 +410,7 @@ mod tests {
     fn a_bad_file_is_one_sentence_naming_the_file_the_key_and_what_is_allowed() {
         assert_eq!(
             err("max-worker = 3"),
-            "config file '/etc/swarm-dl/config.toml', key 'max-worker': unknown key (the keys are the long flag names: cache-dir, endpoint, token, max-workers, retries, max-download-rate, max-upload-rate, listen, peer, swarm-key, no-mdns, ban-time, control-group, metrics-listen, hub-listen, hub-listen-public, rate-schedule, accept-preheat, no-swarm, peer-wait)"
+            "config file '/etc/swarm-dl/config.toml', key 'max-worker': unknown key (the keys are the long flag names: cache-dir, endpoint, token, max-workers, retries, max-download-rate, max-upload-rate, listen, peer, swarm-key, no-mdns, ban-time, control-group, metrics-listen, hub-listen, hub-listen-public, rate-schedule, accept-preheat, no-swarm, peer-wait, page-cache)"
         );
         assert_eq!(
             err("max-workers = \"many\""),

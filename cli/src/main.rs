@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.json();
+    swarm_node::store::direct::set_enabled(!cli.page_cache);
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWARM_DL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libp2p_kad=error,libp2p_mdns=error"));
     // No ANSI codes in logs that go to a file or a pipe (journald, CI logs).

@@ -38,6 +38,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("SWARM_DL_CONTROL_GROUP", "group whose members may download through a join node (--control-group)"),
     ("SWARM_DL_HUB_LISTEN", "where join serves its Hub endpoint, or off (--hub-listen)"),
     ("SWARM_DL_RATE_SCHEDULE", "caps by local day and time for join (--rate-schedule)"),
+    ("SWARM_DL_PAGE_CACHE", "file data through the page cache, not direct I/O (--page-cache)"),
     ("SWARM_DL_CONFIG", "the config file to read (--config; `none` reads none)"),
     ("XDG_CONFIG_HOME", "the user's config file is $XDG_CONFIG_HOME/swarm-dl/config.toml (default ~/.config)"),
 ];

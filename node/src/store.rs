@@ -14,14 +14,17 @@
 //! never a source of trust.
 //!
 //! The whole-file hash (the Hub's ETag) is computed in order by a verifier that follows the
-//! contiguous prefix of finished chunks, reading them back (from the page cache), so it overlaps
-//! with the download instead of adding a pass at the end. Nothing is renamed into place unless
-//! that hash equals the ETag.
+//! contiguous prefix of finished chunks, reading them back, so it overlaps with the download
+//! instead of adding a pass at the end. Nothing is renamed into place unless that hash equals
+//! the ETag.
+//!
+//! Chunk bytes go to disk and back around the page cache where they can ([`direct`]).
 
+pub mod direct;
 pub mod writer;
 
-use crate::os::FileAt as _;
-use std::fs::{self, File, OpenOptions};
+use direct::{AlignedBuf, DataFile};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -138,7 +141,7 @@ pub struct Ticket {
 /// A file being downloaded. Share it (`Arc`) between the tasks writing its chunks.
 #[derive(Debug)]
 pub struct PartialFile {
-    file: File,
+    file: DataFile,
     path: PathBuf,
     state_path: PathBuf,
     state: Mutex<State>,
@@ -163,15 +166,10 @@ impl PartialFile {
         }
         let saved = read_state(state_path, etag, size);
         let count = swarm_protocol::chunk::ChunkLayout::for_len(size).count() as usize;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(saved.is_none())
-            .open(path)
-            .map_err(StoreError::io("cannot open", path))?;
-        file.set_len(size).map_err(StoreError::io("cannot size", path))?;
-        match fs4::fs_std::FileExt::allocate(&file, size) {
+        let opts = OpenOptions::new().read(true).write(true).create(true).truncate(saved.is_none()).clone();
+        let file = DataFile::open(path, &opts).map_err(StoreError::io("cannot open", path))?;
+        file.file().set_len(size).map_err(StoreError::io("cannot size", path))?;
+        match fs4::fs_std::FileExt::allocate(file.file(), size) {
             Err(e) if is_disk_full(&e) => {
                 return Err(StoreError::Io { op: "no space left for", path: path.into(), source: e });
             }
@@ -209,7 +207,7 @@ impl PartialFile {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let verifier = self.verifier.get_mut().unwrap_or_else(|p| p.into_inner());
         let mut prefix = true;
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = AlignedBuf::new(READ_BUF);
         for (i, recorded) in saved.chunks.iter().enumerate() {
             let Some(want) = recorded else {
                 prefix = false;
@@ -318,7 +316,7 @@ impl PartialFile {
     pub fn hash_prefix(&self, index: u32, n: u64) -> Result<ChunkHasher, StoreError> {
         let start = self.lock_state().manifest.layout().range(index).map_or(0, |r| r.start);
         let mut h = ChunkHasher::new();
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = AlignedBuf::new(READ_BUF);
         read_range(&self.file, &self.path, start..start + n, &mut buf, |b| h.update(b))?;
         Ok(h)
     }
@@ -400,7 +398,7 @@ impl PartialFile {
             let st = self.lock_state();
             (st.manifest.layout(), st.manifest.chunks.len() as u32)
         };
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = AlignedBuf::new(READ_BUF);
         while v.next < count {
             if self.lock_state().manifest.chunks[v.next as usize].is_none() {
                 return Ok(false);
@@ -490,7 +488,7 @@ fn read_state(path: &Path, etag: &Etag, size: u64) -> Option<Saved> {
 }
 
 fn read_range(
-    file: &File,
+    file: &DataFile,
     path: &Path,
     range: std::ops::Range<u64>,
     buf: &mut [u8],
@@ -507,7 +505,7 @@ fn read_range(
 }
 
 fn hash_range(
-    file: &File,
+    file: &DataFile,
     path: &Path,
     range: std::ops::Range<u64>,
     buf: &mut [u8],
@@ -526,6 +524,7 @@ fn hash_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::os::FileAt as _;
     use std::sync::Arc;
     use swarm_protocol::chunk::ChunkLayout;
     use swarm_protocol::hash::lfs_sha256;
@@ -579,9 +578,14 @@ mod tests {
             let hash = w.finish().await.expect("finish");
             assert_eq!(hash, ChunkHash::of(chunk), "memory: {memory}");
             if memory {
-                assert_eq!(w.into_bytes(), chunk);
+                assert_eq!(&w.into_bytes()[..], chunk);
             } else {
                 w.commit(hash).await.expect("commit");
+                // The writer's buffer is aligned and flushed at aligned offsets: where the file
+                // system takes direct I/O, every byte of the chunk went around the page cache.
+                if pf.file.is_direct() {
+                    assert_eq!(pf.file.direct_bytes(), chunk.len() as u64);
+                }
                 let mut back = vec![0; chunk.len()];
                 pf.read_at(r.start, &mut back).expect("read");
                 assert_eq!(back, chunk);

@@ -17,6 +17,7 @@ use crate::fetch::chunk::HubSource;
 use crate::fetch::progress::FileProgress;
 use crate::hub::RemoteFile;
 use crate::scheduler::{Action, Event, Fault, FileScheduler, Limits, Source};
+use crate::store::direct::AlignedBuf;
 use crate::store::{ChunkWriter, PartialFile, StoreError};
 use crate::swarm::holdings::Record;
 use crate::swarm::transfer::PeerFetchError;
@@ -134,7 +135,7 @@ enum Fetched {
     /// Written into the file and committed, with this hash.
     Written(ChunkHash),
     /// An endgame copy, whole in memory, to be written if the chunk is still not done.
-    Copy(Vec<u8>, ChunkHash),
+    Copy(AlignedBuf, ChunkHash),
 }
 
 struct Outcome {

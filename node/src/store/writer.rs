@@ -6,6 +6,7 @@
 //! Hub's response body), and [`ChunkWriter::spare`] + [`ChunkWriter::filled`] let a source read
 //! straight into the writer's buffer (a peer's stream), saving one copy of every byte.
 
+use super::direct::AlignedBuf;
 use super::{PartialFile, StoreError, Ticket};
 use std::ops::Range;
 use std::sync::Arc;
@@ -26,8 +27,9 @@ pub struct ChunkWriter {
     flushed: u64,
     hasher: Option<ChunkHasher>,
     /// The write buffer (file sink; allocated at first use): `WRITE_BUF` bytes, of which the
-    /// first `fill` are pending.
-    buf: Vec<u8>,
+    /// first `fill` are pending. Aligned, and written at aligned offsets from the chunk's start,
+    /// so that it goes to disk directly.
+    buf: AlignedBuf,
     fill: usize,
     /// Bytes received so far, readable from outside (to take them back from progress if this
     /// copy loses a race).
@@ -45,7 +47,7 @@ enum Sink {
         ticket: Ticket,
     },
     /// The whole chunk, of which the first `flushed` bytes are received.
-    Memory(Vec<u8>),
+    Memory(AlignedBuf),
 }
 
 impl ChunkWriter {
@@ -58,7 +60,7 @@ impl ChunkWriter {
     /// A writer that keeps the chunk in memory (an endgame duplicate, written only if it wins).
     pub fn in_memory(index: u32, range: Range<u64>) -> Self {
         let len = (range.end - range.start) as usize;
-        Self::with_sink(Sink::Memory(vec![0; len]), index, range)
+        Self::with_sink(Sink::Memory(AlignedBuf::new(len)), index, range)
     }
 
     fn with_sink(sink: Sink, index: u32, range: Range<u64>) -> Self {
@@ -68,7 +70,7 @@ impl ChunkWriter {
             range,
             flushed: 0,
             hasher: Some(ChunkHasher::new()),
-            buf: Vec::new(),
+            buf: AlignedBuf::default(),
             fill: 0,
             got: Arc::default(),
             also: None,
@@ -141,7 +143,7 @@ impl ChunkWriter {
             }
             Sink::File { .. } => {
                 if self.buf.is_empty() {
-                    self.buf = vec![0; WRITE_BUF];
+                    self.buf = AlignedBuf::new(WRITE_BUF);
                 }
                 let end = self.buf.len().min(self.fill + want);
                 &mut self.buf[self.fill..end]
@@ -207,9 +209,9 @@ impl ChunkWriter {
     }
 
     /// The bytes of an in-memory copy (empty for a writer into the file).
-    pub fn into_bytes(self) -> Vec<u8> {
+    pub fn into_bytes(self) -> AlignedBuf {
         match self.sink {
-            Sink::File { .. } => Vec::new(),
+            Sink::File { .. } => AlignedBuf::default(),
             Sink::Memory(mut v) => {
                 v.truncate(self.flushed as usize);
                 v

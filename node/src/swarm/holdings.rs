@@ -17,6 +17,7 @@
 use super::hooks::Hooks;
 use crate::os::FileAt as _;
 use crate::store::PartialFile;
+use crate::store::direct::DataFile;
 use libp2p::PeerId;
 use libp2p::identity::{Keypair, PublicKey};
 use std::collections::{HashMap, HashSet};
@@ -226,7 +227,7 @@ pub enum ChunkBytes {
     Partial(Arc<PartialFile>, std::ops::Range<u64>),
     /// From a blob; with the hash its bytes must have when this chunk was not checked yet (the
     /// server hashes what it sends and reports back with [`Holdings::served`]).
-    Blob(File, std::ops::Range<u64>, Option<ChunkHash>),
+    Blob(DataFile, std::ops::Range<u64>, Option<ChunkHash>),
 }
 
 impl ChunkBytes {
@@ -653,7 +654,7 @@ impl Holdings {
         let c = self.complete(etag, size)?;
         let unchecked = !lock(&c.checked).get(index);
         let expect = unchecked.then(|| c.records.get(index as usize).map(|r| r.hash)).flatten();
-        File::open(&c.path).ok().map(|f| ChunkBytes::Blob(f, range, expect))
+        DataFile::open_read(&c.path).ok().map(|f| ChunkBytes::Blob(f, range, expect))
     }
 }
 
