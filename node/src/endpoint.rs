@@ -31,6 +31,7 @@ use crate::fetch::progress::{FileProgress, Progress};
 use crate::fetch::{self, FetchError, GetRequest};
 use crate::http::{error, file_head, put};
 use crate::hub::{HubClient, HubConfig, HubError, RepoRef, RetryPolicy, Token};
+use crate::store::direct::{AlignedBuf, DataFile};
 use crate::swarm::NodeHandle;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -628,7 +629,8 @@ struct FileStream {
     incomplete: PathBuf,
     inflight: Option<Arc<Inflight>>,
     /// Open on the blob, or on the partial file (which stays valid when it is moved into place).
-    file: Option<(Arc<std::fs::File>, bool)>,
+    /// Read directly where aligned, like every reader of chunk data (`store::direct`).
+    file: Option<(Arc<DataFile>, bool)>,
     /// The download's restart count when the partial file was opened.
     round: u64,
 }
@@ -640,14 +642,14 @@ impl FileStream {
             return Ok(self.size);
         }
         let Some(inflight) = self.inflight.clone() else {
-            self.file = Some((Arc::new(std::fs::File::open(&self.blob).map_err(Stop::Io)?), true));
+            self.file = Some((Arc::new(DataFile::open_read(&self.blob).map_err(Stop::Io)?), true));
             return Ok(self.size);
         };
         match inflight.ended() {
             Some(Err(f)) => return Err(Stop::Failed(f)),
             // (No stat per piece once a file is open.)
             Some(Ok(())) | None if self.file.is_none() && self.blob.is_file() => {
-                self.file = Some((Arc::new(std::fs::File::open(&self.blob).map_err(Stop::Io)?), true));
+                self.file = Some((Arc::new(DataFile::open_read(&self.blob).map_err(Stop::Io)?), true));
                 return Ok(self.size);
             }
             Some(Ok(())) => {
@@ -666,7 +668,7 @@ impl FileStream {
             return Err(Stop::Io(std::io::Error::other("the file failed its hash and is fetched again")));
         }
         if self.file.is_none() && fp.writing.load(Relaxed) {
-            match std::fs::File::open(&self.incomplete) {
+            match DataFile::open_read(&self.incomplete) {
                 Ok(f) => {
                     self.file = Some((Arc::new(f), false));
                     self.round = round;
@@ -701,15 +703,15 @@ impl FileStream {
                 let n = (avail.min(self.end) - self.pos).min(PIECE);
                 let (file, at) = (file.clone(), self.pos);
                 let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; usize::try_from(n).unwrap_or(0)];
-                    crate::os::FileAt::read_exact_at(&*file, &mut buf, at).map(|()| buf)
+                    let mut buf = AlignedBuf::new(usize::try_from(n).unwrap_or(0));
+                    file.read_exact_at(&mut buf, at).map(|()| buf)
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 return match read {
                     Ok(buf) => {
                         self.pos += n;
-                        Some(Ok(Bytes::from(buf)))
+                        Some(Ok(Bytes::from_owner(buf)))
                     }
                     Err(e) => {
                         self.end = self.pos;
