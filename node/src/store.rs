@@ -394,22 +394,19 @@ impl PartialFile {
     /// Blocking. Returns true once the whole file has been hashed.
     pub fn advance_verifier(&self) -> Result<bool, StoreError> {
         let mut v = self.verifier.lock().unwrap_or_else(|p| p.into_inner());
-        let (layout, count) = {
+        let (layout, count, ready) = {
             let st = self.lock_state();
-            (st.manifest.layout(), st.manifest.chunks.len() as u32)
+            let count = st.manifest.chunks.len() as u32;
+            let ready = (v.next..count).find(|&i| st.manifest.chunks[i as usize].is_none()).unwrap_or(count);
+            (st.manifest.layout(), count, ready)
         };
-        let mut buf = AlignedBuf::new(READ_BUF);
-        while v.next < count {
-            if self.lock_state().manifest.chunks[v.next as usize].is_none() {
-                return Ok(false);
-            }
-            let Some(range) = layout.range(v.next) else {
-                break;
-            };
-            read_range(&self.file, &self.path, range, &mut buf, |b| v.hasher.update(b))?;
-            v.next += 1;
+        if let (Some(first), Some(last)) = (layout.range(v.next), ready.checked_sub(1).and_then(|i| layout.range(i)))
+            && ready > v.next
+        {
+            read_ahead(&self.file, &self.path, first.start..last.end, |b| v.hasher.update(b))?;
+            v.next = ready;
         }
-        Ok(true)
+        Ok(v.next >= count)
     }
 
     /// Length of the prefix that may be read while the file is incomplete: the chunks the
@@ -504,6 +501,46 @@ fn read_range(
     Ok(())
 }
 
+/// Like [`read_range`], but reads the next piece on another thread while `sink` takes the
+/// current one: a direct read waits for the device, and the hash would wait for it in turn
+/// (sequential, 1 GiB took 2.0 s on the README's VM, hashing alone 0.8 s).
+fn read_ahead(
+    file: &DataFile,
+    path: &Path,
+    range: std::ops::Range<u64>,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<(), StoreError> {
+    use std::sync::mpsc::sync_channel;
+    std::thread::scope(|scope| {
+        // Two buffers go round: one being read, one being hashed. Dropping either channel end
+        // (an error, the end) stops the other side.
+        let (full_tx, full_rx) = sync_channel::<io::Result<(AlignedBuf, usize)>>(1);
+        let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(2);
+        for _ in 0..2 {
+            let _ = empty_tx.send(AlignedBuf::new(READ_BUF));
+        }
+        scope.spawn(move || {
+            let mut pos = range.start;
+            while pos < range.end {
+                let Ok(mut buf) = empty_rx.recv() else { return };
+                let n = usize::try_from(range.end - pos).unwrap_or(usize::MAX).min(buf.len());
+                let read = file.read_exact_at(&mut buf[..n], pos).map(|()| (buf, n));
+                let failed = read.is_err();
+                if full_tx.send(read).is_err() || failed {
+                    return;
+                }
+                pos += n as u64;
+            }
+        });
+        for read in full_rx {
+            let (buf, n) = read.map_err(StoreError::io("cannot read", path))?;
+            sink(&buf[..n]);
+            let _ = empty_tx.send(buf);
+        }
+        Ok(())
+    })
+}
+
 fn hash_range(
     file: &DataFile,
     path: &Path,
@@ -591,6 +628,24 @@ mod tests {
                 assert_eq!(back, chunk);
             }
         }
+    }
+
+    /// The read-ahead hands every piece over in order, and a read that fails ends it with the
+    /// error instead of leaving either side waiting.
+    #[test]
+    fn read_ahead_gives_every_byte_in_order_and_stops_at_an_error() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("f");
+        let data = content(3 * READ_BUF + 12_345);
+        fs::write(&path, &data).expect("write");
+        let file = DataFile::open_read(&path).expect("open");
+        let mut got = Vec::new();
+        read_ahead(&file, &path, 100..data.len() as u64, |b| got.extend_from_slice(b)).expect("read");
+        assert!(got[..] == data[100..], "the bytes handed over differ from the file's");
+        let past_the_end = 0..data.len() as u64 + 1;
+        let mut pieces = 0;
+        assert!(read_ahead(&file, &path, past_the_end, |_| pieces += 1).is_err());
+        assert_eq!(pieces, 3, "the whole pieces before the failing one are handed over");
     }
 
     #[test]
