@@ -207,7 +207,6 @@ impl PartialFile {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let verifier = self.verifier.get_mut().unwrap_or_else(|p| p.into_inner());
         let mut prefix = true;
-        let mut buf = AlignedBuf::new(READ_BUF);
         for (i, recorded) in saved.chunks.iter().enumerate() {
             let Some(want) = recorded else {
                 prefix = false;
@@ -223,7 +222,7 @@ impl PartialFile {
                 break;
             };
             let mut file_hasher = prefix.then(|| verifier.hasher.clone());
-            let got = hash_range(&self.file, &self.path, range.clone(), &mut buf, file_hasher.as_mut())?;
+            let got = hash_range(&self.file, &self.path, range.clone(), file_hasher.as_mut())?;
             if got == *want {
                 state.manifest.chunks[i] = Some(got);
                 out.chunks_kept += 1;
@@ -316,8 +315,7 @@ impl PartialFile {
     pub fn hash_prefix(&self, index: u32, n: u64) -> Result<ChunkHasher, StoreError> {
         let start = self.lock_state().manifest.layout().range(index).map_or(0, |r| r.start);
         let mut h = ChunkHasher::new();
-        let mut buf = AlignedBuf::new(READ_BUF);
-        read_range(&self.file, &self.path, start..start + n, &mut buf, |b| h.update(b))?;
+        read_range(&self.file, &self.path, start..start + n, |b| h.update(b))?;
         Ok(h)
     }
 
@@ -403,7 +401,7 @@ impl PartialFile {
         if let (Some(first), Some(last)) = (layout.range(v.next), ready.checked_sub(1).and_then(|i| layout.range(i)))
             && ready > v.next
         {
-            read_ahead(&self.file, &self.path, first.start..last.end, |b| v.hasher.update(b))?;
+            read_range(&self.file, &self.path, first.start..last.end, |b| v.hasher.update(b))?;
             v.next = ready;
         }
         Ok(v.next >= count)
@@ -484,27 +482,11 @@ fn read_state(path: &Path, etag: &Etag, size: u64) -> Option<Saved> {
     }
 }
 
+/// Hands `range` of the file to `sink` in pieces of [`READ_BUF`], in order, reading the next
+/// piece on another thread while `sink` takes the current one: a direct read waits for the
+/// device, and the hash would wait for it in turn (reading and hashing by turns, a 1 GiB
+/// download took 2.0 s on the README's VM against 1.8 s; hashing alone takes 0.8 s).
 fn read_range(
-    file: &DataFile,
-    path: &Path,
-    range: std::ops::Range<u64>,
-    buf: &mut [u8],
-    mut sink: impl FnMut(&[u8]),
-) -> Result<(), StoreError> {
-    let mut pos = range.start;
-    while pos < range.end {
-        let n = usize::try_from(range.end - pos).unwrap_or(usize::MAX).min(buf.len());
-        file.read_exact_at(&mut buf[..n], pos).map_err(StoreError::io("cannot read", path))?;
-        sink(&buf[..n]);
-        pos += n as u64;
-    }
-    Ok(())
-}
-
-/// Like [`read_range`], but reads the next piece on another thread while `sink` takes the
-/// current one: a direct read waits for the device, and the hash would wait for it in turn
-/// (sequential, 1 GiB took 2.0 s on the README's VM, hashing alone 0.8 s).
-fn read_ahead(
     file: &DataFile,
     path: &Path,
     range: std::ops::Range<u64>,
@@ -545,11 +527,10 @@ fn hash_range(
     file: &DataFile,
     path: &Path,
     range: std::ops::Range<u64>,
-    buf: &mut [u8],
     mut also: Option<&mut ContentHasher>,
 ) -> Result<ChunkHash, StoreError> {
     let mut h = ChunkHasher::new();
-    read_range(file, path, range, buf, |b| {
+    read_range(file, path, range, |b| {
         h.update(b);
         if let Some(a) = also.as_deref_mut() {
             a.update(b);
@@ -630,21 +611,21 @@ mod tests {
         }
     }
 
-    /// The read-ahead hands every piece over in order, and a read that fails ends it with the
-    /// error instead of leaving either side waiting.
+    /// The reader hands every piece over in order, and a read that fails ends it with the error
+    /// instead of leaving either side waiting.
     #[test]
-    fn read_ahead_gives_every_byte_in_order_and_stops_at_an_error() {
+    fn read_range_gives_every_byte_in_order_and_stops_at_an_error() {
         let tmp = tempfile::tempdir().expect("tmp");
         let path = tmp.path().join("f");
         let data = content(3 * READ_BUF + 12_345);
         fs::write(&path, &data).expect("write");
         let file = DataFile::open_read(&path).expect("open");
         let mut got = Vec::new();
-        read_ahead(&file, &path, 100..data.len() as u64, |b| got.extend_from_slice(b)).expect("read");
+        read_range(&file, &path, 100..data.len() as u64, |b| got.extend_from_slice(b)).expect("read");
         assert!(got[..] == data[100..], "the bytes handed over differ from the file's");
         let past_the_end = 0..data.len() as u64 + 1;
         let mut pieces = 0;
-        assert!(read_ahead(&file, &path, past_the_end, |_| pieces += 1).is_err());
+        assert!(read_range(&file, &path, past_the_end, |_| pieces += 1).is_err());
         assert_eq!(pieces, 3, "the whole pieces before the failing one are handed over");
     }
 

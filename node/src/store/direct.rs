@@ -23,7 +23,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+#[cfg(test)]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 /// The alignment direct I/O gets: buffer address, file offset and length.
 pub const ALIGN: usize = 4096;
@@ -85,7 +87,8 @@ pub struct DataFile {
     direct: Option<File>,
     /// Cleared when the file system refuses a direct read or write.
     direct_ok: AtomicBool,
-    /// Bytes read or written directly so far.
+    /// Bytes read or written directly so far (tests check that aligned bytes go direct).
+    #[cfg(test)]
     direct_bytes: AtomicU64,
 }
 
@@ -105,7 +108,13 @@ impl DataFile {
     fn with_direct(buffered: File, path: &Path, write: bool) -> Self {
         let direct = if ENABLED.load(Relaxed) { open_direct(path, write) } else { None };
         let direct_ok = AtomicBool::new(direct.is_some());
-        Self { buffered, direct, direct_ok, direct_bytes: AtomicU64::new(0) }
+        Self {
+            buffered,
+            direct,
+            direct_ok,
+            #[cfg(test)]
+            direct_bytes: AtomicU64::new(0),
+        }
     }
 
     /// The ordinary descriptor (for sizing and reserving space).
@@ -114,13 +123,19 @@ impl DataFile {
     }
 
     /// Whether reads and writes go direct where aligned (false after a refusal).
-    pub fn is_direct(&self) -> bool {
+    pub(crate) fn is_direct(&self) -> bool {
         self.direct_ok.load(Relaxed)
     }
 
     /// Bytes read or written around the page cache so far.
-    pub fn direct_bytes(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn direct_bytes(&self) -> u64 {
         self.direct_bytes.load(Relaxed)
+    }
+
+    fn count_direct(&self, _n: usize) {
+        #[cfg(test)]
+        self.direct_bytes.fetch_add(_n as u64, Relaxed);
     }
 
     /// How many of the `len` bytes at `ptr`, for file offset `offset`, can go direct.
@@ -144,7 +159,7 @@ impl DataFile {
         if let (true, Some(d)) = (k > 0, &self.direct) {
             match d.write_all_at(&buf[..k], offset) {
                 Ok(()) => {
-                    self.direct_bytes.fetch_add(k as u64, Relaxed);
+                    self.count_direct(k);
                     return self.buffered.write_all_at(&buf[k..], offset + k as u64);
                 }
                 Err(e) if self.refused(&e) => {}
@@ -160,7 +175,7 @@ impl DataFile {
         if let (true, Some(d)) = (k > 0, &self.direct) {
             match d.read_exact_at(&mut buf[..k], offset) {
                 Ok(()) => {
-                    self.direct_bytes.fetch_add(k as u64, Relaxed);
+                    self.count_direct(k);
                     return self.buffered.read_exact_at(&mut buf[k..], offset + k as u64);
                 }
                 Err(e) if self.refused(&e) => {}
