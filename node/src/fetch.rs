@@ -320,6 +320,9 @@ pub(crate) struct Ctx {
     force: bool,
     /// [`GetRequest::lock_held`]'s blob.
     lock_held: Option<Etag>,
+    /// Files of several chunks whose chunks are being fetched now: they share one swarm-wide
+    /// Hub window ([`pipeline::hub_window`]).
+    hub_sharers: std::sync::atomic::AtomicU32,
 }
 
 fn dest_for(req: &GetRequest) -> Result<Dest, FetchError> {
@@ -472,6 +475,7 @@ pub async fn get(req: &GetRequest, hub: Option<HubClient>, progress: Arc<Progres
         cache: req.cache.clone(),
         force: req.force,
         lock_held: req.lock_held.as_ref().map(|(etag, _)| etag.clone()),
+        hub_sharers: Default::default(),
     });
     // Say what this node is about to download before waiting for peers, so that nodes starting
     // together count each other in when they share out the Hub work.

@@ -195,7 +195,8 @@ pub struct Limits {
     /// it too: only the first `hub_window` chunks (in file order) that no node holds yet may be
     /// fetched from the Hub, each by its owner. However many nodes there are, the uplink then
     /// carries about this many requests, and chunks arrive one after another, so that the
-    /// nodes pass the first ones round while the Hub still sends the last.
+    /// nodes pass the first ones round while the Hub still sends the last. The driver shares
+    /// one budget among the files it fetches at once ([`FileScheduler::set_hub_window`]).
     pub hub_window: u32,
     /// Failures in a row after which a peer is asked for nothing until its next availability
     /// answer.
@@ -579,6 +580,12 @@ impl FileScheduler {
     /// can tell, including those in flight at the Hub here or elsewhere. `hub_only` lists, in
     /// index order, the missing chunks no peer holds. Alone on the file, there is no window
     /// beyond [`Limits::hub`].
+    /// Sets [`Limits::hub_window`] (at least 1): the driver's share of the swarm's Hub budget
+    /// for this file, which changes as other files start and finish.
+    pub fn set_hub_window(&mut self, window: u32) {
+        self.limits.hub_window = window.max(1);
+    }
+
     fn hub_window_end(&self, hub_only: &[u32]) -> u32 {
         if self.live_interested == 0 && !self.warming_up {
             return self.chunks.len() as u32;
@@ -1431,6 +1438,26 @@ mod tests {
         let now: Vec<u32> = hub_chunks(&s.handle(Event::Landed(landed), T0));
         assert_eq!(now, mine, "its own chunks of the next window");
         assert!(s.landed().count_ones() >= 8, "the hint is passed on");
+    }
+
+    #[test]
+    fn the_window_follows_the_share_the_driver_sets() {
+        // Two nodes on a 64-chunk file. The driver narrows the window to 4 (another file
+        // started), then widens it to 16 (that file finished).
+        let (me, other) = (PeerId::random(), PeerId::random());
+        let mut s = FileScheduler::new(me, 7, 64, [], true, Limits { hub: 1000, hub_window: 16, ..Limits::default() });
+        s.observe(Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() }, T0);
+        let mine = |s: &FileScheduler, r: std::ops::Range<u32>| r.filter(|&i| s.owner(i) == me).collect::<Vec<u32>>();
+        s.set_hub_window(4);
+        let narrow = hub_chunks(&s.assign(T0));
+        assert_eq!(narrow, mine(&s, 0..4), "only its own chunks among the first 4");
+        let wide = hub_chunks(&s.assign(T0));
+        assert!(wide.is_empty(), "nothing more while the window is full");
+        s.set_hub_window(16);
+        let wider = hub_chunks(&s.assign(T0));
+        assert_eq!(wider, mine(&s, 4..16), "a wider share opens at once");
+        s.set_hub_window(0);
+        assert_eq!(s.limits.hub_window, 1, "never below one request");
     }
 
     #[test]
