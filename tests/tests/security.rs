@@ -493,7 +493,9 @@ async fn a_swarm_key_mismatch_is_explained_in_the_log_and_counted() {
     .expect("the warning");
     assert!(found.contains("could not connect to /ip4/127.0.0.1/tcp/"), "{found}");
     assert!(!found.contains('\u{1b}'), "no ANSI codes when stderr is not a terminal: {found:?}");
-    let o = swarm(tmp.path(), &["status", "--json", "--cache-dir", &cache_b.display().to_string()], &[]).await;
+    // The dial can fail before the node's control socket is up: wait for it.
+    let cache = cache_b.display().to_string();
+    let o = swarm(tmp.path(), &["status", "--json", "--wait", "10", "--cache-dir", &cache], &[]).await;
     let st: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("status");
     assert!(st["handshake_failures"].as_u64().expect("count") >= 1, "{st}");
     assert!(st["peers"].as_array().expect("peers").is_empty(), "{st}");
