@@ -575,17 +575,17 @@ impl FileScheduler {
         if n == 1 { self.limits.hub } else { (self.limits.hub / (2 * n)).clamp(2, self.limits.hub.max(2)) }
     }
 
-    /// The first chunk index past the swarm-wide Hub window ([`Limits::hub_window`]): the
-    /// window holds the first chunks that still have to come from the Hub as far as this node
-    /// can tell, including those in flight at the Hub here or elsewhere. `hub_only` lists, in
-    /// index order, the missing chunks no peer holds. Alone on the file, there is no window
-    /// beyond [`Limits::hub`].
     /// Sets [`Limits::hub_window`] (at least 1): the driver's share of the swarm's Hub budget
     /// for this file, which changes as other files start and finish.
     pub fn set_hub_window(&mut self, window: u32) {
         self.limits.hub_window = window.max(1);
     }
 
+    /// The first chunk index past the swarm-wide Hub window ([`Limits::hub_window`]): the
+    /// window holds the first chunks that still have to come from the Hub as far as this node
+    /// can tell, including those in flight at the Hub here or elsewhere. `hub_only` lists, in
+    /// index order, the missing chunks no peer holds. Alone on the file, there is no window
+    /// beyond [`Limits::hub`].
     fn hub_window_end(&self, hub_only: &[u32]) -> u32 {
         if self.live_interested == 0 && !self.warming_up {
             return self.chunks.len() as u32;

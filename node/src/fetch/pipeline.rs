@@ -162,17 +162,13 @@ struct Running {
     released: bool,
 }
 
-/// Tells the scheduler how much of each chunk its first source has delivered (the endgame asks
-/// no second source for a chunk that is arriving fast enough), and which requests still wait
-/// for a slot (their age starts when they get one).
-/// This file's share of the swarm-wide Hub window: the swarm keeps half of `--max-workers` (what
-/// one node alone would, halved, as the per-node share-out does at a few nodes) Hub requests in
-/// flight for the whole download, however many nodes there are, shared equally among the files
-/// of several chunks fetched at once (at least one request each). A window per file let a
-/// 2-file repo keep 32 requests on the uplink: TCP shared it so unevenly that a few 4 MiB
-/// ranges took 6-8 s where most took 2, and every node's whole-file check waited for them,
-/// then caught up on 7-23 chunks at the end (4 nodes, seed last, 400 Mbit/s: 13.3-13.9 s in 8
-/// runs; with the shared window 13.3-13.6 s in 10).
+/// This file's share of the swarm-wide Hub window: the swarm keeps half of `--max-workers` Hub
+/// requests in flight for the whole download, however many nodes there are, shared equally
+/// among the files of several chunks fetched at once (at least one request each). A window per
+/// file let a 2-file repo keep 32 requests on the uplink: TCP shared it so unevenly that a few
+/// 4 MiB ranges took 6-8 s where most took 2, and every node's whole-file check waited for
+/// them, then caught up on 7-23 chunks at the end (4 nodes, seed last, 400 Mbit/s: 13.3-13.9 s
+/// in 11 runs; with the shared window 13.3-13.6 s in 10).
 pub(crate) fn hub_window(max_workers: usize, sharers: &AtomicU32) -> u32 {
     let budget = (max_workers as u32 / 2).max(1);
     (budget / sharers.load(Relaxed).max(1)).max(1)
@@ -194,6 +190,9 @@ impl Drop for HubShare<'_> {
     }
 }
 
+/// Tells the scheduler how much of each chunk its first source has delivered (the endgame asks
+/// no second source for a chunk that is arriving fast enough), and which requests still wait
+/// for a slot (their age starts when they get one).
 fn report_arrivals(sched: &mut FileScheduler, running: &HashMap<u64, Running>, layout: &ChunkLayout, now: Duration) {
     for r in running.values().filter(|r| !r.copy) {
         if !r.started.load(Relaxed) {
