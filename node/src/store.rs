@@ -495,31 +495,42 @@ fn read_range(
     use std::sync::mpsc::sync_channel;
     std::thread::scope(|scope| {
         // Two buffers go round: one being read, one being hashed. Dropping either channel end
-        // (an error, the end) stops the other side.
+        // (an error, the end) stops the other side. Both go back to the pool at the end.
         let (full_tx, full_rx) = sync_channel::<io::Result<(AlignedBuf, usize)>>(1);
         let (empty_tx, empty_rx) = sync_channel::<AlignedBuf>(2);
         for _ in 0..2 {
-            let _ = empty_tx.send(AlignedBuf::new(READ_BUF));
+            let _ = empty_tx.send(AlignedBuf::reused(READ_BUF));
         }
-        scope.spawn(move || {
+        let reader = scope.spawn(move || {
             let mut pos = range.start;
             while pos < range.end {
-                let Ok(mut buf) = empty_rx.recv() else { return };
+                let Ok(mut buf) = empty_rx.recv() else { break };
                 let n = usize::try_from(range.end - pos).unwrap_or(usize::MAX).min(buf.len());
                 let read = file.read_exact_at(&mut buf[..n], pos).map(|()| (buf, n));
                 let failed = read.is_err();
                 if full_tx.send(read).is_err() || failed {
-                    return;
+                    break;
                 }
                 pos += n as u64;
             }
+            empty_rx
         });
+        let mut result = Ok(());
         for read in full_rx {
-            let (buf, n) = read.map_err(StoreError::io("cannot read", path))?;
-            sink(&buf[..n]);
-            let _ = empty_tx.send(buf);
+            match read {
+                Ok((buf, n)) => {
+                    sink(&buf[..n]);
+                    if let Err(back) = empty_tx.send(buf) {
+                        back.0.recycle();
+                    }
+                }
+                Err(e) => result = Err(StoreError::io("cannot read", path)(e)),
+            }
         }
-        Ok(())
+        if let Ok(empty_rx) = reader.join() {
+            empty_rx.try_iter().for_each(AlignedBuf::recycle);
+        }
+        result
     })
 }
 

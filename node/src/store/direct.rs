@@ -23,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
+use std::sync::Mutex;
 #[cfg(test)]
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -59,7 +60,45 @@ impl AlignedBuf {
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
+
+    /// A buffer of `len` bytes for a caller that overwrites what it reads back: one handed back
+    /// with [`Self::recycle`] if there is one of that length (its bytes are then stale, not
+    /// zero), else a new one.
+    ///
+    /// Why: the write buffer of every chunk and the read buffers of every whole-file hash step
+    /// were new allocations. Each was zeroed and, above glibc's mmap threshold, faulted in page
+    /// by page: about 2 MiB of memset per 4 MiB chunk received from a peer.
+    pub fn reused(len: usize) -> Self {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.iter().position(|b| b.len == len) {
+            Some(i) => pool.swap_remove(i),
+            None => {
+                drop(pool);
+                Self::new(len)
+            }
+        }
+    }
+
+    /// Hands the buffer back for [`Self::reused`]. Kept while the pool holds less than
+    /// [`POOL_BYTES`]; dropped otherwise.
+    pub fn recycle(mut self) {
+        if self.raw.is_empty() {
+            return;
+        }
+        // Its whole length again, if it was truncated.
+        self.len = self.raw.len() - (ALIGN - 1);
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        let held: usize = pool.iter().map(|b| b.raw.len()).sum();
+        if held + self.raw.len() <= POOL_BYTES {
+            pool.push(self);
+        }
+    }
 }
+
+/// Buffers handed back for reuse ([`AlignedBuf::recycle`]).
+static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+/// The most the pool keeps: the write buffers of 16 chunks in flight, or 8 whole-file hash steps.
+pub const POOL_BYTES: usize = 16 << 20;
 
 impl Deref for AlignedBuf {
     type Target = [u8];
@@ -209,6 +248,27 @@ mod tests {
             assert!((b.as_ptr() as usize).is_multiple_of(ALIGN));
             assert!(b.iter().all(|&x| x == 0));
         }
+    }
+
+    #[test]
+    fn a_recycled_buffer_comes_back_whole_for_its_length_until_the_pool_is_full() {
+        // A length no other test uses: the pool is shared by the process.
+        let len = 3 * ALIGN + 5;
+        let mut b = AlignedBuf::reused(len);
+        b[0] = 7;
+        let at = b.as_ptr();
+        b.truncate(10);
+        b.recycle();
+        let again = AlignedBuf::reused(len);
+        assert_eq!(again.as_ptr(), at, "the recycled buffer was not the one handed out");
+        assert_eq!(again.len(), len, "a truncated buffer comes back at its whole length");
+        assert!((again.as_ptr() as usize).is_multiple_of(ALIGN));
+        assert!(AlignedBuf::reused(len).iter().all(|&x| x == 0), "a second one is new, and zeroed");
+        // More than the pool keeps: the extra ones are dropped, not kept.
+        let pooled = || POOL.lock().expect("pool").iter().map(|b| b.raw.len()).sum::<usize>();
+        (0..6).map(|_| AlignedBuf::new(POOL_BYTES / 4)).for_each(AlignedBuf::recycle);
+        assert!(pooled() <= POOL_BYTES, "the pool holds {} bytes", pooled());
+        assert!(pooled() >= POOL_BYTES / 2, "the pool kept only {} bytes", pooled());
     }
 
     /// Every mix of aligned and unaligned offsets, buffers and lengths reads back what was
