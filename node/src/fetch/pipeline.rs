@@ -37,6 +37,14 @@ use tokio::task::{AbortHandle, JoinSet};
 pub const REFRESH: Duration = Duration::from_secs(1);
 /// The same, while other nodes download the file at the same time.
 pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
+/// The most peers asked again per refresh, per file: those asked longest ago. Up to 9 nodes
+/// every peer is asked every round; beyond, each peer in turn, so that what a node asks (and
+/// what each peer is asked) per second stays the same whatever the swarm's size. Asking every
+/// peer every round cost O(N²) questions: at 32 nodes on two cores, 170 answers a second per
+/// node, and the nodes spent 8 of their 10 CPU-s per GiB received in libp2p and the kernel
+/// (`bench/cluster.py --nodes 32 --perf`). Peers asked for the first time, and peers with news,
+/// are asked at once whatever this says.
+pub const ASKS_PER_ROUND: usize = 8;
 /// How long an offline download waits for some peer to hold a missing chunk.
 pub const OFFLINE_PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for the DHT's answer (and for connections to the holders it names).
@@ -605,16 +613,17 @@ struct Asking<'a> {
     asked: HashSet<PeerId>,
     /// Peers asked for the first time, not yet heard from, and until when they are waited for.
     first: HashMap<PeerId, tokio::time::Instant>,
-    /// Every peer ever asked.
-    seen: HashSet<PeerId>,
     /// Peers to ask again as soon as their question in flight is answered (it left before
     /// they said they had news).
     again: HashSet<PeerId>,
+    /// When each peer ever asked was last asked.
+    last: HashMap<PeerId, tokio::time::Instant>,
 }
 
 impl<'a> Asking<'a> {
-    /// Asks every connected peer without a question in flight; forgets peers that left (their
-    /// records, and their ownership: a node that left would otherwise own chunks until its stall
+    /// Asks connected peers without a question in flight: each one never asked, and of the
+    /// others the [`ASKS_PER_ROUND`] asked longest ago. Forgets peers that left (their records,
+    /// and their ownership: a node that left would otherwise own chunks until its stall
     /// timeout).
     fn ask(
         &mut self,
@@ -631,10 +640,16 @@ impl<'a> Asking<'a> {
             records.remove(&gone);
             actions.extend(sched.observe(Event::PeerGone(gone), now));
         }
-        for peer in peers.into_iter().filter(|p| !node.is_banned(p)) {
-            if !self.asked.contains(&peer) {
-                self.ask_one(node, f, count, records, peer);
+        let idle: Vec<PeerId> = peers.into_iter().filter(|p| !node.is_banned(p) && !self.asked.contains(p)).collect();
+        let mut again = Vec::new();
+        for peer in idle {
+            match self.last.get(&peer) {
+                None => self.ask_one(node, f, count, records, peer),
+                Some(&at) => again.push((peer, at)),
             }
+        }
+        for peer in longest_ago(again, ASKS_PER_ROUND) {
+            self.ask_one(node, f, count, records, peer);
         }
         actions
     }
@@ -667,7 +682,7 @@ impl<'a> Asking<'a> {
         peer: PeerId,
     ) {
         self.asked.insert(peer);
-        if self.seen.insert(peer) {
+        if self.last.insert(peer, tokio::time::Instant::now()).is_none() {
             self.first.insert(peer, tokio::time::Instant::now() + FIRST_ANSWERS_WAIT);
         }
         let mut known = Bitmap::new(count);
@@ -710,6 +725,12 @@ impl<'a> Asking<'a> {
         }
         self.first.is_empty()
     }
+}
+
+/// The `n` peers asked longest ago, of `peers` with when each was last asked.
+fn longest_ago<T: Ord + Copy>(mut peers: Vec<(PeerId, T)>, n: usize) -> impl Iterator<Item = PeerId> {
+    peers.sort_unstable_by_key(|&(_, at)| at);
+    peers.into_iter().take(n).map(|(p, _)| p)
 }
 
 /// Applies an event, and places chunks unless a peer's first answer is awaited.
@@ -870,6 +891,32 @@ impl Job {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_are_asked_in_turn_a_bounded_number_per_round() {
+        // 8 peers or fewer: all of them every round.
+        let few: Vec<_> = (0..ASKS_PER_ROUND as u32).map(|i| (PeerId::random(), i)).collect();
+        assert_eq!(longest_ago(few, ASKS_PER_ROUND).count(), ASKS_PER_ROUND);
+        // 31 peers, asked at once when first met: then at most 8 a round, those asked longest
+        // ago first, so each is asked again within 4 rounds and none twice before all once.
+        let peers: Vec<PeerId> = (0..31).map(|_| PeerId::random()).collect();
+        let mut last: HashMap<PeerId, u32> = peers.iter().map(|&p| (p, 0)).collect();
+        let mut asked_at: HashMap<PeerId, Vec<u32>> = HashMap::new();
+        for round in 1..=40 {
+            let due: Vec<_> = longest_ago(last.iter().map(|(&p, &t)| (p, t)).collect(), ASKS_PER_ROUND).collect();
+            assert_eq!(due.len(), ASKS_PER_ROUND, "round {round}");
+            for p in due {
+                last.insert(p, round);
+                asked_at.entry(p).or_default().push(round);
+            }
+        }
+        for p in &peers {
+            let rounds = &asked_at[p];
+            assert!(rounds.len() >= 10, "{p} asked in rounds {rounds:?} only");
+            assert!(rounds[0] <= 4, "{p} first asked again in round {}", rounds[0]);
+            assert!(rounds.windows(2).all(|w| w[1] - w[0] <= 4), "{p} waited more than 4 rounds: {rounds:?}");
+        }
+    }
 
     #[test]
     fn files_fetched_at_once_share_the_hub_window() {
