@@ -41,7 +41,7 @@ pub const REFRESH_SHARED: Duration = Duration::from_millis(250);
 /// every peer is asked every round; beyond, each peer in turn, so that what a node asks (and
 /// what each peer is asked) per second stays the same whatever the swarm's size. Asking every
 /// peer every round cost O(N²) questions: at 32 nodes on two cores, 170 answers a second per
-/// node, and the nodes spent 8 of their 10 CPU-s per GiB received in libp2p and the kernel
+/// node, and the nodes spent 8 of their 11 CPU-s per GiB received in libp2p and the kernel
 /// (`bench/cluster.py --nodes 32 --perf`). Peers asked for the first time, and peers with news,
 /// are asked at once whatever this says.
 pub const ASKS_PER_ROUND: usize = 8;
