@@ -570,6 +570,34 @@ mod tests {
         pf.chunk_done(t, ChunkHash::of(bytes)).expect("done");
     }
 
+    /// A buffer is written while the next one fills: a write refused meanwhile (the chunk was
+    /// taken over) comes out of the writer's next step, and nothing of the refused writer lands
+    /// after the take-over.
+    #[tokio::test]
+    async fn a_write_refused_behind_the_writer_s_back_comes_out_of_its_next_step() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let data = content(9 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"));
+        let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+        let pf = Arc::new(pf);
+        let r = ChunkLayout::for_len(data.len() as u64).range(1).expect("range");
+        let chunk = &data[r.start as usize..r.end as usize];
+        let mut w = ChunkWriter::new(pf.clone(), 1, r.clone());
+        let half = chunk.len() / 2;
+        w.push(&chunk[..half]).await.expect("first half");
+        let winner = pf.supersede(1).expect("not done");
+        pf.write_at(winner, r.start, &[9; 4096]).expect("the winner writes");
+        let refused = match w.push(&chunk[half..]).await {
+            Err(e) => Err(e),
+            Ok(()) => w.finish().await.map(|_| ()),
+        };
+        assert!(matches!(refused, Err(StoreError::Superseded { index: 1 })), "{refused:?}");
+        let mut back = vec![0; 4096];
+        pf.read_at(r.start, &mut back).expect("read");
+        assert_eq!(back, vec![9; 4096], "the refused writer's bytes landed after the take-over");
+    }
+
     /// A chunk arrives in uneven pieces, some pushed and some read into the writer's buffer,
     /// into the file and into memory: same bytes, same hash, nothing taken past the chunk.
     #[tokio::test]

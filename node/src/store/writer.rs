@@ -13,10 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use swarm_protocol::hash::{ChunkHash, ChunkHasher};
 
-/// Each full buffer is hashed and written on a blocking thread: a hand-off each way and a
-/// direct write that waits for the disk. At 512 KiB those were a fifth of a receiving node's
-/// context switches (`bench/p2p.py`, about 5,000 of 28,000 per GiB); at 2 MiB, a quarter of that.
+/// The write buffer of a writer from a peer. Each full buffer is hashed and written on a
+/// blocking thread: a hand-off each way and a direct write that waits for the disk. At 512 KiB
+/// those were a fifth of a receiving node's context switches (`bench/p2p.py`, about 5,000 of
+/// 28,000 per GiB); at 2 MiB, a quarter of that.
 const WRITE_BUF: usize = 2 << 20;
+/// The write buffer of a writer that moves the chunk's watermark (the Hub's): what an
+/// interruption keeps of a chunk ends at its last full buffer, and bytes from the Hub are the
+/// ones worth keeping.
+const MARKED_BUF: usize = 512 << 10;
 
 /// Receives one chunk's bytes in order, hashes them, and writes them at the chunk's offset in
 /// the file, or, for an endgame duplicate, keeps them in memory until they win.
@@ -29,11 +34,16 @@ pub struct ChunkWriter {
     pub range: Range<u64>,
     flushed: u64,
     hasher: Option<ChunkHasher>,
-    /// The write buffer (file sink; allocated at first use): `WRITE_BUF` bytes, of which the
+    /// The write buffer (file sink; taken at first use): [`WRITE_BUF`] or [`MARKED_BUF`] bytes, of which the
     /// first `fill` are pending. Aligned, and written at aligned offsets from the chunk's start,
     /// so that it goes to disk directly.
     buf: AlignedBuf,
     fill: usize,
+    /// The buffer before this one, being hashed and written on a blocking thread while this
+    /// one fills (file sink): it hands back the hasher, the buffer and the write's result. The
+    /// source is not held up by the disk, and a write error comes out of the next
+    /// [`Self::filled`] or [`Self::finish`].
+    writing: Option<tokio::task::JoinHandle<Written>>,
     /// Bytes received so far, readable from outside (to take them back from progress if this
     /// copy loses a race).
     got: Arc<AtomicU64>,
@@ -42,6 +52,9 @@ pub struct ChunkWriter {
     /// Writes move the chunk's watermark (see [`Self::resume`]).
     marks: bool,
 }
+
+/// What a buffer's write hands back: the hasher, the buffer, and whether the write went through.
+type Written = (ChunkHasher, AlignedBuf, Result<(), StoreError>);
 
 #[derive(Debug)]
 enum Sink {
@@ -75,6 +88,7 @@ impl ChunkWriter {
             hasher: Some(ChunkHasher::new()),
             buf: AlignedBuf::default(),
             fill: 0,
+            writing: None,
             got: Arc::default(),
             also: None,
             marks: false,
@@ -146,7 +160,7 @@ impl ChunkWriter {
             }
             Sink::File { .. } => {
                 if self.buf.is_empty() {
-                    self.buf = AlignedBuf::reused(WRITE_BUF);
+                    self.buf = AlignedBuf::reused(if self.marks { MARKED_BUF } else { WRITE_BUF });
                 }
                 let end = self.buf.len().min(self.fill + want);
                 &mut self.buf[self.fill..end]
@@ -178,6 +192,8 @@ impl ChunkWriter {
         Ok(())
     }
 
+    /// Hands the pending bytes to a blocking thread to hash and write, once the write before
+    /// them is done; fills the other buffer meanwhile.
     async fn flush(&mut self) -> Result<(), StoreError> {
         let Sink::File { pf, ticket } = &self.sink else {
             return Ok(());
@@ -185,30 +201,38 @@ impl ChunkWriter {
         if self.fill == 0 {
             return Ok(());
         }
-        let (buf, fill) = (std::mem::take(&mut self.buf), self.fill);
-        let mut hasher = self.hasher.take().unwrap_or_default();
         let (pf, ticket, marks) = (pf.clone(), *ticket, self.marks);
+        let next = self.settle().await?;
+        let (buf, fill) = (std::mem::replace(&mut self.buf, next), self.fill);
+        let mut hasher = self.hasher.take().unwrap_or_default();
         let offset = self.range.start + self.flushed;
-        let (hasher, buf, res) = tokio::task::spawn_blocking(move || {
+        self.writing = Some(tokio::task::spawn_blocking(move || {
             let bytes = &buf[..fill];
             hasher.update(bytes);
             let res = if marks { pf.write_marked(ticket, offset, bytes) } else { pf.write_at(ticket, offset, bytes) };
             (hasher, buf, res)
-        })
-        .await
-        .map_err(|e| StoreError::Task(format!("writer task failed: {e}")))?;
-        self.buf = buf;
-        res?;
+        }));
         self.flushed += fill as u64;
         self.fill = 0;
-        self.hasher = Some(hasher);
         Ok(())
     }
 
-    /// Writes what is buffered and returns the chunk's hash. The write buffer goes back to the
+    /// Waits for the write in progress, if any: takes its hasher back and returns its buffer
+    /// (empty if there was none).
+    async fn settle(&mut self) -> Result<AlignedBuf, StoreError> {
+        let Some(writing) = self.writing.take() else {
+            return Ok(AlignedBuf::default());
+        };
+        let (hasher, buf, res) = writing.await.map_err(|e| StoreError::Task(format!("writer task failed: {e}")))?;
+        self.hasher = Some(hasher);
+        res.map(|()| buf)
+    }
+
+    /// Writes what is buffered and returns the chunk's hash. The write buffers go back to the
     /// pool.
     pub async fn finish(&mut self) -> Result<ChunkHash, StoreError> {
         self.flush().await?;
+        self.settle().await?.recycle();
         std::mem::take(&mut self.buf).recycle();
         Ok(self.hasher.take().unwrap_or_default().finish())
     }
