@@ -570,18 +570,23 @@ mod tests {
         pf.chunk_done(t, ChunkHash::of(bytes)).expect("done");
     }
 
+    /// A new partial file of 9 MiB in `dir`: its content, the file, and the range of chunk 1.
+    fn nine_mib_partial(dir: &Path) -> (Vec<u8>, Arc<PartialFile>, std::ops::Range<u64>) {
+        let data = content(9 << 20);
+        let etag = lfs_sha256(&data);
+        let (inc, st) = (dir.join("f.incomplete"), dir.join("f.state"));
+        let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
+        let r = ChunkLayout::for_len(data.len() as u64).range(1).expect("range");
+        (data, Arc::new(pf), r)
+    }
+
     /// A buffer is written while the next one fills: a write refused meanwhile (the chunk was
     /// taken over) comes out of the writer's next step, and nothing of the refused writer lands
     /// after the take-over.
     #[tokio::test]
     async fn a_write_refused_behind_the_writer_s_back_comes_out_of_its_next_step() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let data = content(9 << 20);
-        let etag = lfs_sha256(&data);
-        let (inc, st) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"));
-        let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
-        let pf = Arc::new(pf);
-        let r = ChunkLayout::for_len(data.len() as u64).range(1).expect("range");
+        let (data, pf, r) = nine_mib_partial(tmp.path());
         let chunk = &data[r.start as usize..r.end as usize];
         let mut w = ChunkWriter::new(pf.clone(), 1, r.clone());
         let half = chunk.len() / 2;
@@ -603,12 +608,7 @@ mod tests {
     #[tokio::test]
     async fn writer_takes_pushed_and_read_in_bytes_alike() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let data = content(9 << 20);
-        let etag = lfs_sha256(&data);
-        let (inc, st) = (tmp.path().join("f.incomplete"), tmp.path().join("f.state"));
-        let (pf, _) = PartialFile::open(&inc, &st, &etag, data.len() as u64).expect("open");
-        let pf = Arc::new(pf);
-        let r = ChunkLayout::for_len(data.len() as u64).range(1).expect("range");
+        let (data, pf, r) = nine_mib_partial(tmp.path());
         let chunk = &data[r.start as usize..r.end as usize];
         for memory in [false, true] {
             let mut w =
