@@ -561,10 +561,12 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
 /// libp2p dials from the listening port unless a dial asks otherwise, and Kademlia's dials do
 /// not ask. When two nodes dial each other in the same instant from their listening ports, TCP
 /// merges the two SYNs into one connection (simultaneous open) on which both ends play the
-/// initiator, and the handshake hangs until the 10 s upgrade timeout. At 32 nodes starting
-/// together (`bench/cluster.py --nodes 32`), about 30 dials per run ended so; nothing dialled
-/// those pairs again, and a node stayed unconnected to up to 12 of the 31 others for the whole
-/// download. What the listening port is for, a NAT that maps it, a LAN does not need.
+/// initiator, and the handshake hangs until the 10 s upgrade timeout. Two nodes finding each
+/// other by mDNS in the same instant lost 0.5 s (the next probe) on every start; at 32 nodes
+/// starting together (`bench/cluster.py --nodes 32`), Kademlia's dials ended so about 30 times
+/// per run, nothing dialled those pairs again, and a node stayed unconnected to up to 12 of the
+/// 31 others for the whole download. Doing it here covers every dial, whoever makes it. What
+/// the listening port is for, a NAT that maps it, a LAN does not need.
 struct NewPorts<T>(T);
 
 impl<T: libp2p::core::Transport + Unpin> libp2p::core::Transport for NewPorts<T> {
@@ -1246,7 +1248,7 @@ impl EventLoop {
                 continue;
             }
             sp.backoff(now);
-            let opts = DialOpts::unknown_peer_id().address(sp.addr.clone()).allocate_new_port().build();
+            let opts = DialOpts::unknown_peer_id().address(sp.addr.clone()).build();
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!(addr = %sp.addr, error = %e, "cannot dial peer");
             }
@@ -1405,14 +1407,9 @@ impl EventLoop {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (peer, addr) in list {
                     self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
-                    // A new local port: with the listener's port reused, two nodes that discover
-                    // each other in the same instant dial the same 4-tuple, TCP merges the two
-                    // SYNs into one connection on which both sides play the initiator, and the
-                    // handshake fails (it cost 0.5 s, the next mDNS probe, on every start).
                     let opts = DialOpts::peer_id(peer)
                         .addresses(vec![addr])
                         .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
-                        .allocate_new_port()
                         .build();
                     if let Err(e) = self.swarm.dial(opts) {
                         tracing::debug!(%peer, error = %e, "not dialling a peer found by mDNS");
@@ -1524,7 +1521,7 @@ impl EventLoop {
                 {
                     for p in &found {
                         if !self.swarm.is_connected(p) {
-                            let _ = self.swarm.dial(DialOpts::peer_id(*p).allocate_new_port().build());
+                            let _ = self.swarm.dial(DialOpts::peer_id(*p).build());
                         }
                     }
                     let _ = tx.send(found.into_iter().collect());

@@ -34,9 +34,9 @@ pub struct ChunkWriter {
     pub range: Range<u64>,
     flushed: u64,
     hasher: Option<ChunkHasher>,
-    /// The write buffer (file sink; taken at first use): [`WRITE_BUF`] or [`MARKED_BUF`] bytes, of which the
-    /// first `fill` are pending. Aligned, and written at aligned offsets from the chunk's start,
-    /// so that it goes to disk directly.
+    /// The write buffer (file sink; taken at first use): [`WRITE_BUF`] or [`MARKED_BUF`] bytes,
+    /// of which the first `fill` are pending. Aligned, and written at aligned offsets from the
+    /// chunk's start, so that it goes to disk directly.
     buf: AlignedBuf,
     fill: usize,
     /// The buffer before this one, being hashed and written on a blocking thread while this
