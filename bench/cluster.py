@@ -55,11 +55,43 @@ def addr(i):
     return f"10.78.0.{i + 1}"
 
 
+NEIGH_LIMIT = "/proc/sys/net/ipv4/neigh/default/gc_thresh{}"
+
+
+def raise_neighbour_limits(hosts):
+    """Makes room in the kernel's neighbour (ARP) table for a full mesh of `hosts` hosts.
+
+    Network namespaces share one table, with one hard limit for the whole machine (gc_thresh3,
+    1,024 by default). 33 hosts that all talk to each other need about 1,100 entries: past the
+    limit the kernel logs "neighbor table overflow" and drops the first packet of every new
+    neighbour, so at 32 nodes half of one node's dials hung for tens of seconds and the run looked
+    like a partial view of the swarm. One host of a real cluster needs one entry per peer.
+    Returns the values it changed, for `restore_neighbour_limits`."""
+    need = 2 * hosts * hosts
+    changed = {}
+    for i, floor in ((1, need // 4), (2, need), (3, 2 * need)):
+        path = NEIGH_LIMIT.format(i)
+        with open(path) as f:
+            cur = int(f.read())
+        if cur < floor:
+            changed[path] = cur
+            with open(path, "w") as f:
+                f.write(str(floor))
+    return changed
+
+
+def restore_neighbour_limits(changed):
+    for path, value in changed.items():
+        with open(path, "w") as f:
+            f.write(str(value))
+
+
 class Testbed:
     """Host 0 is the Hub; hosts 1..n are nodes; all on one bridge in a namespace of its own."""
 
     def __init__(self, n, uplink_mbit):
         self.hosts = n + 1
+        self.neigh = raise_neighbour_limits(self.hosts)
         self.lan = f"{PREFIX}-lan"
         ip("netns", "add", self.lan)
         ip("-n", self.lan, "link", "add", "br0", "type", "bridge")
@@ -81,6 +113,7 @@ class Testbed:
             for p in pids:
                 subprocess.run(["kill", "-9", p])
             subprocess.run(["ip", "netns", "del", n])
+        restore_neighbour_limits(self.neigh)
 
 
 def make_repo(size_mib):
