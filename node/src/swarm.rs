@@ -562,11 +562,11 @@ fn build_swarm(cfg: &NodeConfig) -> Result<Swarm<Behaviour>, NodeError> {
 /// not ask. When two nodes dial each other in the same instant from their listening ports, TCP
 /// merges the two SYNs into one connection (simultaneous open) on which both ends play the
 /// initiator, and the handshake hangs until the 10 s upgrade timeout. Two nodes finding each
-/// other by mDNS in the same instant lost 0.5 s (the next probe) on every start; at 32 nodes
-/// starting together (`bench/cluster.py --nodes 32`), Kademlia's dials ended so about 30 times
-/// per run, nothing dialled those pairs again, and a node stayed unconnected to up to 12 of the
-/// 31 others for the whole download. Doing it here covers every dial, whoever makes it. What
-/// the listening port is for, a NAT that maps it, a LAN does not need.
+/// other by mDNS in the same instant lost 0.5 s (the next probe) on every start. (At 32 nodes,
+/// `bench/cluster.py --nodes 32`, about 30 dials per run hung too, and were first put down to
+/// this; at least part of them, perhaps all, were the testbed's kernel neighbour table
+/// overflowing, which the bench now makes room for.) Doing it here covers every dial, whoever
+/// makes it. What the listening port is for, a NAT that maps it, a LAN does not need.
 struct NewPorts<T>(T);
 
 impl<T: libp2p::core::Transport + Unpin> libp2p::core::Transport for NewPorts<T> {
