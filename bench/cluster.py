@@ -17,6 +17,7 @@ Usage: sudo python3 bench/cluster.py [--size-mib 512] [--uplink-mbit 400] [--nod
            [--log DIR] [--perf DIR] [--binary PATH]
 --log keeps the nodes' logs and a timeline of each run (uplink MB/s and cores busy, twice a
 second); --perf splits the nodes' CPU by phase (with a `--profile profiling` build).
+Raises the kernel's neighbour-table limits while it runs (see raise_neighbour_limits).
 Needs: root, iproute2 (ip, tc), perf for --perf, a release build (built here), .venv with huggingface_hub
 (scripts/test makes it).
 """

@@ -641,14 +641,14 @@ impl<'a> Asking<'a> {
             actions.extend(sched.observe(Event::PeerGone(gone), now));
         }
         let idle: Vec<PeerId> = peers.into_iter().filter(|p| !node.is_banned(p) && !self.asked.contains(p)).collect();
-        let mut again = Vec::new();
+        let mut asked_before = Vec::new();
         for peer in idle {
             match self.last.get(&peer) {
                 None => self.ask_one(node, f, count, records, peer),
-                Some(&at) => again.push((peer, at)),
+                Some(&at) => asked_before.push((peer, at)),
             }
         }
-        for peer in longest_ago(again, ASKS_PER_ROUND) {
+        for peer in longest_ago(asked_before, ASKS_PER_ROUND) {
             self.ask_one(node, f, count, records, peer);
         }
         actions
