@@ -1536,10 +1536,10 @@ impl EventLoop {
 /// speaks with another swarm key, or none), rather than not reaching the other side at all.
 fn is_handshake_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     let text = chain(e).to_ascii_lowercase();
-    // libp2p's upgrade timeout ("Timeout has been reached") is a peer too busy or too far to
-    // finish in time: a peer with another swarm key fails at once, in the handshake's second or
-    // third message. At 32 nodes starting together on 2 cores some dials end so, and were
-    // explained as a swarm key mismatch.
+    // libp2p's upgrade timeout ("Timeout has been reached") is a peer that did not answer in
+    // time (lost packets, or too busy): a peer with another swarm key fails at once, in the
+    // handshake's second or third message. At 32 nodes on the testbed some dials ended so (its
+    // kernel neighbour table was full) and were explained as a swarm key mismatch.
     let unreachable = [
         "connection refused",
         "timed out",
