@@ -7,7 +7,8 @@ All three download the same repo (a 1 GiB safetensors file plus a config) from
 stand-in relative to the repo size, and peak RSS of the downloading process.
 
 Usage: python3 bench/single.py [--size-mib N] [--only swarm-dl,hf,aria2c] [--scenarios open,capped]
-Needs: a release build (built here), .venv with huggingface_hub (scripts/test makes it), aria2c.
+                               [--binary PATH]
+Needs: a release build (built here unless --binary names one), .venv with huggingface_hub (scripts/test makes it), aria2c.
 """
 import argparse
 import json
@@ -91,8 +92,13 @@ def main():
     ap.add_argument("--only", default="swarm-dl,hf,aria2c")
     ap.add_argument("--scenarios", default="open,capped")
     ap.add_argument("--repeat", type=int, default=3, help="runs per tool, unthrottled (median reported)")
+    ap.add_argument("--binary", help="the swarm-dl to measure (default: a release build of this tree)")
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "swarm-dl"], cwd=ROOT, check=True)
+    global BIN
+    if a.binary:
+        BIN = os.path.abspath(a.binary)
+    else:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "swarm-dl"], cwd=ROOT, check=True)
     hub_dir, size = make_repo(a.size_mib)
     tools = [t for t in a.only.split(",") if t]
     if "aria2c" in tools and not shutil.which("aria2c"):
