@@ -99,7 +99,8 @@ impl HubSource {
     ) -> Result<Step, FetchError> {
         let loc = self.location().await?;
         let start = w.range.start + w.received();
-        let opened = match self.hub.open(&loc, Some(start..w.range.end), &self.subject()).await {
+        let mut conn = self.hub.data_connection();
+        let opened = match conn.hub().open(&loc, Some(start..w.range.end), &self.subject()).await {
             Ok(o) => o,
             Err(Attempt::Fatal(e)) => return Err(e.into()),
             Err(Attempt::Retry { last, hint, cause }) => {
@@ -125,7 +126,11 @@ impl HubSource {
         let mut resp = opened.response;
         loop {
             if w.remaining() == 0 {
-                return Ok(Step::Done); // dropping the response closes a 200 we no longer need
+                // Dropping the response closes a 200 we no longer need, and its connection.
+                if opened.partial {
+                    conn.reuse();
+                }
+                return Ok(Step::Done);
             }
             let frame = match resp.chunk().await {
                 Ok(Some(f)) => f,
