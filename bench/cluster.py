@@ -371,7 +371,7 @@ def main():
                     r = run_round(tool, sc, n, hub_dir, size, args.uplink_mbit, work, key_file, args.binary, log_dir,
                                   args.metrics, perf)
                     runs.append(r)
-                    print(f"N={n} {tool} {sc} run {k + 1}: makespan {r['makespan']:.1f}s ({r['makespan'] / bound:.2f}x bound), "
+                    print(f"N={n} {tool} {sc} run {k + 1}: makespan {r['makespan']:.2f}s ({r['makespan'] / bound:.3f}x bound), "
                           f"Hub bytes {r['hub_ratio']:.3f}x repo, {r['api']} API requests, "
                           f"CPU {r['cpu']:.1f}s ({r['busy']:.0%} of the cores), {r['dups']} endgame duplicates, "
                           f"{r['takeovers']} take-overs", flush=True)
