@@ -315,9 +315,9 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [`Self::reuse`], its connection is closed.
 #[derive(Debug)]
 pub struct DataConnection {
+    /// Sends on `lane`; its `lanes` take the lane back.
     hub: HubClient,
     lane: Option<Lane>,
-    lanes: Arc<Lanes>,
     reuse: bool,
 }
 
@@ -336,7 +336,7 @@ impl DataConnection {
 impl Drop for DataConnection {
     fn drop(&mut self) {
         if let Some(lane) = self.lane.take().filter(|l| self.reuse && l.born.elapsed() < MAX_DATA_CONNECTION_AGE) {
-            lock(&self.lanes.idle).push(lane);
+            lock(&self.hub.lanes.idle).push(lane);
         }
     }
 }
@@ -386,7 +386,7 @@ impl HubClient {
         };
         let lane = kept.unwrap_or_else(|| self.lanes.open(&self.http));
         let hub = Self { http: lane.http.clone(), ..self.clone() };
-        DataConnection { hub, lane: Some(lane), lanes: self.lanes.clone(), reuse: false }
+        DataConnection { hub, lane: Some(lane), reuse: false }
     }
 
     /// The endpoint, without trailing slash.
