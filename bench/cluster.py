@@ -16,12 +16,14 @@ Usage: sudo python3 bench/cluster.py [--size-mib 512] [--uplink-mbit 400] [--nod
            [--scenarios together,join,join-private,seed-last,staggered,endpoint] [--runs 5] [--skip-baseline]
            [--log DIR] [--perf DIR] [--binary PATH]
 --log keeps the nodes' logs and a timeline of each run (uplink MB/s and cores busy, twice a
-second); --perf splits the nodes' CPU by phase (with a `--profile profiling` build).
+second), and prints when the last chunk landed from the Hub and from a peer and when the last file
+was verified; --perf splits the nodes' CPU by phase (with a `--profile profiling` build).
 Raises the kernel's neighbour-table limits while it runs (see raise_neighbour_limits).
 Needs: root, iproute2 (ip, tc), perf for --perf, a release build (built here), .venv with huggingface_hub
 (scripts/test makes it).
 """
 import argparse
+import datetime
 import json
 import os
 import resource
@@ -189,6 +191,28 @@ class UplinkTimeline:
         return summary
 
 
+def end_of_run(log_dir, scenario, n, wall0):
+    """From the nodes' logs (--log): seconds after the start at which the last chunk landed from
+    the Hub, the last chunk landed from a peer, and the last file was verified. After the Hub's
+    last byte, what is left is the end of the download: spreading the last chunks over the LAN
+    and each node's whole-file check. Hub landings are logged once the Hub window has reached
+    the end of a file, which is when the last ones land."""
+    last = {}
+    marks = (("landed near the end", "hub"), ("landed from a peer", "peer"), ("file complete", "verified"))
+    for name in sorted(os.listdir(log_dir)):
+        if not (name.startswith(f"{scenario}-{n}-") and name.endswith(".log")):
+            continue
+        with open(os.path.join(log_dir, name), errors="replace") as f:
+            for line in f:
+                what = next((w for key, w in marks if key in line), None)
+                if what and line[:4].isdigit():
+                    t = datetime.datetime.fromisoformat(line.split()[0]).timestamp() - wall0
+                    last[what] = max(last.get(what, t), t)
+    at = {w: f"{last[w]:.2f} s" if w in last else "-" for _, w in marks}
+    return (f"end of run: last chunk from the Hub at {at['hub']}, last from a peer at {at['peer']}, "
+            f"last file verified at {at['verified']}")
+
+
 def stop_recorder(recorder):
     """Stops a `perf record` (it writes its file on SIGINT), if one runs."""
     if recorder and recorder.poll() is None:
@@ -239,7 +263,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
         endpoint = json.loads(hub.stdout.readline())["endpoint"]
         procs = []
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         timeline = UplinkTimeline(t0) if log_dir else None
         recorder = subprocess.Popen(["perf", "record", "-a", "-F", "499", "-o", perf, "--quiet"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if perf else None
@@ -303,6 +327,7 @@ def run_round(tool, scenario, n, hub_dir, size, uplink_mbit, work, key_file, bin
         served, api = stats(endpoint)
         if timeline:
             print(timeline.write(os.path.join(log_dir, f"{scenario}-{n}-uplink.tsv"), uplink_mbit * 1e6 / 8), flush=True)
+            print(end_of_run(log_dir, scenario, n, wall0), flush=True)
         hub.terminate()
         hub.wait()
         makespan = max(ends) - t0
