@@ -1459,14 +1459,21 @@ mod tests {
         assert!(s.landed().count_ones() >= 8, "the hint is passed on");
     }
 
-    #[test]
-    fn the_window_follows_the_share_the_driver_sets() {
-        // Two nodes on a 64-chunk file. The driver narrows the window to 4 (another file
-        // started), then widens it to 16 (that file finished).
+    /// This node and one other downloading a 64-chunk file with a Hub window of 16, and which
+    /// chunks of a range this node owns.
+    fn two_on_a_file() -> (FileScheduler, PeerId, impl Fn(&FileScheduler, std::ops::Range<u32>) -> Vec<u32>) {
         let (me, other) = (PeerId::random(), PeerId::random());
         let mut s = FileScheduler::new(me, 7, 64, [], true, Limits { hub: 1000, hub_window: 16, ..Limits::default() });
         s.observe(Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() }, T0);
-        let mine = |s: &FileScheduler, r: std::ops::Range<u32>| r.filter(|&i| s.owner(i) == me).collect::<Vec<u32>>();
+        let mine = move |s: &FileScheduler, r: std::ops::Range<u32>| r.filter(|&i| s.owner(i) == me).collect();
+        (s, other, mine)
+    }
+
+    #[test]
+    fn the_window_follows_the_share_the_driver_sets() {
+        // The driver narrows the window to 4 (another file started), then widens it to 16
+        // (that file finished).
+        let (mut s, _, mine) = two_on_a_file();
         s.set_hub_window(4);
         let narrow = hub_chunks(&s.assign(T0));
         assert_eq!(narrow, mine(&s, 0..4), "only its own chunks among the first 4");
@@ -1481,12 +1488,9 @@ mod tests {
 
     #[test]
     fn the_window_narrows_to_half_over_the_last_chunks() {
-        // Two nodes on a 64-chunk file, a window of 16. Far from the end, 16 chunks may be at
-        // the Hub; with 20 left to leave it, 10; with 12 or fewer, 8.
-        let (me, other) = (PeerId::random(), PeerId::random());
-        let mut s = FileScheduler::new(me, 7, 64, [], true, Limits { hub: 1000, hub_window: 16, ..Limits::default() });
-        s.observe(Event::Have { peer: other, have: bits(64, &[]), downloading: true, claimed: Bitmap::default() }, T0);
-        let mine = |s: &FileScheduler, r: std::ops::Range<u32>| r.filter(|&i| s.owner(i) == me).collect::<Vec<u32>>();
+        // Far from the end, 16 chunks may be at the Hub; with 20 left to leave it, 10; with 12
+        // or fewer, 8.
+        let (mut s, other, mine) = two_on_a_file();
         assert_eq!(hub_chunks(&s.assign(T0)), mine(&s, 0..16), "the whole window far from the end");
         for i in mine(&s, 0..16) {
             s.observe(Event::Done { index: i, source: Source::Hub }, T0);
@@ -1501,7 +1505,7 @@ mod tests {
         s.observe(Event::Have { peer: other, have: have(52), downloading: true, claimed: Bitmap::default() }, T0);
         let left: Vec<u32> = (52..64).filter(|&i| s.chunks[i as usize] != Chunk::Done).collect();
         assert!(left.len() <= 12, "{left:?}");
-        let window: Vec<u32> = left.iter().copied().take(8).filter(|&i| s.owner(i) == me).collect();
+        let window: Vec<u32> = left.iter().copied().take(8).filter(|&i| s.owner(i) == s.me).collect();
         assert_eq!(hub_chunks(&s.assign(T0)), window, "half the window: the first 8 of those left");
         assert!(s.window_at_end(), "the pushes near the end still start with the whole window");
     }
