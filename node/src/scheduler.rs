@@ -610,19 +610,24 @@ impl FileScheduler {
     }
 
     /// The Hub window for the next start: [`Limits::hub_window`], narrowing to half of it over
-    /// the file's last chunks (half of what has still to leave the Hub, but not below half the
-    /// window).
+    /// the file's last chunks: once half the file has left the Hub, half of what is left, but
+    /// not below half the window.
     ///
     /// Why: the ranges in flight share the uplink, so when none is left to start the last ones
     /// finish together (the j-th from last lands j x chunk / window / rate after the one before
     /// it), in an order uneven rates shuffle. Every node then receives them at once, and checks
     /// the file from the first of them on: with 16 ranges, up to 15 chunks wait behind one that
-    /// lands last. Half as many ranges at the end halve both. Not earlier: 8 ranges on the
-    /// uplink from the start let it fall to 29-40 of 50 MB/s in 5 of 10 runs while nodes
-    /// re-planned around a seed that came up late (4 nodes, 400 Mbit/s).
+    /// lands last. Half as many ranges at the end halve both. Not earlier, and not from the
+    /// start of a file of few chunks: 8 ranges on the uplink from the start let it fall to
+    /// 29-40 of 50 MB/s in 5 of 10 runs while nodes re-planned around a seed that came up late
+    /// (4 nodes, 400 Mbit/s).
     fn end_window(&self) -> u32 {
         let window = self.limits.hub_window.max(1);
-        let left = (self.chunks.len() as u32).saturating_sub(self.landed().count_ones());
+        let count = self.chunks.len() as u32;
+        let left = count.saturating_sub(self.landed().count_ones());
+        if left.saturating_mul(2) > count {
+            return window;
+        }
         window.min(window.div_ceil(2).max(left.div_ceil(2)))
     }
 
@@ -1508,6 +1513,16 @@ mod tests {
         let window: Vec<u32> = left.iter().copied().take(8).filter(|&i| s.owner(i) == s.me).collect();
         assert_eq!(hub_chunks(&s.assign(T0)), window, "half the window: the first 8 of those left");
         assert!(s.window_at_end(), "the pushes near the end still start with the whole window");
+        // A file of 16 chunks starts with the whole window too.
+        let me = s.me;
+        let mut small =
+            FileScheduler::new(me, 7, 16, [], true, Limits { hub: 1000, hub_window: 16, ..Limits::default() });
+        small.observe(
+            Event::Have { peer: other, have: bits(16, &[]), downloading: true, claimed: Bitmap::default() },
+            T0,
+        );
+        let all: Vec<u32> = (0..16).filter(|&i| small.owner(i) == me).collect();
+        assert_eq!(hub_chunks(&small.assign(T0)), all, "every chunk of its own at once");
     }
 
     #[test]
